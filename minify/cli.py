@@ -1,0 +1,116 @@
+"""The `minify` command: thin typer commands over the library.
+
+Each command takes options, calls one library function, and renders its result.
+Errors become one line on stderr and the exit code the error carries, here and only
+here; ``--verbose`` shows the traceback as well.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from enum import Enum
+from typing import Annotated, TypeVar
+
+import typer
+
+from minify.errors import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, MinifyError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="Ship dynamic Linux binaries in the smallest images that still run.",
+)
+
+
+class Format(str, Enum):
+    tree = "tree"
+    list = "list"
+    json = "json"
+    dot = "dot"
+    graphml = "graphml"
+
+
+@app.callback()
+def _main() -> None:
+    """Ship dynamic Linux binaries in the smallest images that still run."""
+
+
+def _guard(verbose: bool, action: Callable[[], T]) -> T:
+    """Run ``action``; turn minify's errors (and stray OS errors) into one line."""
+    try:
+        return action()
+    except MinifyError as exc:
+        if verbose:
+            traceback.print_exc()
+        typer.echo(f"minify: error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:
+        if verbose:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"minify: error: {where}{exc.strerror or exc}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+RootOpt = Annotated[str, typer.Option("--root", help="The target root filesystem (default /).")]
+CwdOpt = Annotated[
+    str | None, typer.Option("--cwd", help="Working directory assumed for relative names and empty path elements.")
+]
+LibPathOpt = Annotated[str | None, typer.Option("--library-path", help="Model this LD_LIBRARY_PATH.")]
+PreloadOpt = Annotated[str | None, typer.Option("--preload", help="Model this LD_PRELOAD (':' or space separated).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
+
+
+def _split_preload(text: str | None) -> tuple[str, ...]:
+    return tuple(p for p in (text or "").replace(":", " ").split() if p)
+
+
+@app.command()
+def analyze(
+    paths: Annotated[list[str], typer.Argument(help="Programs, libraries or folders to analyse.")],
+    root: RootOpt = "/",
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.tree,
+    cwd: CwdOpt = None,
+    library_path: LibPathOpt = None,
+    preload: PreloadOpt = None,
+    hwcaps: Annotated[
+        str, typer.Option("--hwcaps", help="host, baseline or a level such as x86-64-v3 (default: host when native).")
+    ] = "default",
+    verbose: VerboseOpt = False,
+) -> None:
+    """Show what the dynamic loader would load for each program, without running it."""
+    from minify.closure import analyze as run_analysis
+    from minify.render import render
+
+    result = _guard(
+        verbose,
+        lambda: run_analysis(
+            paths,
+            root=root,
+            cwd=cwd,
+            library_path=library_path,
+            preload=_split_preload(preload),
+            hwcaps=hwcaps,
+        ),
+    )
+    sys.stdout.write(render(result, fmt.value))
+    for program in result.programs:
+        if program.error:
+            typer.echo(f"minify: error: {program.error}", err=True)
+    if result.has_errors:
+        raise typer.Exit(EXIT_BAD_INPUT)
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_INCOMPLETE)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

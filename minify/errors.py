@@ -1,0 +1,91 @@
+"""One error tree for everything minify reports to a user.
+
+    MinifyError                  exit 2 unless said otherwise
+    ├── BadInput                 a file that cannot be read as the loader would
+    │   ├── NotRegularFile       directory, FIFO, device, socket
+    │   ├── FileTooLarge         larger than any real ELF we accept
+    │   ├── NotElf               no ELF magic (text, random bytes, ld scripts)
+    │   └── CorruptElf           ELF magic, but headers or dynamic section broken
+    ├── PathError                symlink loop, escape attempt, missing path
+    ├── OutputError              OUT exists and is not ours, cannot write
+    └── VerificationFailed       the finished rootfs does not resolve (exit 1)
+
+The CLI turns each into one line on stderr and the exit code it carries.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1  # analysis worked, but something is missing or out of date
+EXIT_BAD_INPUT = 2  # the input itself cannot be analysed
+
+
+class MinifyError(Exception):
+    """Base of all errors minify reports as one line."""
+
+    exit_code: int = EXIT_BAD_INPUT
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadInput(MinifyError):
+    """A file that the loader (and so minify) cannot use."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class NotRegularFile(BadInput):
+    pass
+
+
+class FileTooLarge(BadInput):
+    pass
+
+
+class NotElf(BadInput):
+    pass
+
+
+class CorruptElf(BadInput):
+    pass
+
+
+class PathError(MinifyError):
+    """A path that cannot be resolved inside the root."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class OutputError(MinifyError):
+    """The output folder cannot be written as asked."""
+
+
+class VerificationFailed(MinifyError):
+    """The finished root filesystem does not load its programs."""
+
+    exit_code = EXIT_INCOMPLETE
+
+    def __init__(self, problems: tuple[str, ...]) -> None:
+        super().__init__("verification failed: " + "; ".join(problems))
+        self.problems = problems
+
+
+class OutOfDate(MinifyError):
+    """`--check`: the output folder differs from what would be produced."""
+
+    exit_code = EXIT_INCOMPLETE
+
+    def __init__(self, differences: tuple[str, ...]) -> None:
+        super().__init__(f"out of date: {len(differences)} difference(s)")
+        self.differences = differences

@@ -1,0 +1,1 @@
+"""Models of the dynamic loaders: pure functions over a target root."""

@@ -1,0 +1,278 @@
+"""The glibc loader's search rules (elf/dl-load.c _dl_map_object, open_path, open_verify).
+
+Order for a name without '/', for the object L that needs it:
+RPATH of L and of each object up the chain that loaded it (only when L has no
+RUNPATH; an object with both ignores its own RPATH: elf/get-dynamic-info.h),
+LD_LIBRARY_PATH, RUNPATH of L, ld.so.cache, the system directories. DF_1_NODEFLIB on L
+drops cache hits in the system directories and the system directories themselves.
+Every directory is tried with its hwcaps subfolders first.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+
+from minify.elf import ELFOSABI_GNU, ELFOSABI_SYSV, ET_DYN, ET_EXEC, Endian
+from minify.errors import CorruptElf, NotRegularFile
+from minify.loader import hwcaps as hw
+from minify.loader import ldcache, ldconf
+from minify.loader.arch import Arch
+from minify.loader.model import Candidate, How, Node, Reader, SearchResult, Step
+from minify.loader.tokens import Tokens, expand, split_glibc_path
+from minify.root import Resolved, Root
+
+_SYSTEM_DIRS = re.compile(rb"(?:/[!-~]*?/\0){2,}")
+_VERSION = re.compile(rb"release version ([0-9]+)\.([0-9]+)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user says about the run that the files cannot tell us."""
+
+    cwd: str = "/"
+    library_path: str | None = None  # modelled LD_LIBRARY_PATH
+    preload: tuple[str, ...] = ()  # modelled LD_PRELOAD
+    hwcaps: str = "default"  # host | baseline | all | a level | default
+    cpuinfo: str = ""  # /proc/cpuinfo text of the host, for hwcaps=host
+
+
+@dataclass(frozen=True)
+class LdsoFacts:
+    """Facts read from the target's own ld.so, so a sysroot is modelled as itself."""
+
+    version: tuple[int, int] | None
+    system_dirs: tuple[str, ...]
+    from_binary: bool
+
+
+def ldso_facts(root: Root, interpreter: str, arch: Arch) -> LdsoFacts:
+    """The glibc release and system directories compiled into ld.so.
+
+    ld.so keeps its system directories as one run of NUL-terminated strings ending in
+    '/' (elf/dl-load.c system_dirs, generated from SYSTEM_DIRS); we read them rather
+    than guess the distribution.
+    """
+    data = root.read_bytes(interpreter, limit=16 << 20) or b""
+    found = _VERSION.search(data)
+    version = (int(found.group(1)), int(found.group(2))) if found else None
+    for match in _SYSTEM_DIRS.finditer(data):
+        dirs = tuple(d.decode().rstrip("/") or "/" for d in match.group(0).split(b"\0") if d)
+        if any("lib" in d for d in dirs):
+            return LdsoFacts(version, dirs, True)
+    if root.resolve(f"/lib/{arch.triplet}").exists or root.resolve(f"/usr/lib/{arch.triplet}").exists:
+        guess = (f"/lib/{arch.triplet}", f"/usr/lib/{arch.triplet}", "/lib", "/usr/lib")
+    elif arch.upstream_lib == "lib":
+        guess = ("/lib", "/usr/lib")
+    else:
+        guess = (f"/{arch.upstream_lib}", f"/usr/{arch.upstream_lib}")
+    return LdsoFacts(version, guess, False)
+
+
+def choose_hwcaps(arch: Arch, setting: str, cpuinfo: str, *, native: bool) -> hw.Hwcaps:
+    """``default`` is this CPU when the target is the host's architecture, else baseline."""
+    if setting == "default":
+        setting = "host" if native else "baseline"
+    if setting == "host":
+        return hw.host(arch, cpuinfo)
+    if setting in ("baseline", "all"):
+        return hw.baseline(arch)
+    return hw.at_level(arch, setting)
+
+
+class GlibcModel:
+    kind = "glibc"
+
+    def __init__(
+        self,
+        root: Root,
+        arch: Arch,
+        interpreter: str,
+        settings: Settings,
+        reader: Reader,
+        *,
+        native: bool,
+        endian: Endian,
+    ) -> None:
+        self.root = root
+        self.arch = arch
+        self.interpreter = interpreter
+        self.settings = settings
+        self.reader = reader
+        self.endian = endian
+        self.notes: list[str] = []
+        facts = ldso_facts(root, interpreter, arch)
+        if not facts.from_binary:
+            self.notes.append(
+                f"system directories guessed ({':'.join(facts.system_dirs)}): "
+                f"{interpreter} could not be read"
+            )
+        self.system_dirs = facts.system_dirs
+        self.lib = self.system_dirs[0].strip("/")  # $LIB is ld.so's own slibdir
+        self.hwcaps = choose_hwcaps(arch, settings.hwcaps, settings.cpuinfo, native=native)
+        # glibc 2.37 removed the legacy tls/ and platform subfolders
+        self.legacy_ok = facts.version is None or facts.version <= (2, 36)
+        self.cache: ldcache.LdCache | None = None
+        self.conf_dirs: tuple[str, ...] = ()
+        data = root.read_bytes("/etc/ld.so.cache")
+        if data is not None:
+            try:
+                self.cache = ldcache.parse(data)
+            except ldcache.CacheFormatError as exc:
+                self.notes.append(f"/etc/ld.so.cache ignored: {exc}")
+        if self.cache is None:
+            self.conf_dirs = ldconf.directories(root)
+            if self.conf_dirs:
+                self.notes.append("no ld.so.cache in the root: ld.so.conf used instead (an approximation)")
+
+    # -- the parts closure.py asks for --------------------------------------------
+
+    def origin_of_program(self, resolved: Resolved) -> str:
+        """$ORIGIN of the program: the folder of its realpath (/proc/self/exe)."""
+        return posixpath.dirname(resolved.path)
+
+    def reserved(self, name: str) -> bool:
+        return False
+
+    def reuse(self, name: str, nodes: list[Node]) -> Node | None:
+        """elf/dl-load.c: a loaded object matches by the path it was opened by, any
+        name it was already requested under, or its DT_SONAME."""
+        for node in nodes:
+            if name == node.path or name in node.names or name == node.info.soname:
+                return node
+        return None
+
+    def preloads(self) -> list[tuple[str, str]]:
+        """LD_PRELOAD (when modelled), then the root's /etc/ld.so.preload (rtld.c)."""
+        out = [(name, "LD_PRELOAD") for name in self.settings.preload]
+        data = self.root.read_bytes("/etc/ld.so.preload")
+        if data:
+            text = data.decode("utf-8", "replace")
+            for line in text.splitlines():
+                line = line.split("#", 1)[0]
+                out.extend((n, "/etc/ld.so.preload") for n in re.split(r"[\s:]+", line) if n)
+        return out
+
+    def tokens(self, node: Node) -> Tokens:
+        return Tokens(node.origin, self.lib, self.hwcaps.platform)
+
+    def find(self, name: str, requester: Node) -> SearchResult:
+        if "/" in name:
+            return self._direct(name, requester)
+        steps: list[Step] = []
+        found = self._search(name, requester, steps)
+        return SearchResult(found, tuple(steps))
+
+    # -- search -------------------------------------------------------------------
+
+    def _direct(self, name: str, requester: Node) -> SearchResult:
+        path = expand(name, self.tokens(requester))
+        if not path.startswith("/"):
+            path = posixpath.join(self.settings.cwd, path)
+        resolved = self.root.resolve(path)
+        if not resolved.exists:
+            return SearchResult(None, (Step("direct path", path, "no such file"),))
+        skip = self.check(resolved)
+        if skip:
+            return SearchResult(None, (Step("direct path", path, skip),))
+        return SearchResult(Candidate(path, resolved, How.DIRECT_PATH, path), ())
+
+    def _search(self, name: str, requester: Node, steps: list[Step]) -> Candidate | None:
+        program = requester.chain()[-1]
+        if requester.info.runpath is not None:
+            if any(n.info.rpath for n in requester.chain()):
+                steps.append(Step("RPATH", None, f"ignored: {requester.path} has RUNPATH"))
+        else:
+            for node in requester.chain():
+                if not node.info.rpath:
+                    continue
+                source = f"RPATH of {node.path}"
+                if node.info.runpath is not None:
+                    steps.append(Step(source, None, "ignored: that object also has RUNPATH"))
+                    continue
+                dirs = split_glibc_path(expand(node.info.rpath, self.tokens(node)), self.settings.cwd)
+                hit = self._in_dirs(name, dirs, How.RPATH, source, steps)
+                if hit:
+                    return hit
+        if self.settings.library_path is not None:
+            text = expand(self.settings.library_path, self.tokens(program))
+            dirs = split_glibc_path(text, self.settings.cwd)
+            hit = self._in_dirs(name, dirs, How.LD_LIBRARY_PATH, "LD_LIBRARY_PATH", steps)
+            if hit:
+                return hit
+        if requester.info.runpath:
+            source = f"RUNPATH of {requester.path}"
+            dirs = split_glibc_path(expand(requester.info.runpath, self.tokens(requester)), self.settings.cwd)
+            hit = self._in_dirs(name, dirs, How.RUNPATH, source, steps)
+            if hit:
+                return hit
+        nodeflib = requester.info.nodeflib
+        if self.cache is not None:
+            hit = self._from_cache(name, nodeflib, steps)
+            if hit:
+                return hit
+        elif self.conf_dirs:
+            hit = self._in_dirs(name, self.conf_dirs, How.LD_CONF, "ld.so.conf (no ld.so.cache)", steps)
+            if hit:
+                return hit
+        if nodeflib:
+            steps.append(Step("system dirs", None, f"ignored: {requester.path} has DF_1_NODEFLIB"))
+            return None
+        return self._in_dirs(name, self.system_dirs, How.SYSTEM_DIR, "system dir", steps)
+
+    def _from_cache(self, name: str, nodeflib: bool, steps: list[Step]) -> Candidate | None:
+        assert self.cache is not None
+        path = self.cache.lookup(name, self.arch.cache_flags, self.hwcaps.subdirs)
+        if path is None:
+            steps.append(Step("ld.so.cache", None, "no entry"))
+            return None
+        if nodeflib and posixpath.dirname(path) in self.system_dirs:
+            steps.append(Step("ld.so.cache", path, "ignored: DF_1_NODEFLIB and in a system dir"))
+            return None
+        resolved = self.root.resolve(path)
+        if not resolved.exists:
+            steps.append(Step("ld.so.cache", path, "entry points to a missing file"))
+            return None
+        skip = self.check(resolved)
+        if skip:
+            steps.append(Step("ld.so.cache", path, skip))
+            return None
+        return Candidate(path, resolved, How.LD_CACHE, "/etc/ld.so.cache")
+
+    def _in_dirs(
+        self, name: str, dirs: tuple[str, ...], how: How, source: str, steps: list[Step]
+    ) -> Candidate | None:
+        for directory in dirs:
+            for folder in self.hwcaps.candidates(directory, legacy_ok=self.legacy_ok):
+                path = f"{folder}/{name}" if folder != "/" else f"/{name}"
+                absolute = path if path.startswith("/") else posixpath.join(self.settings.cwd, path)
+                resolved = self.root.resolve(absolute)
+                if not resolved.exists:
+                    continue
+                skip = self.check(resolved)
+                if skip:
+                    steps.append(Step(source, folder, skip))
+                    continue
+                return Candidate(absolute, resolved, how, directory)
+            steps.append(Step(source, directory, "not found"))
+        return None
+
+    def check(self, resolved: Resolved) -> str | None:
+        """glibc open_verify: None to accept, a reason to skip silently, or raise when
+        the loader would stop with an error (not ELF, too short, foreign ABI)."""
+        host = self.root.host_path(resolved.path)
+        if resolved.is_dir:
+            raise NotRegularFile(host, "cannot read file data: is a directory")
+        header = self.reader.header(resolved)
+        if header.elf_class != self.arch.elf_class:
+            return f"skipped: wrong ELF class (ELFCLASS{header.elf_class})"
+        if header.endian is not self.endian:
+            raise CorruptElf(host, f"ELF file data encoding is {header.endian.value}-endian")
+        if header.osabi not in (ELFOSABI_SYSV, ELFOSABI_GNU):
+            raise CorruptElf(host, f"ELF file OS ABI invalid ({header.osabi})")
+        if header.machine != self.arch.machine:
+            return f"skipped: wrong machine (e_machine {header.machine})"
+        if header.file_type not in (ET_DYN, ET_EXEC):
+            raise CorruptElf(host, "only ET_DYN and ET_EXEC can be loaded")
+        return None

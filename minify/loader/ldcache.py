@@ -1,0 +1,139 @@
+"""A reader for glibc's /etc/ld.so.cache, in Python, for any target root.
+
+Formats (glibc sysdeps/generic/dl-cache.h):
+- new: "glibc-ld.so.cache" "1.1", u32 nlibs, u32 len_strings, u8 flags, 3 pad,
+  u32 extension_offset, 3 x u32 unused (48 bytes); nlibs entries of 24 bytes
+  (i32 flags, u32 key, u32 value, u32 osversion, u64 hwcap); string offsets are from
+  the start of this header.
+- old: "ld.so-1.7.0" (12 bytes), u32 nlibs, entries of 12 bytes (i32 flags, u32 key,
+  u32 value); string offsets are from the end of the entry array.
+- compat: an old table followed by a new one at the next 8-byte boundary; the new one
+  is what glibc reads.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+NEW_MAGIC = b"glibc-ld.so.cache1.1"
+OLD_MAGIC = b"ld.so-1.7.0"
+EXTENSION_MAGIC = 0xEAA42174
+EXTENSION_TAG_GLIBC_HWCAPS = 1
+#: hwcap field bit saying "the low 32 bits index the glibc-hwcaps subfolder table"
+HWCAP_EXTENSION = 1 << 62
+
+
+class CacheFormatError(ValueError):
+    """The file is not an ld.so.cache we can read."""
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    flags: int
+    name: str
+    path: str
+    hwcap: int = 0
+    hwcaps_subdir: str | None = None  # "x86-64-v3" for a glibc-hwcaps entry
+
+
+@dataclass(frozen=True)
+class LdCache:
+    entries: tuple[CacheEntry, ...]
+    format: str  # "new", "old" or "compat"
+
+    def lookup(self, name: str, flags: int, hwcaps: tuple[str, ...]) -> str | None:
+        """The path the cache gives for ``name``: the best glibc-hwcaps entry among
+        ``hwcaps`` (best first), else the first plain entry in file order."""
+        best: tuple[int, str] | None = None
+        plain: str | None = None
+        for entry in self.entries:
+            if entry.name != name or entry.flags != flags:
+                continue
+            if entry.hwcaps_subdir is not None:
+                if entry.hwcaps_subdir in hwcaps:
+                    rank = hwcaps.index(entry.hwcaps_subdir)
+                    if best is None or rank < best[0]:
+                        best = (rank, entry.path)
+            elif entry.hwcap & ~HWCAP_EXTENSION and not hwcaps:
+                continue  # a legacy hwcap entry; a baseline CPU would not pick it
+            elif plain is None:
+                plain = entry.path
+        return best[1] if best is not None else plain
+
+
+def parse(data: bytes) -> LdCache:
+    """Parse the bytes of an ld.so.cache file (any of the three formats)."""
+    if data.startswith(NEW_MAGIC):
+        return LdCache(_parse_new(data, 0), "new")
+    if data.startswith(OLD_MAGIC):
+        if len(data) < 16:
+            raise CacheFormatError("truncated old-format header")
+        (nlibs,) = struct.unpack_from("<I", data, 12)
+        table_end = 16 + nlibs * 12
+        new_at = (table_end + 7) & ~7
+        if data[new_at : new_at + len(NEW_MAGIC)] == NEW_MAGIC:
+            return LdCache(_parse_new(data, new_at), "compat")
+        return LdCache(_parse_old(data, nlibs, table_end), "old")
+    raise CacheFormatError("not an ld.so.cache (unknown magic)")
+
+
+def _string(data: bytes, offset: int) -> str:
+    if offset >= len(data):
+        raise CacheFormatError(f"string offset {offset} outside the file")
+    end = data.find(b"\0", offset)
+    if end < 0:
+        raise CacheFormatError("unterminated string")
+    return data[offset:end].decode("utf-8", "surrogateescape")
+
+
+def _parse_old(data: bytes, nlibs: int, table_end: int) -> tuple[CacheEntry, ...]:
+    if table_end > len(data):
+        raise CacheFormatError("entry table runs past the end of the file")
+    out = []
+    for i in range(nlibs):
+        flags, key, value = struct.unpack_from("<iII", data, 16 + i * 12)
+        out.append(CacheEntry(flags, _string(data, table_end + key), _string(data, table_end + value)))
+    return tuple(out)
+
+
+def _parse_new(data: bytes, base: int) -> tuple[CacheEntry, ...]:
+    if len(data) < base + 48:
+        raise CacheFormatError("truncated header")
+    nlibs, _len_strings, flags = struct.unpack_from("<IIB", data, base + 20)
+    endian = ">" if flags == 3 else "<"  # 2 = little endian, 3 = big endian
+    nlibs, _len_strings = struct.unpack_from(endian + "II", data, base + 20)
+    (ext_offset,) = struct.unpack_from(endian + "I", data, base + 32)
+    if base + 48 + nlibs * 24 > len(data):
+        raise CacheFormatError("entry table runs past the end of the file")
+    subdirs = _hwcaps_table(data, base, ext_offset, endian)
+    out = []
+    for i in range(nlibs):
+        eflags, key, value, _os, hwcap = struct.unpack_from(endian + "iIIIQ", data, base + 48 + i * 24)
+        subdir = None
+        if hwcap & HWCAP_EXTENSION:
+            index = hwcap & 0xFFFFFFFF
+            subdir = subdirs[index] if index < len(subdirs) else f"#{index}"
+        out.append(CacheEntry(eflags, _string(data, base + key), _string(data, base + value), hwcap, subdir))
+    return tuple(out)
+
+
+def _hwcaps_table(data: bytes, base: int, ext_offset: int, endian: str) -> tuple[str, ...]:
+    """The glibc-hwcaps subfolder names of the cache extension (glibc >= 2.33)."""
+    if not ext_offset or base + ext_offset + 8 > len(data):
+        return ()
+    magic, count = struct.unpack_from(endian + "II", data, base + ext_offset)
+    if magic != EXTENSION_MAGIC:
+        return ()
+    for i in range(count):
+        at = base + ext_offset + 8 + i * 16
+        if at + 16 > len(data):
+            break
+        tag, _flags, offset, size = struct.unpack_from(endian + "IIII", data, at)
+        if tag == EXTENSION_TAG_GLIBC_HWCAPS:
+            names = []
+            for j in range(size // 4):
+                (string_at,) = struct.unpack_from(endian + "I", data, base + offset + j * 4)
+                names.append(_string(data, base + string_at))
+            return tuple(names)
+    return ()

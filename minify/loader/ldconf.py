@@ -1,0 +1,66 @@
+"""ld.so.conf, read only as a declared fallback when a root has no ld.so.cache.
+
+ld.so itself never reads ld.so.conf (ldconfig compiles it into the cache), so this is
+an approximation and the analysis says so when it is used. ``include`` takes glob
+patterns (several per line), relative ones relative to the including file's folder,
+and the matches are read in sorted order, as ldconfig does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+
+from minify.root import Root
+
+MAX_DEPTH = 16
+
+
+def directories(root: Root, conf: str = "/etc/ld.so.conf") -> tuple[str, ...]:
+    """The library folders an ``ld.so.conf`` in ``root`` lists, in order, once each."""
+    out: list[str] = []
+    _read(root, conf, out, set(), 0)
+    return tuple(dict.fromkeys(out))
+
+
+def _read(root: Root, path: str, out: list[str], seen: set[str], depth: int) -> None:
+    real = root.realpath(path)
+    if depth > MAX_DEPTH or real in seen:
+        return
+    seen.add(real)
+    data = root.read_bytes(path)
+    if data is None:
+        return
+    for raw in data.decode("utf-8", "replace").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("include") and line[7:8] in (" ", "\t"):
+            for pattern in line[8:].split():
+                if not pattern.startswith("/"):
+                    pattern = posixpath.join(posixpath.dirname(path), pattern)
+                for match in _glob(root, pattern):
+                    _read(root, match, out, seen, depth + 1)
+        elif line.startswith("hwcap ") or line.startswith("hwcap\t"):
+            continue
+        else:
+            # "dir=TYPE" is an old libc5 annotation; only the folder matters
+            for item in line.replace(",", " ").split():
+                folder = item.split("=", 1)[0].rstrip("/") or "/"
+                if folder.startswith("/"):
+                    out.append(folder)
+
+
+def _glob(root: Root, pattern: str) -> list[str]:
+    """Glob ``pattern`` inside the root, one path component at a time, sorted."""
+    matches = ["/"]
+    for part in [p for p in pattern.split("/") if p]:
+        nxt = []
+        for base in matches:
+            if any(ch in part for ch in "*?["):
+                names = [n for n in root.listdir(base) if fnmatch.fnmatchcase(n, part)]
+            else:
+                names = [part]
+            nxt.extend(posixpath.join(base, n) for n in names)
+        matches = nxt
+    return sorted(m for m in matches if root.resolve(m).is_file)

@@ -1,0 +1,146 @@
+"""What the loader models share: how a name was found, the search trail, the objects.
+
+``Node`` is the one mutable thing: the loader's own bookkeeping while a program is
+being loaded (names an object was requested under grow as the walk goes on). It is
+turned into frozen values by ``minify.closure`` when the walk is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from minify.elf import ElfInfo, read_elf, read_header
+from minify.errors import BadInput
+
+if TYPE_CHECKING:
+    from minify.elf import ElfHeader
+    from minify.root import Resolved, Root
+
+
+class How(str, Enum):
+    """How a name was satisfied (the tag shown in the tree, the edge's ``how``)."""
+
+    RPATH = "rpath"
+    LD_LIBRARY_PATH = "LD_LIBRARY_PATH"
+    RUNPATH = "runpath"
+    LD_CACHE = "ld.so.cache"
+    LD_CONF = "ld.so.conf"
+    SYSTEM_DIR = "system dir"
+    MUSL_PATH = "musl path"
+    INTERPRETER = "interpreter"
+    ALREADY_LOADED = "already loaded"
+    SAME_FILE = "same file"
+    DIRECT_PATH = "direct path"
+
+
+class Role(str, Enum):
+    INPUT = "input"
+    INTERPRETER = "interpreter"
+    LIBRARY = "library"
+    FILTEE = "filtee"
+    PRELOAD = "preload"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One place the search looked, or decided not to look, and what happened there."""
+
+    source: str  # "RPATH of /usr/bin/x", "LD_LIBRARY_PATH", "ld.so.cache", ...
+    directory: str | None
+    outcome: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file the search settled on: where the loader opened it, and why there."""
+
+    path: str  # as the loader opened it, inside the root, symlinks not resolved
+    resolved: Resolved
+    how: How
+    via: str
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    found: Candidate | None
+    steps: tuple[Step, ...]
+
+
+@dataclass(eq=False)
+class Node:
+    """An object while the program is being loaded (the loader's ``link_map``)."""
+
+    path: str
+    resolved: Resolved
+    info: ElfInfo
+    role: Role
+    loader: Node | None
+    origin: str
+    names: set[str] = field(default_factory=set)
+
+    def chain(self) -> list[Node]:
+        """This object, the object that loaded it, and so on up to the program."""
+        out: list[Node] = []
+        node: Node | None = self
+        while node is not None:
+            out.append(node)
+            node = node.loader
+        return out
+
+
+class Reader:
+    """Parses each file once per run, keyed by device and inode.
+
+    Errors are cached too: a corrupt file is reported the same way each time.
+    """
+
+    def __init__(self, root: Root) -> None:
+        self.root = root
+        self._headers: dict[tuple[int, int], ElfHeader | BadInput] = {}
+        self._infos: dict[tuple[int, int], ElfInfo | BadInput] = {}
+
+    def header(self, resolved: Resolved) -> ElfHeader:
+        key = resolved.ident or (0, hash(resolved.path))
+        hit = self._headers.get(key)
+        if hit is None:
+            try:
+                hit = read_header(self.root.host_path(resolved.path))[0]
+            except BadInput as exc:
+                hit = exc
+            self._headers[key] = hit
+        if isinstance(hit, BadInput):
+            raise hit
+        return hit
+
+    def info(self, resolved: Resolved) -> ElfInfo:
+        key = resolved.ident or (0, hash(resolved.path))
+        hit = self._infos.get(key)
+        if hit is None:
+            try:
+                hit = read_elf(self.root.host_path(resolved.path))
+            except BadInput as exc:
+                hit = exc
+            self._infos[key] = hit
+        if isinstance(hit, BadInput):
+            raise hit
+        return hit
+
+
+class LoaderModel(Protocol):
+    """The rules one loader applies; ``minify.closure`` walks the graph with them."""
+
+    kind: str
+    interpreter: str
+    notes: list[str]
+
+    def origin_of_program(self, resolved: Resolved) -> str: ...
+
+    def reserved(self, name: str) -> bool: ...
+
+    def reuse(self, name: str, nodes: list[Node]) -> Node | None: ...
+
+    def find(self, name: str, requester: Node) -> SearchResult: ...
+
+    def preloads(self) -> list[tuple[str, str]]: ...

@@ -1,0 +1,271 @@
+"""Turn an ``Analysis`` into text: tree, ldd-style list, JSON, DOT, GraphML.
+
+Everything here is a pure function of the analysis; JSON goes through one encoder
+with sorted keys so the same analysis always prints the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from minify.closure import Analysis, Dependency, ProgramClosure
+from minify.loader.model import How
+
+FORMATS = ("tree", "list", "json", "dot", "graphml")
+JSON_SCHEMA_VERSION = 1
+TAR_BLOCK = 512
+
+
+def render(analysis: Analysis, fmt: str) -> str:
+    if fmt == "tree":
+        return tree(analysis)
+    if fmt == "list":
+        return ldd_list(analysis)
+    if fmt == "json":
+        return to_json(analysis)
+    if fmt == "dot":
+        return to_dot(analysis)
+    if fmt == "graphml":
+        return to_graphml(analysis)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def layer_size(sizes: list[int]) -> int:
+    """What an uncompressed tar layer of these files weighs: a 512-byte header each,
+    contents padded to 512 bytes, and the two zero blocks that end the archive."""
+    return sum(TAR_BLOCK + -(-s // TAR_BLOCK) * TAR_BLOCK for s in sizes) + 2 * TAR_BLOCK
+
+
+# -- tree ----------------------------------------------------------------------------
+
+
+def _tag(dep: Dependency) -> str:
+    if dep.how is None:
+        return "not found"
+    if dep.how in (How.RPATH, How.RUNPATH, How.LD_LIBRARY_PATH, How.MUSL_PATH):
+        return f"{dep.how.value} {dep.via}"
+    return dep.how.value
+
+
+def tree(analysis: Analysis) -> str:
+    out: list[str] = []
+    for program in analysis.programs:
+        out.extend(_program_tree(program))
+        out.append("")
+    if analysis.skipped:
+        out.append(f"skipped {len(analysis.skipped)} file(s) that are not ELF programs:")
+        out.extend(f"  {s.path}: {s.reason}" for s in analysis.skipped[:20])
+        if len(analysis.skipped) > 20:
+            out.append(f"  ... and {len(analysis.skipped) - 20} more")
+        out.append("")
+    objects = analysis.objects()
+    sizes = [o.size for o in objects.values()]
+    if objects:
+        out.append(
+            f"summary: {len(analysis.programs)} input(s), {len(objects)} file(s), {human_size(sum(sizes))}; "
+            f"a FROM scratch image of them: about {human_size(layer_size(sizes))}"
+        )
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _program_tree(p: ProgramClosure) -> list[str]:
+    if p.error:
+        return [f"{p.path}: error: {p.error}"]
+    if p.kind == "static":
+        return [f"{p.path} [static: no interpreter, no libraries] ({p.machine})"]
+    head = f"{p.path} ({p.loader}, {p.machine}, interpreter {p.interpreter})"
+    if p.realpath != p.path:
+        head += f" -> {p.realpath}"
+    lines = [head]
+    children: dict[str, list[Dependency]] = {}
+    for dep in p.dependencies:
+        if dep.kind != "interpreter":
+            children.setdefault(dep.requester, []).append(dep)
+    paths = {o.realpath: o.path for o in p.objects}
+    expanded: set[str] = {p.realpath}
+
+    def walk(real: str, prefix: str) -> None:
+        deps = children.get(real, [])
+        for i, dep in enumerate(deps):
+            last = i == len(deps) - 1 and not (real == p.realpath and p.vdso)
+            branch = "└── " if last else "├── "
+            if dep.target is None:
+                lines.append(f"{prefix}{branch}{dep.name} [not found]")
+                continue
+            shown = paths.get(dep.target, dep.target)
+            fresh = dep.how not in (How.ALREADY_LOADED, How.SAME_FILE, How.INTERPRETER)
+            label = f"{dep.name} => {shown}" if dep.name != shown else shown
+            kind = "" if dep.kind == "needed" else f" ({dep.kind})"
+            lines.append(f"{prefix}{branch}{label} [{_tag(dep)}]{kind}")
+            if fresh and dep.target not in expanded:
+                expanded.add(dep.target)
+                walk(dep.target, prefix + ("    " if last else "│   "))
+
+    walk(p.realpath, "")
+    if p.vdso:
+        lines.append(f"└── {p.vdso} [kernel: mapped by the kernel, not a file]")
+    lines.append(f"    interpreter {p.interpreter} [PT_INTERP]" if p.interpreter else "")
+    for dep in p.dependencies:
+        if dep.target is None and dep.kind not in ("auxiliary", "preload"):
+            lines.append(f"missing: {dep.name} (needed by {paths.get(dep.requester, dep.requester)}); searched:")
+            if not dep.searched:
+                lines.append("    nowhere: no search path applies")
+            lines.extend(
+                f"    {s.source}: {s.directory + ': ' if s.directory else ''}{s.outcome}" for s in dep.searched
+            )
+    lines.extend(f"error: {e}" for e in p.version_errors)
+    lines.extend(f"note: {n}" for n in p.notes)
+    return [line for line in lines if line]
+
+
+# -- ldd-style list ----------------------------------------------------------------
+
+
+def ldd_list(analysis: Analysis) -> str:
+    out: list[str] = []
+    many = len(analysis.programs) > 1
+    for p in analysis.programs:
+        if many:
+            out.append(f"{p.path}:")
+        out.extend(_ldd_lines(p))
+    return "\n".join(out) + "\n"
+
+
+def _ldd_lines(p: ProgramClosure) -> list[str]:
+    if p.error:
+        return [f"\terror: {p.error}"]
+    if p.kind == "static":
+        return ["\tstatically linked"]
+    lines = [f"\t{p.vdso} (kernel)"] if p.vdso else []
+    paths = {o.realpath: o.path for o in p.objects}
+    for dep in p.dependencies:
+        if dep.kind == "interpreter":
+            continue
+        if dep.target is None:
+            if dep.kind not in ("auxiliary", "preload"):
+                lines.append(f"\t{dep.name} => not found")
+        elif dep.how in (How.ALREADY_LOADED, How.SAME_FILE, How.INTERPRETER):
+            continue
+        elif "/" in dep.name:
+            lines.append(f"\t{paths[dep.target]}")
+        else:
+            lines.append(f"\t{dep.name} => {paths[dep.target]}")
+    if p.interpreter:
+        lines.append(f"\t{p.interpreter}" + ("" if p.interpreter not in p.missing else " => not found"))
+    return lines
+
+
+# -- JSON ----------------------------------------------------------------------------
+
+
+def as_data(analysis: Analysis) -> dict[str, Any]:
+    """The documented JSON schema (see README, "JSON output")."""
+    inputs = []
+    for p in analysis.programs:
+        inputs.append(
+            {
+                "path": p.path,
+                "realpath": p.realpath,
+                "kind": p.kind,
+                "loader": p.loader,
+                "interpreter": p.interpreter,
+                "machine": p.machine,
+                "closure": list(p.closure),
+                "missing": list(p.missing),
+                "version_errors": list(p.version_errors),
+                "error": p.error,
+                "notes": list(p.notes),
+                "vdso": p.vdso,
+            }
+        )
+    objects = [
+        {
+            "realpath": o.realpath,
+            "path": o.path,
+            "soname": o.soname,
+            "size": o.size,
+            "role": o.role.value,
+            "needed": list(o.needed),
+            "rpath": o.rpath,
+            "runpath": o.runpath,
+        }
+        for o in sorted(analysis.objects().values(), key=lambda o: o.realpath)
+    ]
+    edges = []
+    seen = set()
+    for p in analysis.programs:
+        for d in p.dependencies:
+            key = (d.requester, d.name, d.target)
+            if key in seen:
+                continue
+            seen.add(key)
+            edges.append(
+                {
+                    "from": d.requester,
+                    "to": d.target,
+                    "name": d.name,
+                    "kind": d.kind,
+                    "how": d.how.value if d.how else None,
+                    "via": d.via,
+                    "searched": [
+                        {"source": s.source, "directory": s.directory, "outcome": s.outcome} for s in d.searched
+                    ]
+                    if d.target is None
+                    else [],
+                }
+            )
+    edges.sort(key=lambda e: (e["from"], e["name"], e["to"] or ""))
+    return {
+        "schema": JSON_SCHEMA_VERSION,
+        "root": analysis.root,
+        "inputs": inputs,
+        "objects": objects,
+        "edges": edges,
+        "skipped": [{"path": s.path, "reason": s.reason} for s in analysis.skipped],
+    }
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def to_json(analysis: Analysis) -> str:
+    return dumps(as_data(analysis))
+
+
+# -- graph formats -----------------------------------------------------------------
+
+
+def to_dot(analysis: Analysis) -> str:
+    import networkx as nx
+
+    g = analysis.graph
+    # pydot treats ':' as a port separator; quote every name.
+    quoted = nx.relabel_nodes(g, {n: f'"{n}"' for n in g.nodes})
+    for _, data in quoted.nodes(data=True):
+        for key, value in list(data.items()):
+            data[key] = f'"{value}"'
+    for _, _, data in quoted.edges(data=True):
+        for key, value in list(data.items()):
+            data[key] = f'"{value}"'
+    quoted.graph = {}
+    return str(nx.nx_pydot.to_pydot(quoted).to_string())
+
+
+def to_graphml(analysis: Analysis) -> str:
+    import networkx as nx
+
+    buf = io.BytesIO()
+    nx.write_graphml(analysis.graph, buf)
+    return buf.getvalue().decode("utf-8")
