@@ -1,0 +1,192 @@
+"""Shared test helpers: build real binaries from fixtures/ with gcc, and ask the real
+loader what it loads (LD_TRACE_LOADED_OBJECTS=1), so minify is judged by the loader."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from minify.elf import read_elf
+from minify.root import Root
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+IN_CI = os.environ.get("CI") == "true"
+
+
+def need_tool(*tools: str) -> None:
+    """Skip locally when a tool is missing; in CI a missing tool is a failure, since
+    the test command installs every tool the tests use."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        if IN_CI:
+            pytest.fail(f"tools missing in CI: {', '.join(missing)}")
+        pytest.skip(f"tools missing: {', '.join(missing)}")
+
+
+def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)  # type: ignore[call-overload,no-any-return]
+
+
+class Builder:
+    """Compiles fixtures into a folder; every artefact is a real ELF file."""
+
+    def __init__(self, cc: str = "gcc") -> None:
+        self.cc = cc
+
+    def lib(
+        self,
+        out: Path,
+        name: str,
+        *,
+        soname: str | None = "",
+        links: list[Path | str] | tuple[Path | str, ...] = (),
+        rpath: str | None = None,
+        runpath: str | None = None,
+        flags: list[str] | tuple[str, ...] = (),
+        src: str = "lib.c",
+    ) -> Path:
+        """``out`` is the file to write; ``soname`` defaults to its file name ("" ->
+        basename, None -> no DT_SONAME)."""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [self.cc, "-shared", "-fPIC", f"-DNAME={name}", str(FIXTURES / src), "-o", str(out)]
+        if soname is not None:
+            cmd.append(f"-Wl,-soname,{soname or out.name}")
+        cmd += self._link_flags(links, rpath, runpath)
+        cmd += list(flags)
+        run(cmd)
+        return out
+
+    def prog(
+        self,
+        out: Path,
+        *,
+        src: str = "prog.c",
+        links: list[Path | str] | tuple[Path | str, ...] = (),
+        rpath: str | None = None,
+        runpath: str | None = None,
+        flags: list[str] | tuple[str, ...] = (),
+        cwd: Path | None = None,
+    ) -> Path:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        compiler = self.cc if not src.endswith(".cc") else self.cc.replace("gcc", "g++")
+        cmd = [compiler, str(FIXTURES / src), "-o", str(out)]
+        cmd += self._link_flags(links, rpath, runpath)
+        cmd += list(flags)
+        run(cmd, cwd=cwd)
+        return out
+
+    @staticmethod
+    def _link_flags(links: list[Path | str] | tuple[Path | str, ...], rpath: str | None, runpath: str | None) -> list[str]:
+        flags = ["-Wl,--no-as-needed"] if links else []
+        flags += [str(p) for p in links]
+        if rpath is not None:
+            flags += ["-Wl,--disable-new-dtags", f"-Wl,-rpath,{rpath}"]
+        if runpath is not None:
+            flags += ["-Wl,--enable-new-dtags", f"-Wl,-rpath,{runpath}"]
+        return flags
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What the real loader reported."""
+
+    closure: frozenset[str]  # realpaths inside the root
+    missing: frozenset[str]
+    failed: bool  # the loader stopped with an error
+    output: str
+
+
+_LINE = re.compile(r"^\s*(?:(\S+) => )?(\S+?|not found)(?: \(0x[0-9a-f]+\))?$")
+
+
+def loader_truth(
+    program: str,
+    *,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    chroot: str | None = None,
+    qemu: str | None = None,
+) -> Truth:
+    """Run the program under LD_TRACE_LOADED_OBJECTS=1 (the loader lists what it maps
+    and exits without running main). Test-only: minify itself never does this."""
+    full_env = {"LD_TRACE_LOADED_OBJECTS": "1", "PATH": "/usr/bin:/bin"}
+    full_env.update(env or {})
+    if chroot:
+        cmd = ["chroot", chroot, program]
+    elif qemu:
+        # qemu-user runs the guest loader with every absolute path prefixed by the root
+        cmd = ["qemu-aarch64-static", "-L", qemu, qemu + program]
+    else:
+        cmd = [program]
+        interp = read_elf(program).interpreter
+        if interp and os.path.basename(interp).startswith("ld-musl-"):
+            # musl's loader lists instead of running when asked with --list
+            cmd = [interp, "--list", program]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=60)
+    root = Root(chroot or qemu or "/")
+    closure: set[str] = set()
+    missing: set[str] = set()
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line == program or line.startswith(program + " "):
+            continue  # musl lists the program itself
+        if not line or line.startswith(("linux-vdso", "linux-gate")) or "statically linked" in line:
+            continue
+        if line.endswith("=> not found"):
+            missing.add(line.split(" => ")[0])
+            continue
+        m = _LINE.match(line)
+        assert m, f"unparsed loader line: {line!r}"
+        path = m.group(2)
+        if not path.startswith("/"):
+            path = os.path.join(cwd or os.getcwd(), path)
+        closure.add(root.realpath(path))
+    # the trace lists what ld.so maps; the program itself is mapped by the kernel
+    closure.add(root.realpath(program if program.startswith("/") else os.path.join(cwd or os.getcwd(), program)))
+    return Truth(frozenset(closure), frozenset(missing), proc.returncode != 0 and not missing, proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def builder() -> Builder:
+    need_tool("gcc")
+    return Builder()
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory, builder: Builder) -> dict[str, Path]:
+    """Binaries that several test modules share, built once per session."""
+    base = tmp_path_factory.mktemp("built")
+    out = {
+        "pausle": builder.prog(
+            base / "pausle-dynamic",
+            src="pausle.c",
+            flags=[
+                "-Os",
+                "-fdata-sections",
+                "-ffunction-sections",
+                "-fipa-pta",
+                "-Wl,--gc-sections",
+                "-Wl,-O1",
+                "-Wl,--as-needed",
+                "-Wl,--strip-all",
+            ],
+        ),
+        "hello": builder.prog(base / "hello", src="hello.c"),
+    }
+    return out
+
+
+def add_rpath_entry(path: Path, rpath: str) -> None:
+    """Give an ELF file a DT_RPATH beside its DT_RUNPATH (no linker writes both), by
+    rewriting it with LIEF: a fixture-making step, the result is judged by the loader."""
+    import lief
+
+    binary = lief.ELF.parse(str(path))
+    binary.add(lief.ELF.DynamicEntryRpath(rpath))
+    binary.write(str(path))
