@@ -148,10 +148,12 @@ def read_header(path: str) -> tuple[ElfHeader, int]:
         if size > MAX_ELF_SIZE:
             raise FileTooLarge(path, f"{size} bytes is larger than any ELF object minify reads")
         head = os.pread(fd, 64, 0)
+        if not head:
+            raise NotElf(path, "empty file (file too short)")
+        if head[:4] != ELF_MAGIC[: len(head)]:
+            raise NotElf(path, "not an ELF file (invalid ELF header)")
         if len(head) < 16:
             raise NotElf(path, "file too short to be ELF")
-        if head[:4] != ELF_MAGIC:
-            raise NotElf(path, "not an ELF file (invalid ELF header)")
         elf_class = {1: 32, 2: 64}.get(head[4])
         endian = {1: Endian.LITTLE, 2: Endian.BIG}.get(head[5])
         if elf_class is None or endian is None or head[6] != 1:
