@@ -108,6 +108,90 @@ def analyze(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_INCOMPLETE)
 
 
+@app.command()
+def rootfs(
+    paths: Annotated[list[str], typer.Argument(help="Programs (or folders of them) to ship.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output folder: rootfs/, Dockerfile, lock file.")],
+    root: RootOpt = "/",
+    cwd: CwdOpt = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="SRC=DEST: put the tree SRC at DEST in the image.")] = None,
+    entrypoint: Annotated[str | None, typer.Option("--entrypoint", help="Image path of the program to run.")] = None,
+    cmd: Annotated[list[str] | None, typer.Option("--cmd", help="A CMD argument (repeat for more).")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="UID[:GID] to run as.")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", help="K=V for the image (repeat for more).")] = None,
+    hwcaps: Annotated[
+        str, typer.Option("--hwcaps", help="all (baseline + every glibc-hwcaps copy), baseline, or a level.")
+    ] = "all",
+    check_only: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 if OUT is not what would be produced.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an OUT that minify did not write.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write exactly the closure as a root filesystem and a FROM scratch Dockerfile."""
+    from minify.errors import OutOfDate
+    from minify.render import human_size
+    from minify.rootfs import RootfsOptions, build, check
+
+    options = RootfsOptions(
+        paths=tuple(paths),
+        output=output,
+        root=root,
+        cwd=cwd,
+        maps=tuple(map_ or ()),
+        entrypoint=entrypoint,
+        cmd=tuple(cmd or ()),
+        user=user,
+        env=tuple(env or ()),
+        hwcaps=hwcaps,
+        force=force,
+    )
+    if check_only:
+        try:
+            result = _guard(verbose, lambda: _unwrap_out_of_date(check, options))
+        except OutOfDate as exc:  # pragma: no cover - handled in _unwrap_out_of_date
+            raise typer.Exit(exc.exit_code) from None
+        typer.echo(f"{output}: up to date ({len(result.plan.files)} files)")
+        raise typer.Exit(EXIT_OK)
+    result = _guard(verbose, lambda: _with_progress(build, options))
+    for warning in result.warnings:
+        typer.echo(f"minify: warning: {warning}", err=True)
+    files = len(result.plan.files)
+    typer.echo(
+        f"{result.output}: {files} files, {human_size(result.plan.total_size)}; "
+        f"image layer about {human_size(result.layer_bytes)} "
+        f"(the inputs alone: {human_size(result.input_bytes)}); verified: every program resolves in the rootfs"
+    )
+    typer.echo(f"build it with: podman build {output}")
+
+
+def _unwrap_out_of_date(check: Callable[[object], T], options: object) -> T:
+    from minify.errors import OutOfDate
+
+    try:
+        return check(options)
+    except OutOfDate as exc:
+        for line in exc.differences:
+            typer.echo(line)
+        raise
+
+
+def _with_progress(build: Callable[..., T], options: object) -> T:
+    """A progress bar on a terminal when there is enough to wait for."""
+    if not sys.stderr.isatty():
+        return build(options)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("writing rootfs", total=None)
+
+        def tick(done: int, total: int) -> None:
+            if total >= 200:
+                bar.update(task, completed=done, total=total)
+
+        return build(options, progress=tick)
+
+
 def main() -> None:
     app()
 

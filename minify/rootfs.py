@@ -1,0 +1,402 @@
+"""``minify rootfs``: plan the image, write it all-or-nothing, verify it, or check it.
+
+The output folder holds ``rootfs/`` (exactly the closure), ``Dockerfile`` and
+``minify.lock.json``. It is built in a temporary folder beside OUT and renamed into
+place only after the finished rootfs has been analysed again with itself as the root;
+any failure leaves OUT as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from minify import __version__
+from minify.closure import Analysis, ProgramClosure, analyze
+from minify.dockerfile import render as render_dockerfile
+from minify.elf import script_interpreter
+from minify.errors import OutputError, OutOfDate, VerificationFailed
+from minify.image import Entry, EntryType, ImageConfig, ImagePlan, Mapping, PlanError, plan_image
+from minify.root import Root
+
+LOCK_NAME = "minify.lock.json"
+LOCK_SCHEMA = 1
+#: Every file gets this mtime, so the same inputs give the same image layer.
+FIXED_MTIME = 0
+
+
+@dataclass(frozen=True)
+class RootfsOptions:
+    paths: tuple[str, ...]
+    output: str
+    root: str = "/"
+    cwd: str | None = None
+    maps: tuple[str, ...] = ()
+    entrypoint: str | None = None
+    cmd: tuple[str, ...] = ()
+    user: str | None = None
+    env: tuple[str, ...] = ()
+    hwcaps: str = "all"
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class RootfsResult:
+    plan: ImagePlan
+    output: str
+    input_bytes: int
+    layer_bytes: int
+    differences: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def prepare(options: RootfsOptions) -> tuple[ImagePlan, str, dict[str, Any]]:
+    """Analyse, plan and render everything in memory: plan, Dockerfile, lock data."""
+    cwd = options.cwd
+    view = Root(options.root)
+    if cwd is None:
+        cwd = os.getcwd() if view.is_host else "/"
+    analysis_hwcaps = "baseline" if options.hwcaps in ("all", "baseline") else options.hwcaps
+    analysis = analyze(options.paths, root=options.root, cwd=cwd, hwcaps=analysis_hwcaps, cpuinfo="")
+    programs, scripts = _split_scripts(analysis, options, cwd)
+    analysis = Analysis(analysis.root, programs, analysis.skipped)
+    maps = tuple(Mapping.parse(m) for m in options.maps)
+    if any(not p.startswith("/") for p in options.paths) and cwd != "/":
+        # a relative input keeps its path relative to the current folder, rooted at /
+        maps += (Mapping(cwd, "/"),)
+    extra: tuple[ProgramClosure, ...] = ()
+    if options.hwcaps == "all":
+        extra = _hwcaps_variants(analysis, view, cwd)
+    config = _config(options, analysis, maps, view, cwd)
+    plan = plan_image(analysis, maps=maps, extra=extra, config=config, scripts=scripts)
+    if config.entrypoint and plan.entry(config.entrypoint[0]) is None:
+        raise PlanError(f"--entrypoint {config.entrypoint[0]} is not in the image")
+    warnings = list(plan.warnings)
+    warnings.extend(f"skipped {s.path}: {s.reason}" for s in analysis.skipped)
+    if not config.entrypoint:
+        warnings.append("no ENTRYPOINT: several inputs and no --entrypoint")
+    plan = ImagePlan(plan.entries, plan.config, plan.programs, plan.scripts, tuple(warnings))
+    dockerfile = render_dockerfile(plan)
+    return plan, dockerfile, lock_data(plan, dockerfile)
+
+
+def _split_scripts(
+    analysis: Analysis, options: RootfsOptions, cwd: str
+) -> tuple[tuple[ProgramClosure, ...], tuple[tuple[str, str], ...]]:
+    """Scripts are accepted when their ``#!`` interpreter is an input too."""
+    view = Root(analysis.root)
+    given = {p.realpath for p in analysis.programs if p.kind != "not-elf"}
+    given |= {p.path for p in analysis.programs if p.kind != "not-elf"}
+    programs = []
+    scripts = []
+    for program in analysis.programs:
+        if program.kind != "not-elf":
+            programs.append(program)
+            continue
+        interp = script_interpreter(view.host_path(program.realpath))
+        if interp is None:
+            raise PlanError(program.error or f"{program.path}: not an ELF file")
+        if interp not in given and view.realpath(interp) not in given:
+            raise PlanError(
+                f"{program.path} is a script for {interp}, which is not included unless given: "
+                f"add {interp} as an input"
+            )
+        scripts.append((view.host_path(program.path), interp))
+    return tuple(programs), tuple(scripts)
+
+
+def _hwcaps_variants(analysis: Analysis, view: Root, cwd: str) -> tuple[ProgramClosure, ...]:
+    """Every glibc-hwcaps copy of every library, so the image runs on any CPU and still
+    gets the tuned copy where the CPU allows (glibc >= 2.33)."""
+    variants: list[str] = []
+    for obj in analysis.objects().values():
+        folder = posixpath.dirname(obj.path)
+        hw = posixpath.join(folder, "glibc-hwcaps")
+        for level in view.listdir(hw):
+            candidate = posixpath.join(hw, level, posixpath.basename(obj.path))
+            if view.resolve(candidate).is_file:
+                variants.append(candidate)
+    if not variants:
+        return ()
+    extra = analyze(sorted(set(variants)), root=analysis.root, cwd=cwd, hwcaps="baseline", cpuinfo="")
+    return extra.programs
+
+
+_USER = re.compile(r"^[0-9]+(:[0-9]+)?$")
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _config(
+    options: RootfsOptions, analysis: Analysis, maps: tuple[Mapping, ...], view: Root, cwd: str
+) -> ImageConfig:
+    if options.user is not None and not _USER.match(options.user):
+        raise PlanError(f"--user {options.user!r}: expected UID or UID:GID (numbers: a scratch image has no /etc/passwd)")
+    env = []
+    for item in options.env:
+        if not _ENV.match(item):
+            raise PlanError(f"--env {item!r}: expected NAME=VALUE")
+        key, _, value = item.partition("=")
+        env.append((key, value))
+    entrypoint: tuple[str, ...] = ()
+    if options.entrypoint:
+        entrypoint = (options.entrypoint,)
+    elif len(analysis.programs) == 1:
+        path = analysis.programs[0].path
+        for m in sorted(maps, key=lambda m: -len(m.source)):
+            moved = m.apply(path)
+            if moved is not None:
+                path = moved
+                break
+        entrypoint = (path,)
+    labels = (
+        ("org.opencontainers.image.description", "minified by minify: the exact loader closure, nothing else"),
+        ("io.github.minify.version", __version__),
+    )
+    return ImageConfig(entrypoint, options.cmd, options.user, tuple(env), labels)
+
+
+# -- lock file -----------------------------------------------------------------------
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _entry_data(entry: Entry, sha: str | None) -> dict[str, Any]:
+    return {
+        "path": entry.path,
+        "type": entry.type.value,
+        "mode": f"{entry.mode:04o}",
+        "size": entry.size,
+        "sha256": sha,
+        "target": entry.target,
+        "why": list(entry.reasons),
+    }
+
+
+def lock_data(plan: ImagePlan, dockerfile: str) -> dict[str, Any]:
+    entries = []
+    for e in plan.entries:
+        sha = sha256_of(e.source) if e.type is EntryType.FILE and e.source else None
+        entries.append(_entry_data(e, sha))
+    return {
+        "schema": LOCK_SCHEMA,
+        "minify": __version__,
+        "programs": list(plan.programs),
+        "scripts": list(plan.scripts),
+        "entrypoint": list(plan.config.entrypoint),
+        "dockerfile_sha256": hashlib.sha256(dockerfile.encode()).hexdigest(),
+        "entries": entries,
+    }
+
+
+def _dump(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+# -- writing -----------------------------------------------------------------------
+
+
+def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None = None) -> RootfsResult:
+    """Write OUT atomically; verify the rootfs before it replaces anything."""
+    plan, dockerfile, lock = prepare(options)
+    out = os.path.abspath(options.output)
+    _check_output(out, force=options.force)
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise OutputError(f"{parent}: the folder that should hold {os.path.basename(out)} does not exist")
+    try:
+        tmp = tempfile.mkdtemp(prefix=".minify-", dir=parent)
+    except OSError as exc:
+        raise OutputError(f"{parent}: cannot write here ({exc.strerror})") from None
+    try:
+        rootfs = os.path.join(tmp, "rootfs")
+        materialise(plan, rootfs, progress=progress)
+        with open(os.path.join(tmp, "Dockerfile"), "w", encoding="utf-8") as fh:
+            fh.write(dockerfile)
+        with open(os.path.join(tmp, LOCK_NAME), "w", encoding="utf-8") as fh:
+            fh.write(_dump(lock))
+        verify_rootfs(rootfs, plan.programs)
+        os.chmod(tmp, 0o755)
+        _swap_into_place(tmp, out)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{exc.filename or out}: {exc.strerror or exc}; {out} left as it was") from None
+        raise
+    return _result(plan, out)
+
+
+def _result(plan: ImagePlan, out: str, differences: tuple[str, ...] = ()) -> RootfsResult:
+    from minify.render import layer_size
+
+    inputs = set(plan.programs) | set(plan.scripts)
+    input_bytes = sum(e.size for e in plan.files if e.path in inputs)
+    layer = layer_size([e.size for e in plan.entries])
+    return RootfsResult(plan, out, input_bytes, layer, differences, plan.warnings)
+
+
+def _check_output(out: str, *, force: bool) -> None:
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise OutputError(f"{out}: exists and is not a folder")
+    if os.path.islink(out):
+        raise OutputError(f"{out}: is a symlink; give the real folder")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, LOCK_NAME)) and not force:
+        raise OutputError(f"{out}: exists and was not written by minify (no {LOCK_NAME}); use --force to replace it")
+
+
+def _swap_into_place(tmp: str, out: str) -> None:
+    if not os.path.exists(out):
+        os.rename(tmp, out)
+        return
+    old = tempfile.mkdtemp(prefix=".minify-old-", dir=os.path.dirname(out))
+    os.rmdir(old)
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _inside(base: str, path: str) -> str:
+    """``base`` + image ``path``, refusing anything that would land outside ``base``."""
+    norm = posixpath.normpath(path)
+    if not norm.startswith("/") or ".." in norm.split("/"):
+        raise PlanError(f"{path}: not a clean absolute path")
+    dest = base + norm
+    parent = os.path.realpath(os.path.dirname(dest))
+    if parent != base and not parent.startswith(base + "/"):
+        raise PlanError(f"{path}: would be written outside {base}")
+    return dest
+
+
+def materialise(plan: ImagePlan, directory: str, *, progress: Callable[[int, int], None] | None = None) -> None:
+    """Write the entries of ``plan`` under ``directory`` (which must not exist)."""
+    os.mkdir(directory, 0o755)
+    base = os.path.realpath(directory)
+    total = len(plan.entries)
+    for done, entry in enumerate(plan.entries, 1):
+        dest = _inside(base, entry.path)
+        if entry.type is EntryType.DIR:
+            os.mkdir(dest, 0o755)
+        elif entry.type is EntryType.SYMLINK:
+            assert entry.target is not None
+            os.symlink(entry.target, dest)
+        elif entry.type is EntryType.HARDLINK:
+            assert entry.target is not None
+            os.link(_inside(base, entry.target), dest, follow_symlinks=False)
+        else:
+            assert entry.source is not None
+            _copy(entry.source, dest, entry.mode)
+        if progress is not None:
+            progress(done, total)
+    for entry in reversed(plan.entries):  # children first, so folder times stick
+        os.utime(base + entry.path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
+    os.utime(base, (FIXED_MTIME, FIXED_MTIME))
+
+
+def _copy(source: str, dest: str, mode: int) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    src_fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        dst_fd = os.open(dest, flags, 0o600)
+        try:
+            with os.fdopen(src_fd, "rb", closefd=False) as src, os.fdopen(dst_fd, "wb", closefd=False) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.fchmod(dst_fd, mode)
+        finally:
+            os.close(dst_fd)
+    finally:
+        os.close(src_fd)
+
+
+# -- verification and --check --------------------------------------------------------
+
+
+def verify_rootfs(rootfs: str, programs: tuple[str, ...]) -> Analysis:
+    """Analyse the finished rootfs with itself as the root: no cache, no host files."""
+    analysis = analyze(list(programs), root=rootfs, cwd="/", hwcaps="baseline", cpuinfo="")
+    problems: list[str] = []
+    for program in analysis.programs:
+        if program.error:
+            problems.append(program.error)
+        problems.extend(f"{name} not found in the image (needed by {program.path})" for name in program.missing)
+        problems.extend(program.version_errors)
+    if problems:
+        raise VerificationFailed(tuple(problems))
+    return analysis
+
+
+def check(options: RootfsOptions) -> RootfsResult:
+    """``--check``: write nothing; list how OUT differs from what would be produced."""
+    plan, dockerfile, lock = prepare(options)
+    out = os.path.abspath(options.output)
+    differences: list[str] = []
+    try:
+        with open(os.path.join(out, "Dockerfile"), encoding="utf-8") as fh:
+            if fh.read() != dockerfile:
+                differences.append("Dockerfile differs")
+    except OSError:
+        differences.append("Dockerfile is missing")
+    try:
+        with open(os.path.join(out, LOCK_NAME), encoding="utf-8") as fh:
+            if fh.read() != _dump(lock):
+                differences.append(f"{LOCK_NAME} differs")
+    except OSError:
+        differences.append(f"{LOCK_NAME} is missing")
+    differences.extend(_tree_differences(os.path.join(out, "rootfs"), lock["entries"]))
+    result = _result(plan, out, tuple(differences))
+    if differences:
+        raise OutOfDate(tuple(differences))
+    return result
+
+
+def _tree_differences(rootfs: str, wanted: list[dict[str, Any]]) -> list[str]:
+    want = {e["path"]: e for e in wanted}
+    have: dict[str, dict[str, Any]] = {}
+    if os.path.isdir(rootfs):
+        for dirpath, dirnames, filenames in os.walk(rootfs):
+            for name in dirnames + filenames:
+                host = os.path.join(dirpath, name)
+                inner = host[len(rootfs) :]
+                st = os.lstat(host)
+                have[inner] = _describe(host, st)
+    out = []
+    for path in sorted(want.keys() | have.keys()):
+        w, h = want.get(path), have.get(path)
+        if h is None:
+            out.append(f"missing: {path}")
+        elif w is None:
+            out.append(f"unexpected: {path}")
+        else:
+            kind = "file" if w["type"] == "hardlink" else w["type"]
+            if kind != h["type"]:
+                out.append(f"changed: {path} is a {h['type']}, should be a {w['type']}")
+            elif kind == "symlink" and w["target"] != h["target"]:
+                out.append(f"changed: {path} -> {h['target']}, should point to {w['target']}")
+            elif kind == "file" and w["type"] == "file" and (w["sha256"] != h["sha256"] or w["mode"] != h["mode"]):
+                out.append(f"changed: {path} (contents or mode)")
+    return out
+
+
+def _describe(host: str, st: os.stat_result) -> dict[str, Any]:
+    if stat.S_ISLNK(st.st_mode):
+        return {"type": "symlink", "target": os.readlink(host)}
+    if stat.S_ISDIR(st.st_mode):
+        return {"type": "dir"}
+    return {"type": "file", "sha256": sha256_of(host), "mode": f"{stat.S_IMODE(st.st_mode):04o}"}

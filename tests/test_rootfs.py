@@ -1,0 +1,279 @@
+"""minify rootfs: exactly the closure, laid out as the loader opens it, written safely,
+and proven by running it (chroot here; podman in test_podman.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from minify.rootfs import RootfsOptions, build, check
+from tests.conftest import Builder, need_tool
+
+MINIFY = [sys.executable, "-m", "minify.cli"]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MINIFY, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def tree_listing(top: Path) -> dict[str, str]:
+    """Every path under ``top`` with what it is: file digest+mode, symlink text, dir."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = "/" + str(p.relative_to(top))
+            if p.is_symlink():
+                out[rel] = "-> " + os.readlink(p)
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() + f" {p.stat().st_mode & 0o7777:o}"
+    return out
+
+
+def chroot_run(rootfs: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` chrooted into a copy of ``rootfs`` with what a container runtime
+    provides: /proc (glibc reads /proc/self/exe for the program's $ORIGIN) and /dev/null.
+    The copy keeps the image itself exactly as minify wrote it."""
+    need_tool("unshare", "chroot")
+    box = Path(tempfile.mkdtemp(prefix="chroot-"))
+    try:
+        top = box / "root"
+        shutil.copytree(rootfs, top, symlinks=True)
+        (top / "proc").mkdir()
+        (top / "dev").mkdir()
+        (top / "dev/null").touch()
+        script = 'mount -t proc proc "$0/proc" && mount --bind /dev/null "$0/dev/null" && exec chroot "$0" "$@"'
+        return subprocess.run(
+            ["unshare", "--mount", "--pid", "--fork", "sh", "-c", script, str(top), *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
+
+
+def test_seed_rootfs_is_exactly_the_closure(tmp_path: Path, built: dict[str, Path]) -> None:
+    shutil.copy(built["pausle"], tmp_path / "pausle-dynamic")
+    proc = cli("rootfs", "./pausle-dynamic", "-o", "out/", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["Dockerfile", "minify.lock.json", "rootfs"]
+    listing = tree_listing(out / "rootfs")
+    files = {p for p, kind in listing.items() if not kind.startswith("->") and kind != "dir"}
+    real = {os.path.realpath("/lib64/ld-linux-x86-64.so.2"), os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")}
+    assert files == {"/pausle-dynamic"} | real
+    # the interpreter at its literal PT_INTERP path, through the same links as the host
+    assert os.path.realpath(out / "rootfs/lib64/ld-linux-x86-64.so.2").endswith("ld-linux-x86-64.so.2")
+    assert (out / "rootfs/lib64/ld-linux-x86-64.so.2").exists()
+    dockerfile = (out / "Dockerfile").read_text()
+    assert "FROM scratch" in dockerfile and "COPY rootfs/ /" in dockerfile
+    assert 'ENTRYPOINT ["/pausle-dynamic"]' in dockerfile
+    lock = json.loads((out / "minify.lock.json").read_text())
+    by_path = {e["path"]: e for e in lock["entries"]}
+    assert by_path["/pausle-dynamic"]["why"] == ["input"]
+    assert set(by_path) == set(listing)
+    total = sum((out / "rootfs" / p.lstrip("/")).stat().st_size for p in files)
+    assert total < 3_000_000, "the seed's image should be about 2.2 MB"
+    assert "verified" in proc.stdout
+
+
+def test_same_inputs_give_byte_identical_output(tmp_path: Path, built: dict[str, Path]) -> None:
+    shutil.copy(built["hello"], tmp_path / "hello")
+    for out in ("a", "b"):
+        assert cli("rootfs", "./hello", "-o", out, cwd=tmp_path).returncode == 0
+    assert tree_listing(tmp_path / "a") == tree_listing(tmp_path / "b")
+    assert (tmp_path / "a/minify.lock.json").read_bytes() == (tmp_path / "b/minify.lock.json").read_bytes()
+
+
+def test_hello_runs_in_its_rootfs_with_chroot(tmp_path: Path, built: dict[str, Path]) -> None:
+    shutil.copy(built["hello"], tmp_path / "hello")
+    assert cli("rootfs", "./hello", "-o", "out", cwd=tmp_path).returncode == 0
+    proc = chroot_run(tmp_path / "out/rootfs", "/hello")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "hello from minify\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["/usr/bin/ls", "/"],
+        ["/usr/bin/xz", "--version"],
+        ["/usr/bin/openssl", "version"],
+        ["/usr/bin/git", "--version"],
+        ["/usr/bin/sqlite3", "-version"],
+        ["/usr/bin/curl", "--version"],
+    ],
+)
+def test_real_programs_run_in_their_rootfs(tmp_path: Path, argv: list[str]) -> None:
+    if not os.path.exists(argv[0]):
+        need_tool(os.path.basename(argv[0]))
+    result = build(RootfsOptions(paths=(argv[0],), output=str(tmp_path / "out")))
+    assert len(result.plan.files) > 2
+    rootfs = tmp_path / "out/rootfs"
+    inside = chroot_run(rootfs, *argv)
+    assert inside.returncode == 0, inside.stderr
+    if argv[1] == "/":
+        assert inside.stdout.split() == sorted([*os.listdir(rootfs), "dev", "proc"])
+    else:
+        host = subprocess.run(argv, capture_output=True, text=True, env={}, check=True)
+        assert inside.stdout == host.stdout
+
+
+def test_origin_libraries_move_with_their_program(tmp_path: Path, builder: Builder) -> None:
+    lib = builder.lib(tmp_path / "app/lib/libapp.so.1", "app")
+    builder.prog(tmp_path / "app/bin/tool", src="hello.c", links=[lib], runpath="$ORIGIN/../lib")
+    proc = cli("rootfs", "./app/bin/tool", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rootfs = tmp_path / "out/rootfs"
+    assert (rootfs / "app/bin/tool").is_file() and (rootfs / "app/lib/libapp.so.1").is_file()
+    assert chroot_run(rootfs, "/app/bin/tool").stdout == "hello from minify\n"
+
+
+def test_map_relocates_a_tree(tmp_path: Path, builder: Builder) -> None:
+    lib = builder.lib(tmp_path / "opt/x/lib/libx.so.1", "x")
+    builder.prog(tmp_path / "opt/x/bin/x", src="hello.c", links=[lib], runpath="$ORIGIN/../lib")
+    proc = cli("rootfs", str(tmp_path / "opt/x/bin/x"), "-o", str(tmp_path / "out"), "--map", f"{tmp_path}/opt/x=/app")
+    assert proc.returncode == 0, proc.stderr
+    rootfs = tmp_path / "out/rootfs"
+    assert (rootfs / "app/lib/libx.so.1").is_file()
+    assert 'ENTRYPOINT ["/app/bin/x"]' in (tmp_path / "out/Dockerfile").read_text()
+    assert chroot_run(rootfs, "/app/bin/x").stdout == "hello from minify\n"
+
+
+def test_a_map_that_breaks_origin_fails_verification_and_leaves_out_alone(tmp_path: Path, builder: Builder) -> None:
+    lib = builder.lib(tmp_path / "opt/y/lib/liby.so.1", "y")
+    prog = builder.prog(tmp_path / "opt/y/bin/y", src="hello.c", links=[lib], runpath="$ORIGIN/../lib")
+    out = tmp_path / "out"
+    assert cli("rootfs", str(prog), "-o", str(out)).returncode == 0
+    before = tree_listing(out)
+    proc = cli("rootfs", str(prog), "-o", str(out), "--map", f"{tmp_path}/opt/y/bin=/bin")
+    assert proc.returncode == 1
+    assert "liby.so.1 not found in the image" in proc.stderr
+    assert tree_listing(out) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".minify")] == []
+
+
+def test_hard_links_stay_one_file(tmp_path: Path, built: dict[str, Path]) -> None:
+    shutil.copy(built["hello"], tmp_path / "one")
+    os.link(tmp_path / "one", tmp_path / "two")
+    assert cli("rootfs", "./one", "./two", "-o", "out", "--entrypoint", "/one", cwd=tmp_path).returncode == 0
+    rootfs = tmp_path / "out/rootfs"
+    assert (rootfs / "one").stat().st_ino == (rootfs / "two").stat().st_ino
+    lock = json.loads((tmp_path / "out/minify.lock.json").read_text())
+    assert {e["path"]: e["type"] for e in lock["entries"]}["/two"] == "hardlink"
+
+
+def test_setuid_bit_is_dropped_with_a_warning(tmp_path: Path, built: dict[str, Path]) -> None:
+    shutil.copy(built["hello"], tmp_path / "suid")
+    os.chmod(tmp_path / "suid", 0o4755)
+    proc = cli("rootfs", "./suid", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "setuid/setgid bits dropped" in proc.stderr
+    assert (tmp_path / "out/rootfs/suid").stat().st_mode & 0o7777 == 0o755
+
+
+def test_hwcaps_all_ships_every_variant(tmp_path: Path, builder: Builder) -> None:
+    base = builder.lib(tmp_path / "lib/libhw.so.1", "hw")
+    builder.lib(tmp_path / "lib/glibc-hwcaps/x86-64-v2/libhw.so.1", "hw_v2", soname="libhw.so.1")
+    prog = builder.prog(tmp_path / "prog", links=[base], runpath=f"{tmp_path}/lib")
+    build(RootfsOptions(paths=(str(prog),), output=str(tmp_path / "all")))
+    assert (tmp_path / f"all/rootfs{tmp_path}/lib/glibc-hwcaps/x86-64-v2/libhw.so.1").is_file()
+    assert (tmp_path / f"all/rootfs{tmp_path}/lib/libhw.so.1").is_file()
+    build(RootfsOptions(paths=(str(prog),), output=str(tmp_path / "base"), hwcaps="baseline"))
+    assert not (tmp_path / f"base/rootfs{tmp_path}/lib/glibc-hwcaps").exists()
+
+
+def test_check_writes_nothing_and_reports_differences(tmp_path: Path, built: dict[str, Path]) -> None:
+    shutil.copy(built["hello"], tmp_path / "hello")
+    assert cli("rootfs", "./hello", "-o", "out", cwd=tmp_path).returncode == 0
+    ok = cli("rootfs", "./hello", "-o", "out", "--check", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (tmp_path / "out/rootfs/hello").chmod(0o700)
+    before = tree_listing(tmp_path / "out")
+    stale = cli("rootfs", "./hello", "-o", "out", "--check", cwd=tmp_path)
+    assert stale.returncode == 1
+    assert "changed: /hello" in stale.stdout
+    assert tree_listing(tmp_path / "out") == before
+    missing = cli("rootfs", "./hello", "-o", "never", "--check", cwd=tmp_path)
+    assert missing.returncode == 1 and not (tmp_path / "never").exists()
+    (tmp_path / "out/rootfs/hello").chmod(0o755)
+    result = check(RootfsOptions(paths=("./hello",), output=str(tmp_path / "out"), cwd=str(tmp_path)))
+    assert result.differences == ()
+
+
+def test_refuses_an_output_it_did_not_write(tmp_path: Path, built: dict[str, Path]) -> None:
+    shutil.copy(built["hello"], tmp_path / "hello")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/precious").write_text("keep me")
+    proc = cli("rootfs", "./hello", "-o", "mine", cwd=tmp_path)
+    assert proc.returncode == 2 and "--force" in proc.stderr
+    assert (tmp_path / "mine/precious").read_text() == "keep me"
+    (tmp_path / "afile").write_text("x")
+    proc = cli("rootfs", "./hello", "-o", "afile", cwd=tmp_path)
+    assert proc.returncode == 2 and "not a folder" in proc.stderr
+    assert (tmp_path / "afile").read_text() == "x"
+    forced = cli("rootfs", "./hello", "-o", "mine", "--force", cwd=tmp_path)
+    assert forced.returncode == 0 and not (tmp_path / "mine/precious").exists()
+
+
+def test_missing_library_fails_with_exit_1_and_writes_nothing(tmp_path: Path, builder: Builder) -> None:
+    lib = builder.lib(tmp_path / "gone/libgone.so.1", "gone")
+    prog = builder.prog(tmp_path / "prog", links=[lib])
+    proc = cli("rootfs", str(prog), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 1
+    assert "libgone.so.1: not found" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_scripts_need_their_interpreter(tmp_path: Path, built: dict[str, Path]) -> None:
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/dash\necho from script\n")
+    script.chmod(0o755)
+    proc = cli("rootfs", str(script), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert "not included unless given" in proc.stderr
+    need_tool("dash")
+    proc = cli("rootfs", str(script), "/bin/dash", "-o", str(tmp_path / "out"), "--entrypoint", str(script))
+    assert proc.returncode == 0, proc.stderr
+    assert chroot_run(tmp_path / "out/rootfs", str(script)).stdout == "from script\n"
+
+
+def test_output_folder_parent_must_exist(tmp_path: Path, built: dict[str, Path]) -> None:
+    proc = cli("rootfs", str(built["hello"]), "-o", str(tmp_path / "no/such/out"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_dockerfile_options(tmp_path: Path, built: dict[str, Path]) -> None:
+    proc = cli(
+        "rootfs",
+        str(built["hello"]),
+        "-o",
+        str(tmp_path / "out"),
+        "--cmd",
+        "a b",
+        "--cmd",
+        "c",
+        "--user",
+        "65532:65532",
+        "--env",
+        "GREETING=hi there",
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out/Dockerfile").read_text()
+    assert 'CMD ["a b", "c"]' in text
+    assert "USER 65532:65532" in text
+    assert 'ENV GREETING="hi there"' in text
+    bad = cli("rootfs", str(built["hello"]), "-o", str(tmp_path / "o2"), "--user", "nobody;rm")
+    assert bad.returncode == 2 and "--user" in bad.stderr
