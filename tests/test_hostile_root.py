@@ -1,0 +1,142 @@
+"""A hostile --root: absolute and `..` symlinks pointing out of it, symlink loops, a
+library that is a symlink to /etc/shadow. minify must never read or write outside the
+root and OUT; strace is the witness."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import minify
+from minify.root import Root
+from tests.conftest import Builder, need_tool
+
+LIBDIR = "lib/x86_64-linux-gnu"
+
+
+@pytest.fixture()
+def hostile_root(tmp_path: Path, builder: Builder) -> Path:
+    root = tmp_path / "root"
+    (root / LIBDIR).mkdir(parents=True)
+    (root / "lib64").mkdir()
+    (root / "bin").mkdir()
+    (root / "etc").mkdir()
+    shutil.copy(os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6"), root / LIBDIR / "libc.so.6")
+    shutil.copy(os.path.realpath("/lib64/ld-linux-x86-64.so.2"), root / LIBDIR / "ld-linux-x86-64.so.2")
+    # `..` far past the top: inside the root it stops at the root
+    (root / "lib64/ld-linux-x86-64.so.2").symlink_to("../../../../../../../../" + LIBDIR + "/ld-linux-x86-64.so.2")
+    evil = builder.lib(tmp_path / "build/libevil.so.1", "evil")
+    loop = builder.lib(tmp_path / "build/libloop.so.1", "loop")
+    esc = builder.lib(tmp_path / "build/libesc.so.1", "esc")
+    (root / LIBDIR / "libevil.so.1").symlink_to("/etc/shadow")
+    (root / LIBDIR / "libloop.so.1").symlink_to("libloop.so.1")
+    (root / LIBDIR / "libesc.so.1").symlink_to("../../../../../../../" + str(esc))
+    builder.prog(root / "bin/evil", links=[evil])
+    builder.prog(root / "bin/loop", links=[loop])
+    builder.prog(root / "bin/esc", links=[esc])
+    builder.prog(root / "bin/hello", src="hello.c")
+    return root
+
+
+def test_paths_never_leave_the_root(hostile_root: Path) -> None:
+    view = Root(str(hostile_root))
+    assert view.realpath("/lib64/ld-linux-x86-64.so.2") == f"/{LIBDIR}/ld-linux-x86-64.so.2"
+    assert view.realpath(f"/{LIBDIR}/libevil.so.1") == "/etc/shadow"
+    assert not view.resolve(f"/{LIBDIR}/libevil.so.1").exists
+    assert view.realpath("/../../../../etc") == "/etc"
+
+
+def test_symlink_to_etc_shadow_is_a_missing_library(hostile_root: Path) -> None:
+    (program,) = minify.analyze(["/bin/evil"], root=str(hostile_root)).programs
+    assert program.missing == ("libevil.so.1",)
+    (clean,) = minify.analyze(["/bin/hello"], root=str(hostile_root)).programs
+    assert clean.ok and clean.closure == ("/bin/hello", f"/{LIBDIR}/ld-linux-x86-64.so.2", f"/{LIBDIR}/libc.so.6")
+
+
+def test_dotdot_escape_is_clamped_at_the_root(hostile_root: Path) -> None:
+    (program,) = minify.analyze(["/bin/esc"], root=str(hostile_root)).programs
+    assert program.missing == ("libesc.so.1",)  # the real one is outside the root
+
+
+def test_symlink_loop_is_one_error(hostile_root: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "minify.cli", "analyze", "--root", str(hostile_root), "/bin/loop"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "symbolic links" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _traced(args: list[str], log: Path) -> subprocess.CompletedProcess[str]:
+    need_tool("strace")
+    return subprocess.run(
+        ["strace", "-f", "-qq", "-o", str(log), "-e", "trace=%file", sys.executable, "-m", "minify.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+_CALL = re.compile(r"^\d+\s+(\w+)\((.*)$")
+
+
+def syscalls(log: Path) -> list[tuple[str, list[str]]]:
+    """(name, quoted string arguments) of every traced call."""
+    out = []
+    for line in log.read_text().splitlines():
+        match = _CALL.match(line)
+        if match:
+            out.append((match.group(1), re.findall(r'"((?:[^"\\]|\\.)*)"', match.group(2))))
+    return out
+
+
+def written_paths(log: Path) -> set[str]:
+    """Paths that a traced process created or replaced."""
+    paths = set()
+    for line in log.read_text().splitlines():
+        match = _CALL.match(line)
+        if not match:
+            continue
+        name, rest = match.groups()
+        args = re.findall(r'"((?:[^"\\]|\\.)*)"', rest)
+        if name in ("open", "openat", "creat") and ("O_CREAT" in rest or name == "creat") and args:
+            paths.add(args[0])
+        elif name in ("mkdir", "mkdirat") and args:
+            paths.add(args[0])
+        elif name in ("symlink", "symlinkat", "link", "linkat", "rename", "renameat", "renameat2") and len(args) >= 2:
+            paths.add(args[-1])
+    return paths
+
+
+def test_strace_shows_no_read_outside_root(hostile_root: Path, tmp_path: Path) -> None:
+    log = tmp_path / "trace"
+    proc = _traced(["analyze", "--root", str(hostile_root), "/bin/evil", "/bin/esc", "/bin/hello"], log)
+    assert proc.returncode == 1, proc.stderr
+    looked_at = {args[0] for name, args in syscalls(log) if args}
+    assert looked_at, "strace saw nothing"
+    assert "/etc/shadow" not in looked_at
+    assert str(tmp_path / "build/libesc.so.1") not in looked_at
+    assert str(hostile_root / "etc/shadow") in looked_at  # where the symlink really leads
+
+
+def test_rootfs_of_a_hostile_root_writes_only_out(hostile_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "work/out"
+    out.parent.mkdir()
+    log = tmp_path / "trace"
+    proc = _traced(["rootfs", "--root", str(hostile_root), "/bin/hello", "-o", str(out)], log)
+    assert proc.returncode == 0, proc.stderr
+    written = written_paths(log)
+    assert written, "strace saw no writes at all"
+    allowed = str(out.parent) + "/"
+    outside = sorted(p for p in written if not p.startswith(allowed) and not p.startswith("/tmp/pymp") and "__pycache__" not in p)
+    assert outside == []
+    assert (out / "rootfs/bin/hello").is_file()
+    assert not (out / "rootfs/etc").exists()
