@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, TypeVar
 
 import typer
@@ -18,6 +18,7 @@ import typer
 from minify.errors import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, MinifyError
 
 T = TypeVar("T")
+Opts = TypeVar("Opts")
 
 app = typer.Typer(
     add_completion=False,
@@ -28,7 +29,7 @@ app = typer.Typer(
 )
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     tree = "tree"
     list = "list"
     json = "json"
@@ -114,7 +115,9 @@ def rootfs(
     output: Annotated[str, typer.Option("--output", "-o", help="Output folder: rootfs/, Dockerfile, lock file.")],
     root: RootOpt = "/",
     cwd: CwdOpt = None,
-    map_: Annotated[list[str] | None, typer.Option("--map", help="SRC=DEST: put the tree SRC at DEST in the image.")] = None,
+    map_: Annotated[
+        list[str] | None, typer.Option("--map", help="SRC=DEST: put the tree SRC at DEST in the image.")
+    ] = None,
     entrypoint: Annotated[str | None, typer.Option("--entrypoint", help="Image path of the program to run.")] = None,
     cmd: Annotated[list[str] | None, typer.Option("--cmd", help="A CMD argument (repeat for more).")] = None,
     user: Annotated[str | None, typer.Option("--user", help="UID[:GID] to run as.")] = None,
@@ -129,7 +132,6 @@ def rootfs(
     verbose: VerboseOpt = False,
 ) -> None:
     """Write exactly the closure as a root filesystem and a FROM scratch Dockerfile."""
-    from minify.errors import OutOfDate
     from minify.render import human_size
     from minify.rootfs import RootfsOptions, build, check
 
@@ -147,10 +149,7 @@ def rootfs(
         force=force,
     )
     if check_only:
-        try:
-            result = _guard(verbose, lambda: _unwrap_out_of_date(check, options))
-        except OutOfDate as exc:  # pragma: no cover - handled in _unwrap_out_of_date
-            raise typer.Exit(exc.exit_code) from None
+        result = _guard(verbose, lambda: _print_differences(check, options))
         typer.echo(f"{output}: up to date ({len(result.plan.files)} files)")
         raise typer.Exit(EXIT_OK)
     result = _guard(verbose, lambda: _with_progress(build, options))
@@ -165,7 +164,8 @@ def rootfs(
     typer.echo(f"build it with: podman build {output}")
 
 
-def _unwrap_out_of_date(check: Callable[[object], T], options: object) -> T:
+def _print_differences(check: Callable[[Opts], T], options: Opts) -> T:
+    """Run ``check``; list what differs on stdout before the error line."""
     from minify.errors import OutOfDate
 
     try:

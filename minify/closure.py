@@ -15,8 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from minify.elf import ET_DYN, ET_EXEC, ElfInfo, NotElf, is_elf, script_interpreter
-from minify.errors import BadInput, MinifyError, PathError
+from minify.elf import ET_DYN, ET_EXEC, ElfInfo, is_elf, script_interpreter
+from minify.errors import BadInput, MinifyError, NotElf, PathError
 from minify.loader.arch import Arch, arch_for, machine_name
 from minify.loader.glibc import GlibcModel, Settings
 from minify.loader.model import How, LoaderModel, Node, Reader, Role, Step
@@ -294,7 +294,14 @@ def _analyze_program(run: _Run, path: str, resolved: Resolved, skipped: list[Ski
     arch = arch_for(header.machine, header.elf_class)
     if arch is None:
         return ProgramClosure(
-            path, resolved.path, "dynamic", None, interp, machine, objects=(own,), error=f"{path}: unsupported machine {machine}"
+            path,
+            resolved.path,
+            "dynamic",
+            None,
+            interp,
+            machine,
+            objects=(own,),
+            error=f"{path}: unsupported machine {machine}",
         )
     notes: list[str] = []
     if interp is None:
@@ -352,7 +359,9 @@ def _walk(
         )
         interp_node.names.add(model.interpreter)
         nodes.append(interp_node)
-        deps.append(Dependency(resolved.path, model.interpreter, "interpreter", How.INTERPRETER, "PT_INTERP", interp_res.path))
+        deps.append(
+            Dependency(resolved.path, model.interpreter, "interpreter", How.INTERPRETER, "PT_INTERP", interp_res.path)
+        )
     else:
         missing.append(model.interpreter)
         deps.append(
@@ -370,7 +379,11 @@ def _walk(
     def load(name: str, requester: Node, kind: str, role: Role) -> Node | None:
         if model.reserved(name) and interp_node is not None:
             interp_node.names.add(name)
-            deps.append(Dependency(requester.resolved.path, name, kind, How.INTERPRETER, model.interpreter, interp_node.resolved.path))
+            deps.append(
+                Dependency(
+                    requester.resolved.path, name, kind, How.INTERPRETER, model.interpreter, interp_node.resolved.path
+                )
+            )
             return None
         reused = model.reuse(name, nodes)
         if reused is not None:
@@ -392,7 +405,9 @@ def _walk(
             if node.resolved.ident == found.resolved.ident and node.role is not Role.INPUT:
                 if "/" not in name:
                     node.names.add(name)
-                deps.append(Dependency(requester.resolved.path, name, kind, How.SAME_FILE, found.path, node.resolved.path))
+                deps.append(
+                    Dependency(requester.resolved.path, name, kind, How.SAME_FILE, found.path, node.resolved.path)
+                )
                 return None
         lib_info = run.reader.info(found.resolved)
         node = Node(found.path, found.resolved, lib_info, role, requester, posixpath.dirname(found.path))

@@ -220,7 +220,7 @@ _CONFIG: Any = None
 
 def _lief() -> tuple[Any, Any]:
     """Import LIEF on first use: it costs half a second, which `--help` must not pay."""
-    global _LIEF, _CONFIG  # noqa: PLW0603 - a lazily imported module, not state
+    global _LIEF, _CONFIG
     if _LIEF is None:
         import lief
 
@@ -244,10 +244,17 @@ def read_elf(path: str) -> ElfInfo:
     lief, config = _lief()
     try:
         binary = lief.ELF.parse(path, config)
-    except (MemoryError, RuntimeError, ValueError) as exc:  # pragma: no cover - LIEF internals
-        raise CorruptElf(path, f"LIEF could not parse it ({exc})") from None
-    if binary is None:
-        raise CorruptElf(path, "LIEF could not parse it")
+        if binary is None:
+            raise CorruptElf(path, "LIEF could not parse it")
+        return _facts(lief, binary, path, header, size)
+    except (MemoryError, RuntimeError, ValueError) as exc:
+        # UnicodeDecodeError included: LIEF decodes names as UTF-8 and raises on
+        # garbage; a damaged string table is a damaged file, not a crash.
+        raise CorruptElf(path, f"unreadable dynamic section ({type(exc).__name__})") from None
+
+
+def _facts(lief: Any, binary: Any, path: str, header: ElfHeader, size: int) -> ElfInfo:
+    """Copy what the resolver needs out of a parsed LIEF binary."""
     entries = list(binary.dynamic_entries)
     if not entries:
         # LIEF logs "PT_DYNAMIC parsing failed" and returns an empty list; the loader
@@ -279,8 +286,8 @@ def read_elf(path: str) -> ElfInfo:
             (filters if t == tag.FILTER else auxiliaries).append(name)
     needs = []
     for req in binary.symbols_version_requirement:
-        versions = []
-        weak = []
+        versions: list[str] = []
+        weak: list[str] = []
         for aux in req.get_auxiliary_symbols():
             (weak if aux.flags & VER_FLG_WEAK else versions).append(aux.name)
         needs.append(VersionNeed(req.name, tuple(versions), tuple(weak)))

@@ -12,7 +12,7 @@ import os
 import posixpath
 import stat
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from minify.closure import Analysis, LoadedObject, ProgramClosure
 from minify.errors import EXIT_INCOMPLETE, MinifyError
@@ -20,7 +20,7 @@ from minify.loader.model import Role
 from minify.root import Link, Root
 
 
-class EntryType(str, Enum):
+class EntryType(StrEnum):
     DIR = "dir"
     FILE = "file"
     SYMLINK = "symlink"
@@ -163,7 +163,9 @@ class _Planner:
 
     def add_links(self, links: tuple[Link, ...], private: bool, reason: str) -> None:
         for link in links:
-            self.add(Entry(self.place(link.path, private), EntryType.SYMLINK, 0o777, target=link.target, reasons=(reason,)))
+            self.add(
+                Entry(self.place(link.path, private), EntryType.SYMLINK, 0o777, target=link.target, reasons=(reason,))
+            )
 
     def add_file(self, realpath: str, private: bool, reason: str) -> str:
         host = self.root.host_path(realpath)
@@ -212,7 +214,7 @@ def plan_image(
     errors = [p.error for p in analysis.programs if p.error]
     if errors:
         raise PlanError("; ".join(errors))
-    problems = []
+    problems: list[str] = []
     for program in analysis.programs:
         problems.extend(f"{name}: not found (needed by {program.path})" for name in program.missing)
         problems.extend(program.version_errors)

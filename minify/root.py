@@ -103,8 +103,8 @@ class Root:
                 continue
             if mode is not None and not stat.S_ISDIR(mode):
                 # a component below a file (ENOTDIR): nothing there
-                return Resolved(_join(current + [name, *parts]), tuple(links), None)
-            candidate = current + [name]
+                return Resolved(_join([*current, name, *parts]), tuple(links), None)
+            candidate = [*current, name]
             inner = _join(candidate)
             try:
                 st = os.lstat(self.host_path(inner))

@@ -24,7 +24,7 @@ from minify import __version__
 from minify.closure import Analysis, ProgramClosure, analyze
 from minify.dockerfile import render as render_dockerfile
 from minify.elf import script_interpreter
-from minify.errors import OutputError, OutOfDate, VerificationFailed
+from minify.errors import OutOfDate, OutputError, VerificationFailed
 from minify.image import Entry, EntryType, ImageConfig, ImagePlan, Mapping, PlanError, plan_image
 from minify.root import Root
 
@@ -107,8 +107,7 @@ def _split_scripts(
             raise PlanError(program.error or f"{program.path}: not an ELF file")
         if interp not in given and view.realpath(interp) not in given:
             raise PlanError(
-                f"{program.path} is a script for {interp}, which is not included unless given: "
-                f"add {interp} as an input"
+                f"{program.path} is a script for {interp}, which is not included unless given: add {interp} as an input"
             )
         scripts.append((view.host_path(program.path), interp))
     return tuple(programs), tuple(scripts)
@@ -135,11 +134,11 @@ _USER = re.compile(r"^[0-9]+(:[0-9]+)?$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
-def _config(
-    options: RootfsOptions, analysis: Analysis, maps: tuple[Mapping, ...], view: Root, cwd: str
-) -> ImageConfig:
+def _config(options: RootfsOptions, analysis: Analysis, maps: tuple[Mapping, ...], view: Root, cwd: str) -> ImageConfig:
     if options.user is not None and not _USER.match(options.user):
-        raise PlanError(f"--user {options.user!r}: expected UID or UID:GID (numbers: a scratch image has no /etc/passwd)")
+        raise PlanError(
+            f"--user {options.user!r}: expected UID or UID:GID (numbers: a scratch image has no /etc/passwd)"
+        )
     env = []
     for item in options.env:
         if not _ENV.match(item):

@@ -82,7 +82,9 @@ class Builder:
         return out
 
     @staticmethod
-    def _link_flags(links: list[Path | str] | tuple[Path | str, ...], rpath: str | None, runpath: str | None) -> list[str]:
+    def _link_flags(
+        links: list[Path | str] | tuple[Path | str, ...], rpath: str | None, runpath: str | None
+    ) -> list[str]:
         flags = ["-Wl,--no-as-needed"] if links else []
         flags += [str(p) for p in links]
         if rpath is not None:
@@ -149,7 +151,9 @@ def loader_truth(
         closure.add(root.realpath(path))
     # the trace lists what ld.so maps; the program itself is mapped by the kernel
     closure.add(root.realpath(program if program.startswith("/") else os.path.join(cwd or os.getcwd(), program)))
-    return Truth(frozenset(closure), frozenset(missing), proc.returncode != 0 and not missing, proc.stdout + proc.stderr)
+    return Truth(
+        frozenset(closure), frozenset(missing), proc.returncode != 0 and not missing, proc.stdout + proc.stderr
+    )
 
 
 @pytest.fixture(scope="session")

@@ -113,9 +113,9 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
 
 @settings(max_examples=150, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_mutated_elf_never_tracebacks(tmp_path: Path, real_elf: bytes, data: st.DataObject) -> None:
+def test_mutated_elf_never_tracebacks(tmp_path: Path, built: dict[str, Path], data: st.DataObject) -> None:
     """Flip bytes of a real ELF and cut it short: minify reports or analyses, never crashes."""
-    blob = bytearray(real_elf)
+    blob = bytearray(built["hello"].read_bytes())
     for _ in range(data.draw(st.integers(1, 12))):
         at = data.draw(st.integers(0, len(blob) - 1))
         blob[at] = data.draw(st.integers(0, 255))

@@ -136,7 +136,9 @@ def test_rootfs_of_a_hostile_root_writes_only_out(hostile_root: Path, tmp_path: 
     written = written_paths(log)
     assert written, "strace saw no writes at all"
     allowed = str(out.parent) + "/"
-    outside = sorted(p for p in written if not p.startswith(allowed) and not p.startswith("/tmp/pymp") and "__pycache__" not in p)
+    outside = sorted(
+        p for p in written if not p.startswith(allowed) and not p.startswith("/tmp/pymp") and "__pycache__" not in p
+    )
     assert outside == []
     assert (out / "rootfs/bin/hello").is_file()
     assert not (out / "rootfs/etc").exists()

@@ -14,8 +14,8 @@ import pytest
 
 import minify
 from minify.closure import ProgramClosure
-from minify.loader.model import How
 from minify.elf import read_elf
+from minify.loader.model import How
 from tests.conftest import Builder, Truth, add_rpath_entry, loader_truth, need_tool, run
 
 
@@ -57,7 +57,7 @@ def how(closure: ProgramClosure, name: str) -> How | None:
 
 
 def test_seed_pausle_loads_libc_and_the_loader(built: dict[str, Path]) -> None:
-    closure, truth = compare(built["pausle"])
+    closure, _truth = compare(built["pausle"])
     names = {os.path.basename(p) for p in closure.closure}
     assert "libc.so.6" in names
     assert closure.interpreter == "/lib64/ld-linux-x86-64.so.2"
@@ -80,7 +80,7 @@ def test_rpath_is_inherited_but_runpath_is_not(tmp_path: Path, builder: Builder)
     assert how(closure, "libdeep.so.1") is How.RPATH
 
     with_runpath = builder.prog(tmp_path / "run", links=[mid], runpath=f"{tmp_path}/lib:{tmp_path}/private")
-    closure, truth = compare(with_runpath)
+    closure, _truth = compare(with_runpath)
     assert closure.missing == ("libdeep.so.1",)
     step_dirs = [s.directory for d in closure.dependencies if d.name == "libdeep.so.1" for s in d.searched]
     assert f"{tmp_path}/private" not in step_dirs
@@ -190,7 +190,7 @@ def test_preload_comes_before_the_programs_own_needs(tmp_path: Path, builder: Bu
 
 def test_nodeflib_skips_cache_and_system_dirs(tmp_path: Path, builder: Builder) -> None:
     prog = builder.prog(tmp_path / "prog", flags=["-Wl,-z,nodefaultlib"])
-    closure, truth = compare(prog)
+    closure, _truth = compare(prog)
     assert closure.missing == ("libc.so.6",)
     steps = [s.outcome for d in closure.dependencies if d.name == "libc.so.6" for s in d.searched]
     assert any("NODEFLIB" in s for s in steps)
@@ -284,7 +284,7 @@ def test_glibc_hwcaps_subfolder_is_preferred_on_this_cpu(tmp_path: Path, builder
     base = builder.lib(tmp_path / "lib/libhw.so.1", "hw")
     builder.lib(tmp_path / "lib/glibc-hwcaps/x86-64-v2/libhw.so.1", "hw_v2", soname="libhw.so.1")
     prog = builder.prog(tmp_path / "prog", links=[base], runpath=f"{tmp_path}/lib")
-    closure, truth = compare(prog)
+    closure, _truth = compare(prog)
     cpu = Path("/proc/cpuinfo").read_text()
     if "sse4_2" in cpu and "popcnt" in cpu:
         assert any("glibc-hwcaps/x86-64-v2" in p for p in closure.closure)
@@ -317,7 +317,7 @@ def test_musl_program(tmp_path: Path, builder: Builder) -> None:
     musl = Builder("musl-gcc")
     lib = musl.lib(tmp_path / "lib/libm1.so", "m1")
     prog = musl.prog(tmp_path / "prog", links=[lib], rpath="$ORIGIN/lib")
-    closure, truth = compare(prog)
+    closure, _truth = compare(prog)
     assert closure.loader == "musl"
     assert closure.interpreter == "/lib/ld-musl-x86_64.so.1"
     hello = musl.prog(tmp_path / "hello", src="hello.c")

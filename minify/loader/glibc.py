@@ -61,6 +61,7 @@ def ldso_facts(root: Root, interpreter: str, arch: Arch) -> LdsoFacts:
         dirs = tuple(d.decode().rstrip("/") or "/" for d in match.group(0).split(b"\0") if d)
         if any("lib" in d for d in dirs):
             return LdsoFacts(version, dirs, True)
+    guess: tuple[str, ...]
     if root.resolve(f"/lib/{arch.triplet}").exists or root.resolve(f"/usr/lib/{arch.triplet}").exists:
         guess = (f"/lib/{arch.triplet}", f"/usr/lib/{arch.triplet}", "/lib", "/usr/lib")
     elif arch.upstream_lib == "lib":
@@ -105,8 +106,7 @@ class GlibcModel:
         facts = ldso_facts(root, interpreter, arch)
         if not facts.from_binary:
             self.notes.append(
-                f"system directories guessed ({':'.join(facts.system_dirs)}): "
-                f"{interpreter} could not be read"
+                f"system directories guessed ({':'.join(facts.system_dirs)}): {interpreter} could not be read"
             )
         self.system_dirs = facts.system_dirs
         self.lib = self.system_dirs[0].strip("/")  # $LIB is ld.so's own slibdir
@@ -240,9 +240,7 @@ class GlibcModel:
             return None
         return Candidate(path, resolved, How.LD_CACHE, "/etc/ld.so.cache")
 
-    def _in_dirs(
-        self, name: str, dirs: tuple[str, ...], how: How, source: str, steps: list[Step]
-    ) -> Candidate | None:
+    def _in_dirs(self, name: str, dirs: tuple[str, ...], how: How, source: str, steps: list[Step]) -> Candidate | None:
         for directory in dirs:
             for folder in self.hwcaps.candidates(directory, legacy_ok=self.legacy_ok):
                 path = f"{folder}/{name}" if folder != "/" else f"/{name}"

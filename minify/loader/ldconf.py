@@ -55,7 +55,7 @@ def _glob(root: Root, pattern: str) -> list[str]:
     """Glob ``pattern`` inside the root, one path component at a time, sorted."""
     matches = ["/"]
     for part in [p for p in pattern.split("/") if p]:
-        nxt = []
+        nxt: list[str] = []
         for base in matches:
             if any(ch in part for ch in "*?["):
                 names = [n for n in root.listdir(base) if fnmatch.fnmatchcase(n, part)]

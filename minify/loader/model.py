@@ -8,7 +8,7 @@ turned into frozen values by ``minify.closure`` when the walk is done.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from minify.elf import ElfInfo, read_elf, read_header
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from minify.root import Resolved, Root
 
 
-class How(str, Enum):
+class How(StrEnum):
     """How a name was satisfied (the tag shown in the tree, the edge's ``how``)."""
 
     RPATH = "rpath"
@@ -35,7 +35,7 @@ class How(str, Enum):
     DIRECT_PATH = "direct path"
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     INPUT = "input"
     INTERPRETER = "interpreter"
     LIBRARY = "library"

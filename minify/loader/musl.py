@@ -21,7 +21,7 @@ from minify.root import Resolved, Root
 
 #: ldso/dynlink.c: "c.pthread.rt.m.dl.util.xnet." after "lib" names the loader itself
 _RESERVED = ("c.", "pthread.", "rt.", "m.", "dl.", "util.", "xnet.")
-DEFAULT_PATH = ("/lib", "/usr/local/lib", "/usr/lib")
+DEFAULT_PATH: tuple[str, ...] = ("/lib", "/usr/local/lib", "/usr/lib")
 
 
 class MuslModel:
