@@ -193,6 +193,12 @@ def _with_progress(build: Callable[..., T], options: object) -> T:
 
 
 def main() -> None:
+    # Names from ELF files are bytes to the loader; undecodable ones travel as
+    # surrogate escapes and go back out as the same bytes.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
     app()
 
 

@@ -214,11 +214,14 @@ def analyze(
     run = _Run(view, settings, Reader(view))
     programs: list[ProgramClosure] = []
     skipped: list[Skipped] = []
+    inputs = []
     for given in paths:
         for path, resolved, explicit in _inputs(view, given, cwd, skipped):
-            if not explicit and not _worth_analysing(run, path, resolved, skipped):
-                continue
-            programs.append(_analyze_program(run, path, resolved, skipped))
+            if explicit or _worth_analysing(run, path, resolved, skipped):
+                inputs.append((path, resolved))
+    run.reader.prefetch([resolved for _, resolved in inputs])
+    for path, resolved in inputs:
+        programs.append(_analyze_program(run, path, resolved, skipped))
     return Analysis(view.directory, tuple(programs), tuple(skipped))
 
 
@@ -344,51 +347,55 @@ def _walk(
     machine: str,
     notes: list[str],
 ) -> ProgramClosure:
-    main = Node(path, resolved, info, Role.INPUT, None, model.origin_of_program(resolved))
-    nodes: list[Node] = [main]
+    nodes: list[Node] = []  # load order
+    index: dict[str, Node] = {}  # every name a loaded object answers to; first wins
+    by_ident: dict[tuple[int, int], Node] = {}  # the loader also matches device+inode
     deps: list[Dependency] = []
     missing: list[str] = []
     notes.extend(model.notes)
 
+    def add(node: Node) -> None:
+        nodes.append(node)
+        for key in model.reuse_keys(node):
+            index.setdefault(key, node)
+        if node.resolved.ident is not None and node.role is not Role.INPUT:
+            by_ident.setdefault(node.resolved.ident, node)
+
+    def register(node: Node, name: str) -> None:
+        """The object now also answers to ``name`` (glibc's l_libname, musl's shortname)."""
+        if "/" not in name or model.kind == "glibc":
+            node.names.add(name)
+            index.setdefault(name, node)
+
+    def depend(requester: Node, name: str, kind: str, how: How | None, via: str, target: Node | None) -> None:
+        deps.append(Dependency(requester.resolved.path, name, kind, how, via, target.resolved.path if target else None))
+
+    main = Node(path, resolved, info, Role.INPUT, None, model.origin_of_program(resolved))
+    add(main)
     interp_node: Node | None = None
     interp_res = run.root.resolve(model.interpreter)
     if interp_res.exists:
         interp_info = run.reader.info(interp_res)
-        interp_node = Node(
-            model.interpreter, interp_res, interp_info, Role.INTERPRETER, None, posixpath.dirname(model.interpreter)
-        )
-        interp_node.names.add(model.interpreter)
-        nodes.append(interp_node)
-        deps.append(
-            Dependency(resolved.path, model.interpreter, "interpreter", How.INTERPRETER, "PT_INTERP", interp_res.path)
-        )
+        interp_dir = posixpath.dirname(model.interpreter)
+        interp_node = Node(model.interpreter, interp_res, interp_info, Role.INTERPRETER, None, interp_dir)
+        add(interp_node)
+        register(interp_node, model.interpreter)
+        depend(main, model.interpreter, "interpreter", How.INTERPRETER, "PT_INTERP", interp_node)
     else:
         missing.append(model.interpreter)
-        deps.append(
-            Dependency(
-                resolved.path,
-                model.interpreter,
-                "interpreter",
-                None,
-                "PT_INTERP",
-                None,
-                (Step("PT_INTERP", model.interpreter, "no such file"),),
-            )
-        )
+        step = Step("PT_INTERP", model.interpreter, "no such file")
+        deps.append(Dependency(resolved.path, model.interpreter, "interpreter", None, "PT_INTERP", None, (step,)))
 
     def load(name: str, requester: Node, kind: str, role: Role) -> Node | None:
+        """Satisfy one request; return the object when it is newly loaded."""
         if model.reserved(name) and interp_node is not None:
-            interp_node.names.add(name)
-            deps.append(
-                Dependency(
-                    requester.resolved.path, name, kind, How.INTERPRETER, model.interpreter, interp_node.resolved.path
-                )
-            )
+            register(interp_node, name)
+            depend(requester, name, kind, How.INTERPRETER, model.interpreter, interp_node)
             return None
-        reused = model.reuse(name, nodes)
+        reused = index.get(name)
         if reused is not None:
             how = How.INTERPRETER if reused is interp_node else How.ALREADY_LOADED
-            deps.append(Dependency(requester.resolved.path, name, kind, how, reused.path, reused.resolved.path))
+            depend(requester, name, kind, how, reused.path, reused)
             return None
         result = model.find(name, requester)
         found = result.found
@@ -401,20 +408,16 @@ def _walk(
                 missing.append(name)
             deps.append(Dependency(requester.resolved.path, name, kind, None, "", None, result.steps))
             return None
-        for node in nodes:
-            if node.resolved.ident == found.resolved.ident and node.role is not Role.INPUT:
-                if "/" not in name:
-                    node.names.add(name)
-                deps.append(
-                    Dependency(requester.resolved.path, name, kind, How.SAME_FILE, found.path, node.resolved.path)
-                )
-                return None
+        same = by_ident.get(found.resolved.ident) if found.resolved.ident else None
+        if same is not None:
+            register(same, name)
+            depend(requester, name, kind, How.SAME_FILE, found.path, same)
+            return None
         lib_info = run.reader.info(found.resolved)
         node = Node(found.path, found.resolved, lib_info, role, requester, posixpath.dirname(found.path))
-        if "/" not in name:
-            node.names.add(name)
-        nodes.append(node)
-        deps.append(Dependency(requester.resolved.path, name, kind, found.how, found.via, found.resolved.path))
+        add(node)
+        register(node, name)
+        depend(requester, name, kind, found.how, found.via, node)
         return node
 
     queue: deque[Node] = deque([main])

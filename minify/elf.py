@@ -34,6 +34,7 @@ ELFOSABI_SYSV = 0
 ELFOSABI_GNU = 3
 
 VER_FLG_WEAK = 0x2
+DF_1_NODEFLIB = 0x800
 
 
 class Endian(Enum):
@@ -253,6 +254,28 @@ def read_elf(path: str) -> ElfInfo:
         raise CorruptElf(path, f"unreadable dynamic section ({type(exc).__name__})") from None
 
 
+def read_many(paths: list[str], *, workers: int) -> list[ElfInfo | BadInput]:
+    """``read_elf`` over many files, on ``workers`` forked processes.
+
+    LIEF holds the GIL while it parses, so threads do not help; forked workers share
+    the already imported LIEF and send back the small frozen facts.
+    """
+    if workers < 2 or len(paths) < 2 * workers:
+        return [_read_or_error(p) for p in paths]
+    import multiprocessing
+
+    _lief()  # import once, before forking
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(_read_or_error, paths, chunksize=max(1, len(paths) // (workers * 8)))
+
+
+def _read_or_error(path: str) -> ElfInfo | BadInput:
+    try:
+        return read_elf(path)
+    except BadInput as exc:
+        return exc
+
+
 def _facts(lief: Any, binary: Any, path: str, header: ElfHeader, size: int) -> ElfInfo:
     """Copy what the resolver needs out of a parsed LIEF binary."""
     entries = list(binary.dynamic_entries)
@@ -270,15 +293,15 @@ def _facts(lief: Any, binary: Any, path: str, header: ElfHeader, size: int) -> E
     for entry in entries:
         t = entry.tag
         if t == tag.NEEDED:
-            needed.append(entry.name)
+            needed.append(_text(entry.name))
         elif t == tag.SONAME:
-            soname = entry.name
+            soname = _text(entry.name)
         elif t == tag.RPATH:
-            rpath = entry.rpath
+            rpath = _text(entry.rpath)
         elif t == tag.RUNPATH:
-            runpath = entry.runpath
+            runpath = _text(entry.runpath)
         elif t == tag.FLAGS_1:
-            nodeflib = entry.has(lief.ELF.DynamicEntryFlags.FLAG.NODEFLIB)
+            nodeflib = bool(entry.value & DF_1_NODEFLIB)
         elif t in (tag.FILTER, tag.AUXILIARY):
             if strtab is None:
                 strtab = _dynamic_strings(binary, entries, tag)
@@ -289,15 +312,15 @@ def _facts(lief: Any, binary: Any, path: str, header: ElfHeader, size: int) -> E
         versions: list[str] = []
         weak: list[str] = []
         for aux in req.get_auxiliary_symbols():
-            (weak if aux.flags & VER_FLG_WEAK else versions).append(aux.name)
-        needs.append(VersionNeed(req.name, tuple(versions), tuple(weak)))
+            (weak if aux.flags & VER_FLG_WEAK else versions).append(_text(aux.name))
+        needs.append(VersionNeed(_text(req.name), tuple(versions), tuple(weak)))
     defs = []
     for definition in binary.symbols_version_definition:
         if definition.flags & 0x1:  # VER_FLG_BASE names the file itself
             continue
         aux = list(definition.auxiliary_symbols)
         if aux:
-            defs.append(aux[0].name)
+            defs.append(_text(aux[0].name))
     return ElfInfo(
         header=header,
         size=size,
@@ -311,6 +334,14 @@ def _facts(lief: Any, binary: Any, path: str, header: ElfHeader, size: int) -> E
         version_needs=tuple(needs),
         version_defs=tuple(defs),
     )
+
+
+def _text(value: str | bytes) -> str:
+    """LIEF gives str for UTF-8 names and bytes for the rest; names are bytes to the
+    loader, so keep undecodable ones losslessly."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return value
 
 
 def _dynamic_strings(binary: Any, entries: list[Any], tag: Any) -> bytes:

@@ -19,7 +19,7 @@ from minify.errors import CorruptElf, NotRegularFile
 from minify.loader import hwcaps as hw
 from minify.loader import ldcache, ldconf
 from minify.loader.arch import Arch
-from minify.loader.model import Candidate, How, Node, Reader, SearchResult, Step
+from minify.loader.model import Candidate, How, Node, Reader, Role, SearchResult, Step
 from minify.loader.tokens import Tokens, expand, split_glibc_path
 from minify.root import Resolved, Root
 
@@ -113,6 +113,7 @@ class GlibcModel:
         self.hwcaps = choose_hwcaps(arch, settings.hwcaps, settings.cpuinfo, native=native)
         # glibc 2.37 removed the legacy tls/ and platform subfolders
         self.legacy_ok = facts.version is None or facts.version <= (2, 36)
+        self._memo: dict[tuple[object, ...], SearchResult] = {}
         self.cache: ldcache.LdCache | None = None
         self.conf_dirs: tuple[str, ...] = ()
         data = root.read_bytes("/etc/ld.so.cache")
@@ -135,13 +136,12 @@ class GlibcModel:
     def reserved(self, name: str) -> bool:
         return False
 
-    def reuse(self, name: str, nodes: list[Node]) -> Node | None:
-        """elf/dl-load.c: a loaded object matches by the path it was opened by, any
-        name it was already requested under, or its DT_SONAME."""
-        for node in nodes:
-            if name == node.path or name in node.names or name == node.info.soname:
-                return node
-        return None
+    def reuse_keys(self, node: Node) -> tuple[str, ...]:
+        """elf/dl-load.c _dl_map_object: a loaded object matches by the path it was
+        opened by (the program's l_name is empty), any name it was requested under
+        (added by closure.py), or its DT_SONAME."""
+        keys = () if node.role is Role.INPUT else (node.path,)
+        return (*keys, node.info.soname) if node.info.soname else keys
 
     def preloads(self) -> list[tuple[str, str]]:
         """LD_PRELOAD (when modelled), then the root's /etc/ld.so.preload (rtld.c)."""
@@ -158,11 +158,27 @@ class GlibcModel:
         return Tokens(node.origin, self.lib, self.hwcaps.platform)
 
     def find(self, name: str, requester: Node) -> SearchResult:
-        if "/" in name:
-            return self._direct(name, requester)
-        steps: list[Step] = []
-        found = self._search(name, requester, steps)
-        return SearchResult(found, tuple(steps))
+        """Search for ``name`` on behalf of ``requester``; memoised, since the answer
+        depends only on the name and the search paths that apply to the requester."""
+        key = (name, *self._search_key(requester))
+        hit = self._memo.get(key)
+        if hit is None:
+            if "/" in name:
+                hit = self._direct(name, requester)
+            else:
+                steps: list[Step] = []
+                found = self._search(name, requester, steps)
+                hit = SearchResult(found, tuple(steps))
+            self._memo[key] = hit
+        return hit
+
+    def _search_key(self, requester: Node) -> tuple[object, ...]:
+        """Everything about the requester that its search depends on: the object itself
+        (its path fixes its RUNPATH, DF_1_NODEFLIB and $ORIGIN), the RPATHs up the chain
+        that loaded it, and the program's $ORIGIN when LD_LIBRARY_PATH is modelled."""
+        chain = tuple((n.path, n.origin) for n in requester.chain() if n.info.rpath)
+        program_origin = requester.chain()[-1].origin if self.settings.library_path else None
+        return (requester.path, requester.origin, chain, program_origin)
 
     # -- search -------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ Formats (glibc sysdeps/generic/dl-cache.h):
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NEW_MAGIC = b"glibc-ld.so.cache1.1"
 OLD_MAGIC = b"ld.so-1.7.0"
@@ -41,14 +41,22 @@ class CacheEntry:
 class LdCache:
     entries: tuple[CacheEntry, ...]
     format: str  # "new", "old" or "compat"
+    by_name: dict[str, tuple[CacheEntry, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # an index by name, in file order: lookups happen once per library search
+        index: dict[str, list[CacheEntry]] = {}
+        for entry in self.entries:
+            index.setdefault(entry.name, []).append(entry)
+        self.by_name.update((k, tuple(v)) for k, v in index.items())
 
     def lookup(self, name: str, flags: int, hwcaps: tuple[str, ...]) -> str | None:
         """The path the cache gives for ``name``: the best glibc-hwcaps entry among
         ``hwcaps`` (best first), else the first plain entry in file order."""
         best: tuple[int, str] | None = None
         plain: str | None = None
-        for entry in self.entries:
-            if entry.name != name or entry.flags != flags:
+        for entry in self.by_name.get(name, ()):
+            if entry.flags != flags:
                 continue
             if entry.hwcaps_subdir is not None:
                 if entry.hwcaps_subdir in hwcaps:

@@ -7,11 +7,12 @@ turned into frozen values by ``minify.closure`` when the walk is done.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
-from minify.elf import ElfInfo, read_elf, read_header
+from minify.elf import ElfInfo, read_elf, read_header, read_many
 from minify.errors import BadInput
 
 if TYPE_CHECKING:
@@ -90,6 +91,10 @@ class Node:
         return out
 
 
+#: Below this many files, forking workers costs more than it saves.
+PREFETCH_MIN = 64
+
+
 class Reader:
     """Parses each file once per run, keyed by device and inode.
 
@@ -113,6 +118,19 @@ class Reader:
         if isinstance(hit, BadInput):
             raise hit
         return hit
+
+    def prefetch(self, files: list[Resolved]) -> None:
+        """Parse many files ahead of the walk, in parallel where there are cores."""
+        todo: dict[tuple[int, int], Resolved] = {}
+        for resolved in files:
+            if resolved.ident is not None and resolved.ident not in self._infos:
+                todo.setdefault(resolved.ident, resolved)
+        if len(todo) < PREFETCH_MIN:
+            return
+        workers = min(os.cpu_count() or 1, 8)
+        paths = [self.root.host_path(r.path) for r in todo.values()]
+        for key, result in zip(todo, read_many(paths, workers=workers), strict=True):
+            self._infos[key] = result
 
     def info(self, resolved: Resolved) -> ElfInfo:
         key = resolved.ident or (0, hash(resolved.path))
@@ -139,7 +157,7 @@ class LoaderModel(Protocol):
 
     def reserved(self, name: str) -> bool: ...
 
-    def reuse(self, name: str, nodes: list[Node]) -> Node | None: ...
+    def reuse_keys(self, node: Node) -> tuple[str, ...]: ...
 
     def find(self, name: str, requester: Node) -> SearchResult: ...
 

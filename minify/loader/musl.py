@@ -60,13 +60,10 @@ class MuslModel:
             return True
         return name.startswith("lib") and name[3:].startswith(_RESERVED)
 
-    def reuse(self, name: str, nodes: list[Node]) -> Node | None:
-        if "/" in name:
-            return None
-        for node in nodes:
-            if node.role.value != "input" and name in node.names:
-                return node
-        return None
+    def reuse_keys(self, node: Node) -> tuple[str, ...]:
+        """musl matches only the names libraries were searched under (their
+        "shortname"), never DT_SONAME; closure.py adds those names."""
+        return ()
 
     def preloads(self) -> list[tuple[str, str]]:
         return [(name, "LD_PRELOAD") for name in self.settings.preload]
