@@ -119,8 +119,15 @@ def loader_truth(
     and exits without running main). Test-only: minify itself never does this."""
     full_env = {"LD_TRACE_LOADED_OBJECTS": "1", "PATH": "/usr/bin:/bin"}
     full_env.update(env or {})
+    preexec = None
     if chroot:
-        cmd = ["chroot", chroot, program]
+        # chroot(1) would itself be traced by LD_TRACE_LOADED_OBJECTS: enter the root
+        # in the child instead, so only the program sees the variable
+        def preexec() -> None:
+            os.chroot(chroot)
+            os.chdir("/")
+
+        cmd = [program]
     elif qemu:
         # qemu-user runs the guest loader with every absolute path prefixed by the root
         cmd = ["qemu-aarch64-static", "-L", qemu, qemu + program]
@@ -130,7 +137,7 @@ def loader_truth(
         if interp and os.path.basename(interp).startswith("ld-musl-"):
             # musl's loader lists instead of running when asked with --list
             cmd = [interp, "--list", program]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=60)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=60, preexec_fn=preexec)
     root = Root(chroot or qemu or "/")
     closure: set[str] = set()
     missing: set[str] = set()

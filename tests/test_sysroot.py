@@ -1,0 +1,64 @@
+"""A target root that is not the host: its own ld.so.cache (made by ldconfig -r) and
+/etc/ld.so.preload, judged by the loader running inside a chroot of it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import minify
+from minify.loader.model import How
+from tests.conftest import Builder, loader_truth, need_tool
+
+LIBDIR = "lib/x86_64-linux-gnu"
+
+
+@pytest.fixture()
+def sysroot(tmp_path: Path, builder: Builder) -> Path:
+    need_tool("chroot")
+    root = tmp_path / "root"
+    (root / LIBDIR).mkdir(parents=True)
+    (root / "lib64").mkdir()
+    (root / "etc").mkdir()
+    shutil.copy(os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6"), root / LIBDIR / "libc.so.6")
+    shutil.copy(os.path.realpath("/lib64/ld-linux-x86-64.so.2"), root / LIBDIR / "ld-linux-x86-64.so.2")
+    (root / "lib64/ld-linux-x86-64.so.2").symlink_to(f"/{LIBDIR}/ld-linux-x86-64.so.2")
+    lib = builder.lib(root / "opt/lib/libcache.so.1", "cache")
+    builder.prog(root / "bin/prog", links=[lib])
+    (root / "etc/ld.so.conf").write_text("/opt/lib\n")
+    subprocess.run(["/sbin/ldconfig", "-r", str(root)], check=True)
+    assert (root / "etc/ld.so.cache").is_file()
+    return root
+
+
+def test_cache_of_the_root_is_used(sysroot: Path) -> None:
+    truth = loader_truth("/bin/prog", chroot=str(sysroot))
+    (program,) = minify.analyze(["/bin/prog"], root=str(sysroot)).programs
+    assert program.ok, program
+    assert set(program.closure) == truth.closure | {f"/{LIBDIR}/ld-linux-x86-64.so.2"}, truth.output
+    hows = {d.name: d.how for d in program.dependencies}
+    assert hows["libcache.so.1"] is How.LD_CACHE
+
+
+def test_ld_so_preload_of_the_root(sysroot: Path, builder: Builder) -> None:
+    builder.lib(sysroot / "opt/lib/libpre.so.1", "pre")
+    (sysroot / "etc/ld.so.preload").write_text("/opt/lib/libpre.so.1\n")
+    truth = loader_truth("/bin/prog", chroot=str(sysroot))
+    assert "/opt/lib/libpre.so.1" in truth.closure
+    (program,) = minify.analyze(["/bin/prog"], root=str(sysroot)).programs
+    assert set(program.closure) == truth.closure | {f"/{LIBDIR}/ld-linux-x86-64.so.2"}
+    assert any("ld.so.preload" in n for n in program.notes)
+
+
+def test_without_a_cache_ld_so_conf_is_a_declared_fallback(sysroot: Path) -> None:
+    (sysroot / "etc/ld.so.cache").unlink()
+    (program,) = minify.analyze(["/bin/prog"], root=str(sysroot)).programs
+    assert any("ld.so.conf used instead" in n for n in program.notes)
+    assert {d.name: d.how for d in program.dependencies}["libcache.so.1"] is How.LD_CONF
+    # the loader itself never reads ld.so.conf: in the chroot it does not find the library
+    truth = loader_truth("/bin/prog", chroot=str(sysroot))
+    assert truth.missing == {"libcache.so.1"}

@@ -1,0 +1,192 @@
+"""Unit tests of the pure pieces: ld.so.cache bytes, ld.so.conf, tokens, hwcaps, API."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import minify
+from minify.loader import hwcaps, ldcache, ldconf
+from minify.loader.arch import ARCHES
+from minify.loader.tokens import Tokens, expand, musl_expand, split_glibc_path
+from minify.root import Root
+
+X86 = ARCHES[0]
+
+
+def _strings(names: list[tuple[str, str]], base: int) -> tuple[bytes, list[tuple[int, int]]]:
+    blob = b""
+    offsets = []
+    for key, value in names:
+        k = base + len(blob)
+        blob += key.encode() + b"\0"
+        v = base + len(blob)
+        blob += value.encode() + b"\0"
+        offsets.append((k, v))
+    return blob, offsets
+
+
+def new_cache(entries: list[tuple[int, str, str, int]], hwcap_names: tuple[str, ...] = ()) -> bytes:
+    """A glibc-ld.so.cache1.1 file, built by hand from the documented layout."""
+    header = 48
+    table = 24 * len(entries)
+    blob, offsets = _strings([(k, v) for _, k, v, _ in entries], header + table)
+    ext = b""
+    ext_offset = 0
+    if hwcap_names:
+        names_at = header + table + len(blob)
+        names_blob = b"".join(n.encode() + b"\0" for n in hwcap_names)
+        idx = []
+        pos = names_at
+        for n in hwcap_names:
+            idx.append(pos)
+            pos += len(n) + 1
+        blob += names_blob
+        blob += b"\0" * (-len(blob) % 4)
+        array_at = header + table + len(blob)
+        blob += b"".join(struct.pack("<I", i) for i in idx)
+        ext_offset = header + table + len(blob)
+        blob += b"\0" * (-len(blob) % 4)
+        ext_offset = header + table + len(blob)
+        ext = struct.pack("<II", ldcache.EXTENSION_MAGIC, 1) + struct.pack("<IIII", 1, 0, array_at, 4 * len(idx))
+    head = b"glibc-ld.so.cache" + b"1.1" + struct.pack("<IIB3xI12x", len(entries), len(blob), 2, ext_offset)
+    rows = b"".join(
+        struct.pack("<iIIIQ", flags, k, v, 0, hwcap)
+        for (flags, _, _, hwcap), (k, v) in zip(entries, offsets, strict=True)
+    )
+    return head + rows + blob + ext
+
+
+def old_cache(entries: list[tuple[int, str, str]]) -> bytes:
+    blob, offsets = _strings([(k, v) for _, k, v in entries], 0)
+    head = b"ld.so-1.7.0" + b"\0" + struct.pack("<I", len(entries))
+    rows = b"".join(struct.pack("<iII", f, k, v) for (f, _, _), (k, v) in zip(entries, offsets, strict=True))
+    return head + rows + blob
+
+
+def test_new_format_and_flags_filter() -> None:
+    data = new_cache(
+        [
+            (0x0003, "libfoo.so.1", "/lib32/libfoo.so.1", 0),
+            (0x0303, "libfoo.so.1", "/lib64/libfoo.so.1", 0),
+            (0x0303, "libfoo.so.1", "/other/libfoo.so.1", 0),
+        ]
+    )
+    cache = ldcache.parse(data)
+    assert cache.format == "new"
+    assert cache.lookup("libfoo.so.1", X86.cache_flags, ()) == "/lib64/libfoo.so.1"
+    assert cache.lookup("libfoo.so.1", 0x0003, ()) == "/lib32/libfoo.so.1"
+    assert cache.lookup("libbar.so", X86.cache_flags, ()) is None
+
+
+def test_glibc_hwcaps_entries_are_preferred_by_level() -> None:
+    ext = ldcache.HWCAP_EXTENSION
+    data = new_cache(
+        [
+            (0x0303, "libhw.so.1", "/lib/glibc-hwcaps/x86-64-v2/libhw.so.1", ext | 1),
+            (0x0303, "libhw.so.1", "/lib/glibc-hwcaps/x86-64-v3/libhw.so.1", ext | 0),
+            (0x0303, "libhw.so.1", "/lib/libhw.so.1", 0),
+        ],
+        hwcap_names=("x86-64-v3", "x86-64-v2"),
+    )
+    cache = ldcache.parse(data)
+    assert cache.lookup("libhw.so.1", 0x0303, ("x86-64-v4", "x86-64-v3", "x86-64-v2")).endswith("v3/libhw.so.1")
+    assert cache.lookup("libhw.so.1", 0x0303, ("x86-64-v2",)).endswith("v2/libhw.so.1")
+    assert cache.lookup("libhw.so.1", 0x0303, ()) == "/lib/libhw.so.1"
+
+
+def test_old_and_compat_formats() -> None:
+    old = old_cache([(0x0303, "libold.so.1", "/lib/libold.so.1")])
+    cache = ldcache.parse(old)
+    assert cache.format == "old" and cache.lookup("libold.so.1", 0x0303, ()) == "/lib/libold.so.1"
+    new = new_cache([(0x0303, "libnew.so.1", "/lib/libnew.so.1", 0)])
+    # glibc dl-cache.c: in the compat format the new header follows the old entry
+    # table at the next 8-byte boundary (the old strings live after it)
+    table = old[: 16 + 12]
+    compat = table + b"\0" * (-len(table) % 8) + new
+    cache = ldcache.parse(compat)
+    assert cache.format == "compat" and cache.lookup("libnew.so.1", 0x0303, ()) == "/lib/libnew.so.1"
+
+
+@pytest.mark.parametrize("blob", [b"", b"garbage", b"glibc-ld.so.cache1.1" + b"\xff" * 40])
+def test_bad_cache_bytes_raise_a_format_error(blob: bytes) -> None:
+    with pytest.raises(ldcache.CacheFormatError):
+        ldcache.parse(blob)
+
+
+def test_this_machines_cache_matches_ldconfig() -> None:
+    """Every entry `ldconfig -p` prints for x86-64 is what our reader finds first."""
+    cache = ldcache.parse(Path("/etc/ld.so.cache").read_bytes())
+    listing = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True, check=True).stdout
+    rows = re.findall(r"^\s+(\S+) \(libc6,x86-64[^)]*\) => (\S+)$", listing, re.M)
+    assert len(rows) > 50
+    seen: set[str] = set()
+    for name, path in rows:
+        if name in seen:
+            continue
+        seen.add(name)
+        assert cache.lookup(name, X86.cache_flags, ()) == path, name
+
+
+def test_ldconf_includes_globs_relative_and_sorted(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    (etc / "ld.so.conf.d").mkdir(parents=True)
+    (etc / "ld.so.conf").write_text("# comment\n/opt/first\ninclude ld.so.conf.d/*.conf /etc/extra.conf\n")
+    (etc / "ld.so.conf.d/b.conf").write_text("/opt/b\n")
+    (etc / "ld.so.conf.d/a.conf").write_text("/opt/a  /opt/a2\n/opt/first\n")
+    (etc / "extra.conf").write_text("/opt/extra/\n")
+    assert ldconf.directories(Root(str(tmp_path))) == ("/opt/first", "/opt/a", "/opt/a2", "/opt/b", "/opt/extra")
+
+
+def test_tokens() -> None:
+    tokens = Tokens(origin="/app/bin", lib="lib/x86_64-linux-gnu", platform="haswell")
+    assert expand("$ORIGIN/../lib", tokens) == "/app/bin/../lib"
+    assert expand("${ORIGIN}/x:$LIB:$PLATFORM", tokens) == "/app/bin/x:lib/x86_64-linux-gnu:haswell"
+    assert expand("$ORIGINAL/$UNKNOWN", tokens) == "$ORIGINAL/$UNKNOWN"
+    assert split_glibc_path("/a::/b/;", "/cwd") == ("/a", "/cwd", "/b", "/cwd")
+    assert musl_expand("$ORIGIN/lib", "/o") == "/o/lib"
+    assert musl_expand("$LIB/x", "/o") is None
+
+
+def test_legacy_hwcaps_order_matches_the_loader(tmp_path: Path) -> None:
+    """The subfolders we try, in order, are the ones this machine's ld.so prints."""
+    arch = X86
+    model = hwcaps.host(arch, Path("/proc/cpuinfo").read_text())
+    env = {"LD_DEBUG": "libs", "LD_LIBRARY_PATH": str(tmp_path)}
+    out = subprocess.run(["/bin/true"], capture_output=True, text=True, env=env).stderr
+    match = re.search(r"search path=(\S+)\s+\(LD_LIBRARY_PATH\)", out)
+    assert match, out
+    assert ":".join(model.candidates(str(tmp_path), legacy_ok=True)) == match.group(1)
+
+
+def test_levels() -> None:
+    assert hwcaps.at_level(X86, "x86-64-v3").subdirs == ("x86-64-v3", "x86-64-v2")
+    with pytest.raises(ValueError, match="unknown hwcaps level"):
+        hwcaps.at_level(X86, "x86-64-v9")
+    assert hwcaps.baseline(X86).candidates("/lib", legacy_ok=True) == ("/lib",)
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(minify.__all__) == sorted(
+        [
+            "Analysis",
+            "Dependency",
+            "LoadedObject",
+            "MinifyError",
+            "ProgramClosure",
+            "Skipped",
+            "__version__",
+            "analyze",
+        ]
+    )
+    for name in minify.__all__:
+        assert getattr(minify, name) is not None
+    analysis = minify.analyze(["/bin/true"])
+    graph = analysis.graph
+    assert graph.nodes[os.path.realpath("/bin/true")]["role"] == "input"
+    assert "linux-vdso.so.1" in graph
