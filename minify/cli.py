@@ -164,6 +164,25 @@ def rootfs(
     typer.echo(f"build it with: podman build {output}")
 
 
+@app.command()
+def verify(
+    directory: Annotated[str, typer.Argument(help="OUT (as written by minify rootfs) or a root filesystem folder.")],
+    verbose: VerboseOpt = False,
+) -> None:
+    """Check a rootfs as the loader would, without running anything: libraries,
+    versions, and every undefined symbol (what `ldd -r` reports)."""
+    from minify.verify import verify as run_verify
+
+    report = _guard(verbose, lambda: run_verify(directory))
+    for problem in report.problems:
+        typer.echo(str(problem))
+    typer.echo(
+        f"{report.rootfs}: {len(report.checked)} ELF files checked, "
+        + (f"{len(report.problems)} problem(s)" if report.problems else "all resolve")
+    )
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_INCOMPLETE)
+
+
 def _print_differences(check: Callable[[Opts], T], options: Opts) -> T:
     """Run ``check``; list what differs on stdout before the error line."""
     from minify.errors import OutOfDate

@@ -12,7 +12,7 @@ import os
 import posixpath
 import stat
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from minify.elf import ET_DYN, ET_EXEC, ElfInfo, is_elf, script_interpreter
@@ -74,6 +74,7 @@ class ProgramClosure:
     error: str | None = None
     notes: tuple[str, ...] = ()
     vdso: str | None = None
+    library_input: bool = False  # a shared library given as input (no PT_INTERP)
 
     @property
     def closure(self) -> tuple[str, ...]:
@@ -316,7 +317,8 @@ def _analyze_program(run: _Run, path: str, resolved: Resolved, skipped: list[Ski
     kind = "musl" if posixpath.basename(interp).startswith("ld-musl-") else "glibc"
     try:
         model = run.model(kind, arch, interp, info)
-        return _walk(run, model, path, resolved, info, arch, machine, notes)
+        result = _walk(run, model, path, resolved, info, arch, machine, notes)
+        return replace(result, library_input=header.interpreter is None)
     except MinifyError as exc:
         return ProgramClosure(path, resolved.path, "dynamic", kind, interp, machine, objects=(own,), error=str(exc))
     except ValueError as exc:  # an unknown hwcaps level

@@ -13,6 +13,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from minify.errors import BadInput, CorruptElf, FileTooLarge, NotElf, NotRegularFile
@@ -35,6 +36,10 @@ ELFOSABI_GNU = 3
 
 VER_FLG_WEAK = 0x2
 DF_1_NODEFLIB = 0x800
+STB_LOCAL = 0
+STB_WEAK = 2
+SHN_UNDEF = 0
+VERSYM_HIDDEN = 0x8000
 
 
 class Endian(Enum):
@@ -217,6 +222,7 @@ def _segments(table: bytes, fmt: str, elf_class: int, count: int) -> Iterator[tu
 
 _LIEF: Any = None
 _CONFIG: Any = None
+_SYMBOL_CONFIG: Any = None
 
 
 def _lief() -> tuple[Any, Any]:
@@ -252,6 +258,81 @@ def read_elf(path: str) -> ElfInfo:
         # UnicodeDecodeError included: LIEF decodes names as UTF-8 and raises on
         # garbage; a damaged string table is a damaged file, not a crash.
         raise CorruptElf(path, f"unreadable dynamic section ({type(exc).__name__})") from None
+
+
+@dataclass(frozen=True)
+class SymbolRef:
+    """An undefined dynamic symbol: what the object needs someone else to define."""
+
+    name: str
+    version: str | None  # the VERNEED version it asks for
+    weak: bool
+
+
+@dataclass(frozen=True)
+class Symbols:
+    """The dynamic symbols that matter for binding: imports and definitions."""
+
+    imports: tuple[SymbolRef, ...]
+    defined: frozenset[tuple[str, str | None]]  # default (visible) definitions
+    hidden: frozenset[tuple[str, str | None]]  # `name@VERSION` non-default definitions
+
+    def defines(self, ref: SymbolRef) -> bool:
+        """glibc elf/dl-lookup.c check_match, for one definer: a versioned reference
+        matches that exact version (default or hidden) or an unversioned definition;
+        an unversioned reference matches only a default definition."""
+        if ref.version is None:
+            return ref.name in self.default_names
+        key = (ref.name, ref.version)
+        return key in self.defined or key in self.hidden or (ref.name, None) in self.defined
+
+    @cached_property
+    def default_names(self) -> frozenset[str]:
+        return frozenset(name for name, _ in self.defined)
+
+
+def read_symbols(path: str) -> Symbols:
+    """The dynamic symbol table of an ELF file, with symbol versions."""
+    header, _ = read_header(path)
+    if not header.has_dynamic:
+        return Symbols((), frozenset(), frozenset())
+    lief, _ = _lief()
+    global _SYMBOL_CONFIG  # noqa: PLW0603 - built once, like the module it configures
+    if _SYMBOL_CONFIG is None:
+        config = lief.ELF.ParserConfig()
+        config.parse_relocations = False
+        config.parse_symtab_symbols = False
+        config.parse_notes = False
+        config.parse_overlay = False
+        _SYMBOL_CONFIG = config
+    try:
+        binary = lief.ELF.parse(path, _SYMBOL_CONFIG)
+        if binary is None:
+            raise CorruptElf(path, "LIEF could not parse it")
+        imports: list[SymbolRef] = []
+        defined: set[tuple[str, str | None]] = set()
+        hidden: set[tuple[str, str | None]] = set()
+        for sym in binary.dynamic_symbols:
+            binding = int(sym.binding)
+            if binding == STB_LOCAL or not sym.name:
+                continue
+            version: str | None = None
+            index = 1
+            if sym.has_version:
+                index = sym.symbol_version.value
+                aux = sym.symbol_version.symbol_version_auxiliary
+                if aux is not None and (index & 0x7FFF) > 1:
+                    version = _text(aux.name)
+            name = _text(sym.name)
+            if sym.shndx == SHN_UNDEF:
+                imports.append(SymbolRef(name, version, binding == STB_WEAK))
+            elif index & VERSYM_HIDDEN:
+                hidden.add((name, version))
+            else:
+                defined.add((name, version))
+        return Symbols(tuple(imports), frozenset(defined), frozenset(hidden))
+    except (MemoryError, RuntimeError, ValueError) as exc:
+        raise CorruptElf(path, f"unreadable dynamic symbols ({type(exc).__name__})") from None
 
 
 def read_many(paths: list[str], *, workers: int) -> list[ElfInfo | BadInput]:

@@ -228,7 +228,7 @@ def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None
             fh.write(dockerfile)
         with open(os.path.join(tmp, LOCK_NAME), "w", encoding="utf-8") as fh:
             fh.write(_dump(lock))
-        verify_rootfs(rootfs, plan.programs)
+        verify_rootfs(rootfs)
         os.chmod(tmp, 0o755)
         _swap_into_place(tmp, out)
     except BaseException as exc:
@@ -327,18 +327,18 @@ def _copy(source: str, dest: str, mode: int) -> None:
 # -- verification and --check --------------------------------------------------------
 
 
-def verify_rootfs(rootfs: str, programs: tuple[str, ...]) -> Analysis:
-    """Analyse the finished rootfs with itself as the root: no cache, no host files."""
-    analysis = analyze(list(programs), root=rootfs, cwd="/", hwcaps="baseline", cpuinfo="")
-    problems: list[str] = []
-    for program in analysis.programs:
-        if program.error:
-            problems.append(program.error)
-        problems.extend(f"{name} not found in the image (needed by {program.path})" for name in program.missing)
-        problems.extend(program.version_errors)
-    if problems:
-        raise VerificationFailed(tuple(problems))
-    return analysis
+def verify_rootfs(rootfs: str) -> None:
+    """The finished rootfs, checked with itself as the root (no cache, no host files):
+    libraries, versions and symbols, as ``minify verify`` does."""
+    from minify.verify import verify
+
+    report = verify(rootfs)
+    if not report.ok:
+        raise VerificationFailed(tuple(_in_image(str(p)) for p in report.problems))
+
+
+def _in_image(problem: str) -> str:
+    return problem.replace(" not found in the rootfs", " not found in the image")
 
 
 def check(options: RootfsOptions) -> RootfsResult:

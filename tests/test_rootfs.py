@@ -160,7 +160,7 @@ def test_a_map_that_breaks_origin_fails_verification_and_leaves_out_alone(tmp_pa
     before = tree_listing(out)
     proc = cli("rootfs", str(prog), "-o", str(out), "--map", f"{tmp_path}/opt/y/bin=/bin")
     assert proc.returncode == 1
-    assert "liby.so.1 not found in the image" in proc.stderr
+    assert "liby.so.1: not found in the image" in proc.stderr
     assert tree_listing(out) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".minify")] == []
 

@@ -1,0 +1,144 @@
+"""``minify verify``: check a finished root filesystem the way the loader will see it,
+without executing anything.
+
+Every ELF file in it must resolve with the rootfs as the root, every version it needs
+must be defined, and every undefined, non-weak dynamic symbol must be defined by an
+object in its lookup scope, honouring symbol versions: what `ldd -r` reports, done
+statically. A library that no program loads (a plugin, an NSS or gconv module) is
+checked in the scope of a program that could dlopen it, plus its own closure.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from minify.closure import Analysis, LoadedObject, ProgramClosure, analyze
+from minify.elf import ET_DYN, ET_EXEC, Symbols, is_elf, read_header, read_symbols
+from minify.errors import BadInput, PathError
+
+LOCK_NAME = "minify.lock.json"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # the object, inside the rootfs
+    kind: str  # error | missing-library | version | undefined-symbol
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    rootfs: str
+    checked: tuple[str, ...]
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def rootfs_of(directory: str) -> str:
+    """OUT (with rootfs/ and a lock file) or a root filesystem folder itself."""
+    if not os.path.isdir(directory):
+        raise PathError(directory, "not a folder")
+    inner = os.path.join(directory, "rootfs")
+    if os.path.isdir(inner) and os.path.exists(os.path.join(directory, LOCK_NAME)):
+        return inner
+    return directory
+
+
+def elf_files(rootfs: str) -> list[str]:
+    """Loadable ELF files of the rootfs (paths inside it), symlinks not followed."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(rootfs):
+        dirnames.sort()
+        for name in sorted(filenames):
+            host = os.path.join(dirpath, name)
+            if not stat.S_ISREG(os.lstat(host).st_mode) or not is_elf(host):
+                continue
+            try:
+                header, _ = read_header(host)
+            except BadInput:
+                out.append(host[len(rootfs) :])  # reported as this file's error
+                continue
+            if header.file_type in (ET_EXEC, ET_DYN):
+                out.append(host[len(rootfs) :] or "/")
+    return out
+
+
+def verify(directory: str) -> VerifyReport:
+    rootfs = os.path.realpath(rootfs_of(directory))
+    files = elf_files(rootfs)
+    analysis = analyze(files, root=rootfs, cwd="/", hwcaps="baseline", cpuinfo="")
+    problems: list[Problem] = []
+    for program in analysis.programs:
+        if program.error:
+            problems.append(Problem(program.path, "error", program.error))
+        problems.extend(
+            Problem(program.path, "missing-library", f"{name}: not found in the rootfs") for name in program.missing
+        )
+        problems.extend(Problem(program.path, "version", e) for e in program.version_errors)
+    problems.extend(_symbol_problems(rootfs, analysis))
+    unique = tuple(dict.fromkeys(problems))
+    return VerifyReport(rootfs, tuple(files), unique)
+
+
+def _symbol_problems(rootfs: str, analysis: Analysis) -> list[Problem]:
+    cache: dict[str, Symbols] = {}
+
+    def symbols(path: str) -> Symbols:
+        hit = cache.get(path)
+        if hit is None:
+            hit = read_symbols(rootfs + path)
+            cache[path] = hit
+        return hit
+
+    usable = [p for p in analysis.programs if p.ok and p.kind == "dynamic"]
+    programs = [p for p in usable if not p.library_input]
+    loaded_by_programs = {o.realpath for p in programs for o in p.objects}
+    problems: list[Problem] = []
+    reported: set[tuple[str, str]] = set()
+    for closure in usable:
+        own = closure.objects[0].realpath
+        if closure in programs:
+            scopes = [closure.objects]
+        elif own in loaded_by_programs:
+            continue  # checked as part of a program that loads it
+        else:
+            # a plugin: some program dlopens it; its scope is that program's plus its own
+            scopes = [p.objects + closure.objects for p in programs] or [closure.objects]
+        missing = _undefined(closure, scopes, symbols)
+        for path, ref_text in missing:
+            if (path, ref_text) not in reported:
+                reported.add((path, ref_text))
+                problems.append(Problem(path, "undefined-symbol", f"undefined symbol: {ref_text}"))
+    return problems
+
+
+def _undefined(
+    closure: ProgramClosure, scopes: list[tuple[LoadedObject, ...]], symbols: Callable[[str], Symbols]
+) -> list[tuple[str, str]]:
+    """(object, symbol) pairs that no object of any scope defines; empty if one scope
+    satisfies every reference of the closure."""
+    best: list[tuple[str, str]] | None = None
+    for scope in scopes:
+        definers = [symbols(o.realpath) for o in scope]
+        missing = []
+        for obj in closure.objects:
+            for ref in symbols(obj.realpath).imports:
+                if ref.weak:
+                    continue
+                if not any(d.defines(ref) for d in definers):
+                    text = ref.name + (f"@{ref.version}" if ref.version else "")
+                    missing.append((obj.realpath, text))
+        if not missing:
+            return []
+        if best is None or len(missing) < len(best):
+            best = missing
+    return best or []

@@ -1,0 +1,71 @@
+"""minify verify: what `ldd -r` reports, statically, on real fixtures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from minify.rootfs import RootfsOptions, build
+from minify.verify import verify
+from tests.conftest import Builder
+
+MINIFY = [sys.executable, "-m", "minify.cli"]
+
+
+def test_a_symbol_the_libraries_do_not_define(tmp_path: Path, builder: Builder) -> None:
+    lib = builder.lib(tmp_path / "lib/libsym.so.1", "sym", src="sym.c", flags=["-DWITH_B"])
+    prog = builder.prog(tmp_path / "prog", src="usesym.c", links=[lib], runpath="$ORIGIN/lib")
+    out = tmp_path / "out"
+    build(RootfsOptions(paths=(str(prog),), output=str(out)))
+    assert verify(str(out)).ok
+    # swap in a build of the library without sym_b, in the image
+    image_lib = out / f"rootfs{tmp_path}/lib/libsym.so.1"
+    builder.lib(image_lib, "sym", src="sym.c")
+    report = verify(str(out))
+    assert [(p.path, p.kind, p.detail) for p in report.problems] == [
+        (str(prog), "undefined-symbol", "undefined symbol: sym_b")
+    ]
+    # the loader agrees, on the host with the same swap
+    builder.lib(lib, "sym", src="sym.c")
+    run = subprocess.run([str(prog)], capture_output=True, text=True, env={"LD_BIND_NOW": "1"})
+    assert run.returncode != 0 and "undefined symbol: sym_b" in run.stderr
+    cli = subprocess.run([*MINIFY, "verify", str(out)], capture_output=True, text=True)
+    assert cli.returncode == 1
+    assert f"{prog}: undefined symbol: sym_b" in cli.stdout
+
+
+def test_rootfs_refuses_to_finish_when_a_symbol_is_missing(tmp_path: Path, builder: Builder) -> None:
+    lib = builder.lib(tmp_path / "lib/libsym.so.1", "sym", src="sym.c", flags=["-DWITH_B"])
+    prog = builder.prog(tmp_path / "prog", src="usesym.c", links=[lib], runpath="$ORIGIN/lib")
+    builder.lib(lib, "sym", src="sym.c")
+    proc = subprocess.run([*MINIFY, "rootfs", str(prog), "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "undefined symbol: sym_b" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_versioned_symbols_are_matched_by_version(tmp_path: Path, builder: Builder) -> None:
+    fix = Path(__file__).resolve().parent.parent / "fixtures"
+    lib = tmp_path / "libver.so.1"
+    builder.lib(lib, "ver", src="versioned.c", flags=["-DWITH_V2", f"-Wl,--version-script={fix}/v2.map"])
+    prog = builder.prog(tmp_path / "prog", src="usever.c", links=[lib], runpath="$ORIGIN")
+    out = tmp_path / "out"
+    build(RootfsOptions(paths=(str(prog),), output=str(out)))
+    assert verify(str(out)).ok
+    # ver_new defined, but only at VER_1 (no version script): the reference asks VER_2
+    builder.lib(
+        out / f"rootfs{lib}", "ver", src="versioned.c", flags=["-DWITH_V2", f"-Wl,--version-script={fix}/v1.map"]
+    )
+    report = verify(str(out))
+    kinds = {p.kind for p in report.problems}
+    assert "version" in kinds
+
+
+def test_a_real_program_rootfs_verifies_clean(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build(RootfsOptions(paths=(os.path.realpath("/usr/bin/python3"),), output=str(out)))
+    report = verify(str(out / "rootfs"))
+    assert report.ok, report.problems
+    assert len(report.checked) >= 5
