@@ -54,7 +54,7 @@ def test_versioned_symbols_are_matched_by_version(tmp_path: Path, builder: Build
     out = tmp_path / "out"
     build(RootfsOptions(paths=(str(prog),), output=str(out)))
     assert verify(str(out)).ok
-    # ver_new defined, but only at VER_1 (no version script): the reference asks VER_2
+    # a build whose version script has no VER_2: the reference asks for ver_new@VER_2
     builder.lib(
         out / f"rootfs{lib}", "ver", src="versioned.c", flags=["-DWITH_V2", f"-Wl,--version-script={fix}/v1.map"]
     )
