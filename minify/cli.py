@@ -18,6 +18,8 @@ import typer
 from minify.errors import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, MinifyError
 
 T = TypeVar("T")
+#: Hints read every object's symbol table; beyond this many inputs they are opt-in.
+HINTS_AUTO_MAX = 20
 Opts = TypeVar("Opts")
 
 app = typer.Typer(
@@ -83,10 +85,15 @@ def analyze(
     hwcaps: Annotated[
         str, typer.Option("--hwcaps", help="host, baseline or a level such as x86-64-v3 (default: host when native).")
     ] = "default",
+    hints: Annotated[
+        bool | None,
+        typer.Option("--hints/--no-hints", help="Hints from imported symbols (default: on for up to 20 inputs)."),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Show what the dynamic loader would load for each program, without running it."""
     from minify.closure import analyze as run_analysis
+    from minify.hints import for_analysis
     from minify.render import render
 
     result = _guard(
@@ -100,7 +107,9 @@ def analyze(
             hwcaps=hwcaps,
         ),
     )
-    sys.stdout.write(render(result, fmt.value))
+    shown = hints if hints is not None else len(result.programs) <= HINTS_AUTO_MAX
+    found = _guard(verbose, lambda: for_analysis(result)) if shown and fmt.value in ("tree", "json") else {}
+    sys.stdout.write(render(result, fmt.value, found))
     for program in result.programs:
         if program.error:
             typer.echo(f"minify: error: {program.error}", err=True)
@@ -125,6 +134,15 @@ def rootfs(
     hwcaps: Annotated[
         str, typer.Option("--hwcaps", help="all (baseline + every glibc-hwcaps copy), baseline, or a level.")
     ] = "all",
+    with_: Annotated[
+        list[str] | None,
+        typer.Option("--with", help="Presets: nss, certs, tzdata, gconv, locale, libgcc_s, tmp, auto (comma list)."),
+    ] = None,
+    tz: Annotated[str | None, typer.Option("--tz", help="With tzdata: only these zones (comma list).")] = None,
+    gconv: Annotated[str | None, typer.Option("--gconv", help="With gconv: only these charsets (comma list).")] = None,
+    add: Annotated[
+        list[str] | None, typer.Option("--add", help="PATH[:DEST] of the root to add; ELF files bring their closures.")
+    ] = None,
     check_only: Annotated[
         bool, typer.Option("--check", help="Write nothing; exit 1 if OUT is not what would be produced.")
     ] = False,
@@ -147,6 +165,10 @@ def rootfs(
         env=tuple(env or ()),
         hwcaps=hwcaps,
         force=force,
+        with_=tuple(with_ or ()),
+        tz=_commas(tz),
+        charsets=_commas(gconv),
+        add=tuple(add or ()),
     )
     if check_only:
         result = _guard(verbose, lambda: _print_differences(check, options))
@@ -181,6 +203,10 @@ def verify(
         + (f"{len(report.problems)} problem(s)" if report.problems else "all resolve")
     )
     raise typer.Exit(EXIT_OK if report.ok else EXIT_INCOMPLETE)
+
+
+def _commas(text: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
 
 def _print_differences(check: Callable[[Opts], T], options: Opts) -> T:

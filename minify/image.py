@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from minify.closure import Analysis, LoadedObject, ProgramClosure
@@ -38,6 +38,26 @@ class Entry:
     target: str | None = None  # symlink text, or the image path a hard link shares
     size: int = 0
     reasons: tuple[str, ...] = ()
+    content: bytes | None = None  # a generated file's bytes (passwd, nsswitch.conf)
+
+
+@dataclass(frozen=True)
+class Extra:
+    """Something added to the image beside the closures: ``--add`` and presets."""
+
+    path: str  # in the root; a file or a folder (copied whole)
+    dest: str | None = None  # where it goes in the image (default: the same path)
+    reason: str = "added"
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A file minify writes itself (the distroless passwd, a files+dns nsswitch.conf)."""
+
+    path: str
+    content: bytes
+    mode: int = 0o644
+    reason: str = "generated"
 
 
 @dataclass(frozen=True)
@@ -140,14 +160,21 @@ class _Planner:
             self._parents(entry.path)
             self.entries[entry.path] = entry
             return
-        same = (old.type, old.target, old.source) == (entry.type, entry.target, entry.source)
+        if old.type is EntryType.DIR and entry.type is EntryType.DIR and entry.mode != 0o755:
+            old = replace(old, mode=entry.mode)  # an explicit mode (/tmp 1777) wins over a parent's default
+        same = (old.type, old.target, old.source, old.content) == (
+            entry.type,
+            entry.target,
+            entry.source,
+            entry.content,
+        )
         if not same and not (old.type is EntryType.DIR and entry.type is EntryType.DIR):
             raise PlanError(
                 f"{entry.path}: needed both as {old.type.value} ({old.target or old.source}) "
                 f"and as {entry.type.value} ({entry.target or entry.source})"
             )
         reasons = tuple(dict.fromkeys(old.reasons + entry.reasons))
-        self.entries[entry.path] = Entry(old.path, old.type, old.mode, old.source, old.target, old.size, reasons)
+        self.entries[entry.path] = replace(old, reasons=reasons)
 
     def _parents(self, path: str) -> None:
         parent = posixpath.dirname(path)
@@ -167,10 +194,10 @@ class _Planner:
                 Entry(self.place(link.path, private), EntryType.SYMLINK, 0o777, target=link.target, reasons=(reason,))
             )
 
-    def add_file(self, realpath: str, private: bool, reason: str) -> str:
+    def add_file(self, realpath: str, private: bool, reason: str, image_path: str | None = None) -> str:
         host = self.root.host_path(realpath)
         st = os.stat(host)
-        image_path = self.place(realpath, private)
+        image_path = image_path or self.place(realpath, private)
         mode = stat.S_IMODE(st.st_mode)
         if mode & (stat.S_ISUID | stat.S_ISGID):
             self.warnings.append(f"{image_path}: setuid/setgid bits dropped")
@@ -183,6 +210,47 @@ class _Planner:
             self.by_inode[key] = image_path
             self.add(Entry(image_path, EntryType.FILE, mode, source=host, size=st.st_size, reasons=(reason,)))
         return image_path
+
+    def add_extra(self, extra: Extra) -> None:
+        """A file or folder of the root, with the symlinks on its way (unless moved)."""
+        resolved = self.root.resolve(extra.path)
+        if not resolved.exists:
+            raise PlanError(f"{extra.path}: no such file or folder in the root")
+        if extra.dest is None:
+            self.add_links(resolved.links, False, extra.reason)
+        top = extra.dest or resolved.path
+        if not resolved.is_dir:
+            self.add_file(resolved.path, False, extra.reason, image_path=top)
+            return
+        self.add(Entry(top, EntryType.DIR, 0o755, reasons=(extra.reason,)))
+        base = self.root.host_path(resolved.path)
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            inner_dir = resolved.path.rstrip("/") + dirpath[len(base) :]
+            image_dir = top.rstrip("/") + dirpath[len(base) :]
+            for name in sorted(dirnames + filenames):
+                host = os.path.join(dirpath, name)
+                st = os.lstat(host)
+                image = posixpath.join(image_dir, name)
+                if stat.S_ISLNK(st.st_mode):
+                    target = os.readlink(host)
+                    self.add(Entry(image, EntryType.SYMLINK, 0o777, target=target, reasons=(extra.reason,)))
+                elif stat.S_ISDIR(st.st_mode):
+                    self.add(Entry(image, EntryType.DIR, 0o755, reasons=(extra.reason,)))
+                elif stat.S_ISREG(st.st_mode):
+                    self.add_file(posixpath.join(inner_dir, name), False, extra.reason, image_path=image)
+
+    def add_generated(self, item: Generated) -> None:
+        self.add(
+            Entry(
+                item.path,
+                EntryType.FILE,
+                item.mode,
+                size=len(item.content),
+                reasons=(item.reason,),
+                content=item.content,
+            )
+        )
 
 
 def _private(program: ProgramClosure, obj: LoadedObject) -> bool:
@@ -202,6 +270,9 @@ def plan_image(
     extra: tuple[ProgramClosure, ...] = (),
     config: ImageConfig = ImageConfig(),
     scripts: tuple[tuple[str, str], ...] = (),
+    extras: tuple[Extra, ...] = (),
+    generated: tuple[Generated, ...] = (),
+    dirs: tuple[tuple[str, int], ...] = (),
 ) -> ImagePlan:
     """Lay out every program's closure as image entries.
 
@@ -238,6 +309,12 @@ def plan_image(
         planner.add_links(resolved.links, True, "input (script)")
         planner.add_file(resolved.path, True, f"input (script for {interpreter})")
         script_paths.append(planner.place(inner, True))
+    for extra_item in extras:
+        planner.add_extra(extra_item)
+    for item in generated:
+        planner.add_generated(item)
+    for path, mode in dirs:
+        planner.add(Entry(path, EntryType.DIR, mode, reasons=("preset",)))
     entries = tuple(sorted(planner.entries.values(), key=lambda e: e.path))
     return ImagePlan(entries, config, tuple(programs), tuple(script_paths), tuple(planner.warnings))
 

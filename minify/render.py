@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from minify.closure import Analysis, Dependency, ProgramClosure
+from minify.hints import Hint
 from minify.loader.model import How
 
 FORMATS = ("tree", "list", "json", "dot", "graphml")
@@ -18,13 +19,16 @@ JSON_SCHEMA_VERSION = 1
 TAR_BLOCK = 512
 
 
-def render(analysis: Analysis, fmt: str) -> str:
+Hints = dict[str, tuple[Hint, ...]]
+
+
+def render(analysis: Analysis, fmt: str, hints: Hints | None = None) -> str:
     if fmt == "tree":
-        return tree(analysis)
+        return tree(analysis, hints or {})
     if fmt == "list":
         return ldd_list(analysis)
     if fmt == "json":
-        return to_json(analysis)
+        return to_json(analysis, hints or {})
     if fmt == "dot":
         return to_dot(analysis)
     if fmt == "graphml":
@@ -58,10 +62,11 @@ def _tag(dep: Dependency) -> str:
     return dep.how.value
 
 
-def tree(analysis: Analysis) -> str:
+def tree(analysis: Analysis, hints: Hints | None = None) -> str:
     out: list[str] = []
     for program in analysis.programs:
         out.extend(_program_tree(program))
+        out.extend(f"hint: {h}" for h in (hints or {}).get(program.path, ()))
         out.append("")
     if analysis.skipped:
         out.append(f"skipped {len(analysis.skipped)} file(s) that are not ELF programs:")
@@ -169,8 +174,9 @@ def _ldd_lines(p: ProgramClosure) -> list[str]:
 # -- JSON ----------------------------------------------------------------------------
 
 
-def as_data(analysis: Analysis) -> dict[str, Any]:
+def as_data(analysis: Analysis, hints: Hints | None = None) -> dict[str, Any]:
     """The documented JSON schema (see README, "JSON output")."""
+    hints = hints or {}
     inputs = []
     for p in analysis.programs:
         inputs.append(
@@ -187,6 +193,9 @@ def as_data(analysis: Analysis) -> dict[str, Any]:
                 "error": p.error,
                 "notes": list(p.notes),
                 "vdso": p.vdso,
+                "hints": [
+                    {"preset": h.preset, "reason": h.reason, "objects": list(h.objects)} for h in hints.get(p.path, ())
+                ],
             }
         )
     objects = [
@@ -240,8 +249,8 @@ def dumps(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def to_json(analysis: Analysis) -> str:
-    return dumps(as_data(analysis))
+def to_json(analysis: Analysis, hints: Hints | None = None) -> str:
+    return dumps(as_data(analysis, hints))
 
 
 # -- graph formats -----------------------------------------------------------------

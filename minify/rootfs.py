@@ -20,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from minify import __version__
+from minify import __version__, presets
 from minify.closure import Analysis, ProgramClosure, analyze
 from minify.dockerfile import render as render_dockerfile
-from minify.elf import script_interpreter
+from minify.elf import is_elf, script_interpreter
 from minify.errors import OutOfDate, OutputError, VerificationFailed
-from minify.image import Entry, EntryType, ImageConfig, ImagePlan, Mapping, PlanError, plan_image
+from minify.hints import Hint, for_analysis, presets_called_for
+from minify.image import Entry, EntryType, Extra, ImageConfig, ImagePlan, Mapping, PlanError, plan_image
+from minify.presets import NONROOT
 from minify.root import Root
 
 LOCK_NAME = "minify.lock.json"
@@ -47,6 +49,10 @@ class RootfsOptions:
     env: tuple[str, ...] = ()
     hwcaps: str = "all"
     force: bool = False
+    with_: tuple[str, ...] = ()
+    tz: tuple[str, ...] = ()
+    charsets: tuple[str, ...] = ()
+    add: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,20 +79,82 @@ def prepare(options: RootfsOptions) -> tuple[ImagePlan, str, dict[str, Any]]:
     if any(not p.startswith("/") for p in options.paths) and cwd != "/":
         # a relative input keeps its path relative to the current folder, rooted at /
         maps += (Mapping(cwd, "/"),)
+    hints = _hints(analysis)
+    names = presets.parse_with(options.with_)
+    if "auto" in names:
+        names = tuple(dict.fromkeys([n for n in names if n != "auto"] + list(presets_called_for(hints))))
+    additions = presets.resolve(names, analysis, tz=options.tz, charsets=options.charsets)
+    extras = [Extra(path, None, "--with preset") for path in additions.files]
+    elf_extras = list(additions.elf)
+    for spec in options.add:
+        added = _parse_add(spec, view, cwd)
+        extras.append(added)
+        if view.resolve(added.path).is_file and is_elf(view.host_path(view.realpath(added.path))):
+            elf_extras.append(added.path)
+    generated = list(additions.generated)
+    dirs = list(additions.dirs)
+    if options.user == "nonroot":
+        generated.extend(presets.users_files())
+        dirs.append(("/home/nonroot", 0o755))
     extra: tuple[ProgramClosure, ...] = ()
     if options.hwcaps == "all":
         extra = _hwcaps_variants(analysis, view, cwd)
-    config = _config(options, analysis, maps, view, cwd)
-    plan = plan_image(analysis, maps=maps, extra=extra, config=config, scripts=scripts)
+    if elf_extras:
+        extra += _closures_of(sorted(set(elf_extras)), analysis.root, cwd)
+    config = _config(options, analysis, maps, additions.env)
+    plan = plan_image(
+        analysis,
+        maps=maps,
+        extra=extra,
+        config=config,
+        scripts=scripts,
+        extras=tuple(extras),
+        generated=tuple(generated),
+        dirs=tuple(dirs),
+    )
     if config.entrypoint and plan.entry(config.entrypoint[0]) is None:
         raise PlanError(f"--entrypoint {config.entrypoint[0]} is not in the image")
     warnings = list(plan.warnings)
     warnings.extend(f"skipped {s.path}: {s.reason}" for s in analysis.skipped)
     if not config.entrypoint:
         warnings.append("no ENTRYPOINT: several inputs and no --entrypoint")
+    warnings.extend(f"hint: {h}" for h in hints if h.preset not in names)
+    warnings.extend(additions.notes)
     plan = ImagePlan(plan.entries, plan.config, plan.programs, plan.scripts, tuple(warnings))
     dockerfile = render_dockerfile(plan)
     return plan, dockerfile, lock_data(plan, dockerfile)
+
+
+def _hints(analysis: Analysis) -> tuple[Hint, ...]:
+    """Hints for every program, merged."""
+    out: dict[tuple[str | None, str], Hint] = {}
+    for hints in for_analysis(analysis).values():
+        for hint in hints:
+            out.setdefault((hint.preset, hint.reason), hint)
+    return tuple(out.values())
+
+
+def _parse_add(spec: str, view: Root, cwd: str) -> Extra:
+    """``--add PATH[:DEST]``: a path of the root, refused if it names no file or
+    climbs out of the root with `..`."""
+    path, _, dest = spec.partition(":")
+    if ".." in path.split("/") or (dest and ".." in dest.split("/")):
+        raise PlanError(f"--add {spec}: '..' is not allowed (it would leave the root)")
+    if dest and not dest.startswith("/"):
+        raise PlanError(f"--add {spec}: DEST must be an absolute path in the image")
+    inner = path if path.startswith("/") else posixpath.join(cwd, path)
+    if not view.resolve(inner).exists:
+        raise PlanError(f"--add {spec}: {inner} does not exist" + ("" if view.is_host else f" in {view.directory}"))
+    return Extra(inner, posixpath.normpath(dest) if dest else None, f"--add {spec}")
+
+
+def _closures_of(paths: list[str], root: str, cwd: str) -> tuple[ProgramClosure, ...]:
+    """The closures of ELF files added beside the programs (dlopened modules)."""
+    extra = analyze(paths, root=root, cwd=cwd, hwcaps="baseline", cpuinfo="")
+    for program in extra.programs:
+        if program.error or program.missing:
+            raise PlanError(program.error or f"{program.path}: needs {', '.join(program.missing)}, not found")
+    return extra.programs
 
 
 def _split_scripts(
@@ -134,12 +202,18 @@ _USER = re.compile(r"^[0-9]+(:[0-9]+)?$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
-def _config(options: RootfsOptions, analysis: Analysis, maps: tuple[Mapping, ...], view: Root, cwd: str) -> ImageConfig:
-    if options.user is not None and not _USER.match(options.user):
+def _config(
+    options: RootfsOptions,
+    analysis: Analysis,
+    maps: tuple[Mapping, ...],
+    preset_env: tuple[tuple[str, str], ...] = (),
+) -> ImageConfig:
+    user = NONROOT if options.user == "nonroot" else options.user
+    if user is not None and not _USER.match(user):
         raise PlanError(
-            f"--user {options.user!r}: expected UID or UID:GID (numbers: a scratch image has no /etc/passwd)"
+            f"--user {options.user!r}: expected UID[:GID] (numbers) or nonroot; a scratch image has no user names"
         )
-    env = []
+    env = list(preset_env)
     for item in options.env:
         if not _ENV.match(item):
             raise PlanError(f"--env {item!r}: expected NAME=VALUE")
@@ -160,7 +234,7 @@ def _config(options: RootfsOptions, analysis: Analysis, maps: tuple[Mapping, ...
         ("org.opencontainers.image.description", "minified by minify: the exact loader closure, nothing else"),
         ("io.github.minify.version", __version__),
     )
-    return ImageConfig(entrypoint, options.cmd, options.user, tuple(env), labels)
+    return ImageConfig(entrypoint, options.cmd, user, tuple(dict.fromkeys(env)), labels)
 
 
 # -- lock file -----------------------------------------------------------------------
@@ -189,7 +263,11 @@ def _entry_data(entry: Entry, sha: str | None) -> dict[str, Any]:
 def lock_data(plan: ImagePlan, dockerfile: str) -> dict[str, Any]:
     entries = []
     for e in plan.entries:
-        sha = sha256_of(e.source) if e.type is EntryType.FILE and e.source else None
+        sha = None
+        if e.content is not None:
+            sha = hashlib.sha256(e.content).hexdigest()
+        elif e.type is EntryType.FILE and e.source:
+            sha = sha256_of(e.source)
         entries.append(_entry_data(e, sha))
     return {
         "schema": LOCK_SCHEMA,
@@ -292,13 +370,16 @@ def materialise(plan: ImagePlan, directory: str, *, progress: Callable[[int, int
     for done, entry in enumerate(plan.entries, 1):
         dest = _inside(base, entry.path)
         if entry.type is EntryType.DIR:
-            os.mkdir(dest, 0o755)
+            os.mkdir(dest, 0o700)
+            os.chmod(dest, entry.mode)
         elif entry.type is EntryType.SYMLINK:
             assert entry.target is not None
             os.symlink(entry.target, dest)
         elif entry.type is EntryType.HARDLINK:
             assert entry.target is not None
             os.link(_inside(base, entry.target), dest, follow_symlinks=False)
+        elif entry.content is not None:
+            _write(entry.content, dest, entry.mode)
         else:
             assert entry.source is not None
             _copy(entry.source, dest, entry.mode)
@@ -307,6 +388,15 @@ def materialise(plan: ImagePlan, directory: str, *, progress: Callable[[int, int
     for entry in reversed(plan.entries):  # children first, so folder times stick
         os.utime(base + entry.path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
     os.utime(base, (FIXED_MTIME, FIXED_MTIME))
+
+
+def _write(content: bytes, dest: str, mode: int) -> None:
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, content)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def _copy(source: str, dest: str, mode: int) -> None:

@@ -1,0 +1,137 @@
+"""What the static closure cannot see, guessed from what the objects import.
+
+A scratch image with the exact DT_NEEDED closure still fails at run time when the
+program dlopen()s (NSS modules, gconv modules, libgcc_s, plugins) or reads data files
+(CA certificates, zoneinfo, locales). Each hint says why, names the objects, and the
+``--with`` preset that covers it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from minify.closure import Analysis, ProgramClosure
+from minify.elf import Symbols, read_symbols
+from minify.errors import BadInput
+from minify.root import Root
+
+#: (preset, imported symbols, why). preset None: no preset can cover it.
+SYMBOL_RULES: tuple[tuple[str | None, frozenset[str], str], ...] = (
+    (
+        "nss",
+        frozenset(
+            {
+                "getaddrinfo",
+                "getnameinfo",
+                "gethostbyname",
+                "gethostbyname2",
+                "gethostbyname_r",
+                "gethostbyname2_r",
+                "gethostbyaddr",
+                "gethostbyaddr_r",
+            }
+        ),
+        "host name lookups go through NSS: /etc/nsswitch.conf, /etc/hosts",
+    ),
+    (
+        "nss",
+        frozenset(
+            {
+                "getpwnam",
+                "getpwuid",
+                "getpwnam_r",
+                "getpwuid_r",
+                "getpwent",
+                "getgrnam",
+                "getgrgid",
+                "getgrnam_r",
+                "getgrgid_r",
+                "getgrent",
+                "initgroups",
+                "getgrouplist",
+                "getspnam",
+            }
+        ),
+        "user and group lookups go through NSS: /etc/nsswitch.conf, /etc/passwd, /etc/group",
+    ),
+    ("gconv", frozenset({"iconv_open"}), "iconv loads gconv modules at run time"),
+    (
+        "libgcc_s",
+        frozenset({"pthread_cancel", "pthread_exit"}),
+        "glibc dlopens libgcc_s.so.1 to unwind threads that are cancelled or exit",
+    ),
+    (
+        "tzdata",
+        frozenset({"tzset", "localtime", "localtime_r", "mktime", "timelocal"}),
+        "time zones are read from /usr/share/zoneinfo",
+    ),
+    ("locale", frozenset({"setlocale", "newlocale"}), "locales are read from /usr/lib/locale"),
+    (
+        None,
+        frozenset({"dlopen", "dlmopen"}),
+        "may load plugins at run time (dlopen): add them with --add, or record a run with --trace",
+    ),
+)
+TLS_LIBRARIES = ("libssl.so", "libgnutls.so", "libnss3.so", "libmbedtls.so", "libwolfssl.so", "libcurl")
+
+
+@dataclass(frozen=True)
+class Hint:
+    preset: str | None
+    reason: str
+    objects: tuple[str, ...]  # the objects (or symbols) that call for it
+
+    def __str__(self) -> str:
+        fix = f"; add --with {self.preset}" if self.preset else ""
+        return f"{', '.join(self.objects)}: {self.reason}{fix}"
+
+
+def hints_for(program: ProgramClosure, symbols: Callable[[str], Symbols]) -> tuple[Hint, ...]:
+    """Hints for one program, from the imports of every object in its closure."""
+    if program.kind != "dynamic" or program.error:
+        return ()
+    imported: dict[str, list[str]] = {}
+    for obj in program.objects:
+        for ref in symbols(obj.realpath).imports:
+            imported.setdefault(ref.name, []).append(obj.path)
+    out: list[Hint] = []
+    for preset, names, reason in SYMBOL_RULES:
+        users = sorted({f"{posixpath.basename(p)} ({n})" for n in names & imported.keys() for p in imported[n]})
+        if users:
+            out.append(Hint(preset, reason, tuple(users[:4]) + (("...",) if len(users) > 4 else ())))
+    sonames = {posixpath.basename(o.path) for o in program.objects} | {o.soname or "" for o in program.objects}
+    if any(s.startswith("libstdc++.so") for s in sonames) and "libgcc_s.so.1" not in sonames:
+        out.append(Hint("libgcc_s", "C++ exceptions and thread exit unwind through libgcc_s.so.1", ("libstdc++",)))
+    tls = sorted(s for s in sonames if s.startswith(TLS_LIBRARIES))
+    if tls:
+        out.append(Hint("certs", "a TLS library needs the CA certificates to verify peers", tuple(tls)))
+    merged: dict[tuple[str | None, str], Hint] = {}
+    for hint in out:
+        key = (hint.preset, hint.reason)
+        if key not in merged:
+            merged[key] = hint
+    return tuple(merged.values())
+
+
+def for_analysis(analysis: Analysis) -> dict[str, tuple[Hint, ...]]:
+    """Hints for every program of an analysis, by program path."""
+    root = Root(analysis.root)
+    cache: dict[str, Symbols] = {}
+
+    def symbols(inner: str) -> Symbols:
+        hit = cache.get(inner)
+        if hit is None:
+            try:
+                hit = read_symbols(root.host_path(inner))
+            except BadInput:
+                hit = Symbols((), frozenset(), frozenset())
+            cache[inner] = hit
+        return hit
+
+    return {p.path: hints_for(p, symbols) for p in analysis.programs}
+
+
+def presets_called_for(hints: tuple[Hint, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(h.preset for h in hints if h.preset))

@@ -1,0 +1,278 @@
+"""``--with PRESET``: what a program loads or reads at run time that its DT_NEEDED
+closure does not show, taken from the root being analysed (never invented), except
+the few configuration files a scratch image must have and no root provides as such
+(passwd and group with the distroless users, a files+dns nsswitch.conf, a hosts file).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+
+from minify.closure import Analysis, ProgramClosure, locate
+from minify.elf import read_header
+from minify.errors import EXIT_INCOMPLETE, MinifyError
+from minify.image import Generated
+from minify.loader.arch import arch_for
+from minify.loader.glibc import ldso_facts
+from minify.root import Root
+
+PRESETS = ("nss", "certs", "tzdata", "gconv", "locale", "libgcc_s", "tmp")
+CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/cert.pem",  # Alpine, macOS-like
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+)
+LOCALES = ("/usr/lib/locale/C.utf8", "/usr/lib/locale/C.UTF-8")
+ZONEINFO = "/usr/share/zoneinfo"
+
+NSSWITCH = """\
+# Written by minify (--with nss): local files, then DNS for hosts.
+passwd:     files
+group:      files
+shadow:     files
+hosts:      files dns
+networks:   files
+protocols:  files
+services:   files
+ethers:     files
+rpc:        files
+"""
+HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+USERS = (("root", 0, "/root"), ("nobody", 65534, "/nonexistent"), ("nonroot", 65532, "/home/nonroot"))
+NONROOT = "65532:65532"
+
+
+class PresetUnavailable(MinifyError):
+    """The root does not have what a preset needs."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
+@dataclass(frozen=True)
+class Additions:
+    """Everything the presets add to an image."""
+
+    files: tuple[str, ...] = ()  # paths in the root: files, or folders copied whole
+    elf: tuple[str, ...] = ()  # ELF files among them whose closures are needed too
+    generated: tuple[Generated, ...] = ()
+    dirs: tuple[tuple[str, int], ...] = ()  # (path, mode) of empty folders
+    env: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class _Collect:
+    files: list[str] = field(default_factory=list)
+    elf: list[str] = field(default_factory=list)
+    generated: list[Generated] = field(default_factory=list)
+    dirs: list[tuple[str, int]] = field(default_factory=list)
+    env: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def freeze(self) -> Additions:
+        gen = {g.path: g for g in self.generated}
+        return Additions(
+            tuple(dict.fromkeys(self.files)),
+            tuple(dict.fromkeys(self.elf)),
+            tuple(gen.values()),
+            tuple(dict.fromkeys(self.dirs)),
+            tuple(dict.fromkeys(self.env)),
+            tuple(self.notes),
+        )
+
+
+def parse_with(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--with a,b --with c`` -> ("a", "b", "c"); unknown names refused."""
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    for name in names:
+        if name not in (*PRESETS, "auto"):
+            raise MinifyError(f"--with {name}: unknown preset (known: {', '.join((*PRESETS, 'auto'))})")
+    return tuple(dict.fromkeys(names))
+
+
+def users_files() -> tuple[Generated, ...]:
+    """/etc/passwd and /etc/group with root, nobody (65534) and nonroot (65532)."""
+    passwd = "".join(f"{n}:x:{i}:{i}:{n}:{home}:/sbin/nologin\n" for n, i, home in USERS)
+    group = "".join(f"{n}:x:{i}:\n" for n, i, _ in USERS)
+    return (
+        Generated("/etc/passwd", passwd.encode(), reason="users: root, nobody, nonroot"),
+        Generated("/etc/group", group.encode(), reason="users: root, nobody, nonroot"),
+    )
+
+
+def resolve(
+    names: tuple[str, ...],
+    analysis: Analysis,
+    *,
+    tz: tuple[str, ...] = (),
+    charsets: tuple[str, ...] = (),
+) -> Additions:
+    """The files, folders, generated files and environment the presets call for."""
+    root = Root(analysis.root)
+    out = _Collect()
+    missing: list[str] = []
+    for name in names:
+        problem = _PRESET_FUNCS[name](root, analysis, out, tz, charsets)
+        if problem:
+            missing.append(f"--with {name}: {problem}")
+    if missing:
+        raise PresetUnavailable("; ".join(missing))
+    return out.freeze()
+
+
+def _certs(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], cs: tuple[str, ...]) -> str | None:
+    for bundle in CA_BUNDLES:
+        if root.resolve(bundle).is_file:
+            out.files.append(bundle)
+            out.env.append(("SSL_CERT_FILE", bundle))
+            return None
+    return f"no CA bundle in the root (looked for {', '.join(CA_BUNDLES)})"
+
+
+def _tzdata(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], cs: tuple[str, ...]) -> str | None:
+    if not root.resolve(ZONEINFO).is_dir:
+        return f"no {ZONEINFO} in the root"
+    if not tz:
+        out.files.append(ZONEINFO)
+        return None
+    absent = [zone for zone in tz if not root.resolve(f"{ZONEINFO}/{zone}").is_file]
+    if absent:
+        return f"time zones not in {ZONEINFO}: {', '.join(absent)}"
+    out.files.extend(f"{ZONEINFO}/{zone}" for zone in tz)
+    return None
+
+
+def _locale(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], cs: tuple[str, ...]) -> str | None:
+    for folder in LOCALES:
+        if root.resolve(folder).is_dir:
+            out.files.append(folder)
+            out.env.append(("LANG", "C.UTF-8"))
+            return None
+    return f"no C.UTF-8 locale in the root (looked for {', '.join(LOCALES)})"
+
+
+def _tmp(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], cs: tuple[str, ...]) -> str | None:
+    out.dirs.append(("/tmp", 0o1777))
+    return None
+
+
+def _programs(analysis: Analysis) -> list[ProgramClosure]:
+    return [p for p in analysis.programs if p.kind == "dynamic" and p.loader == "glibc" and not p.error]
+
+
+def _libgcc_s(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], cs: tuple[str, ...]) -> str | None:
+    return _dlopened(analysis, out, ("libgcc_s.so.1",))
+
+
+def _dlopened(analysis: Analysis, out: _Collect, sonames: tuple[str, ...]) -> str | None:
+    programs = _programs(analysis)
+    if not programs:
+        return "no glibc program among the inputs"
+    for soname in sonames:
+        found = locate(analysis, programs[0], soname)
+        if found is None:
+            return f"{soname} not found where the loader would look"
+        out.files.append(found)
+        out.elf.append(found)
+    return None
+
+
+def _glibc_version(root: Root, analysis: Analysis) -> tuple[int, int] | None:
+    """The release of the programs' glibc, read from their ld.so."""
+    for program in _programs(analysis):
+        header, _ = read_header(root.host_path(program.realpath))
+        arch = arch_for(header.machine, header.elf_class)
+        if arch is not None and program.interpreter:
+            return ldso_facts(root, program.interpreter, arch).version
+    return None
+
+
+def _nss(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], cs: tuple[str, ...]) -> str | None:
+    out.generated.append(Generated("/etc/nsswitch.conf", NSSWITCH.encode(), reason="--with nss"))
+    out.generated.extend(users_files())
+    out.generated.append(Generated("/etc/hosts", HOSTS.encode(), reason="--with nss"))
+    out.dirs.append(("/home/nonroot", 0o755))
+    version = _glibc_version(root, analysis)
+    if version is not None and version < (2, 34):
+        # before glibc 2.34 the files and dns services were modules, not part of libc
+        return _dlopened(analysis, out, ("libnss_files.so.2", "libnss_dns.so.2", "libresolv.so.2"))
+    out.notes.append("nss: files and dns are built into this glibc (>= 2.34); no libnss_* modules needed")
+    return None
+
+
+def _gconv(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], charsets: tuple[str, ...]) -> str | None:
+    folder = _gconv_folder(root, analysis)
+    if folder is None:
+        return "no gconv folder next to the C library in the root"
+    names = root.listdir(folder)
+    configs = [f"{folder}/{n}" for n in names if n.startswith("gconv-modules")]
+    out.files.extend(configs)
+    if not charsets:
+        modules = [f"{folder}/{n}" for n in names if n.endswith(".so")]
+    else:
+        wanted, unknown = _modules_for(root, folder, charsets)
+        if unknown:
+            return f"charsets with no gconv module: {', '.join(unknown)}"
+        modules = [f"{folder}/{m}.so" for m in sorted(wanted)]
+    for module in modules:
+        if root.resolve(module).is_file:
+            out.files.append(module)
+            out.elf.append(module)
+    return None
+
+
+def _gconv_folder(root: Root, analysis: Analysis) -> str | None:
+    for program in _programs(analysis):
+        for obj in program.objects:
+            if (obj.soname or "").startswith("libc.so"):
+                folder = posixpath.join(posixpath.dirname(obj.path), "gconv")
+                if root.resolve(folder).is_dir:
+                    return folder
+    return None
+
+
+_UTF = {"UTF-8", "UTF8", "ISO-10646/UTF8", "ISO-10646/UTF-8", "INTERNAL", "UCS-4", "UCS4", "ANSI_X3.4-1968", "ASCII"}
+
+
+def _modules_for(root: Root, folder: str, charsets: tuple[str, ...]) -> tuple[set[str], list[str]]:
+    """Module files (without .so) that convert to or from the named charsets, from
+    gconv-modules and gconv-modules.d/*.conf (glibc iconv/gconv_conf.c syntax)."""
+    alias: dict[str, str] = {}
+    modules: list[tuple[str, str, str]] = []
+    texts = [root.read_bytes(f"{folder}/gconv-modules") or b""]
+    texts.extend(
+        root.read_bytes(f"{folder}/gconv-modules.d/{n}") or b"" for n in root.listdir(f"{folder}/gconv-modules.d")
+    )
+    for text in texts:
+        for line in text.decode("utf-8", "replace").splitlines():
+            words = line.split("#", 1)[0].split()
+            if len(words) >= 3 and words[0] == "alias":
+                alias[words[1].upper()] = words[2].upper()
+            elif len(words) >= 4 and words[0] == "module":
+                modules.append((words[1].upper(), words[2].upper(), words[3]))
+    wanted: set[str] = set()
+    unknown: list[str] = []
+    for charset in charsets:
+        key = re.sub(r"/*$", "", charset.upper()) + "//"
+        key = alias.get(key, key)
+        if key.rstrip("/") in _UTF:
+            continue  # built into libc
+        hits = {m for a, b, m in modules if key in (a, b)}
+        if not hits:
+            unknown.append(charset)
+        wanted |= hits
+    return wanted, unknown
+
+
+_PRESET_FUNCS = {
+    "nss": _nss,
+    "certs": _certs,
+    "tzdata": _tzdata,
+    "gconv": _gconv,
+    "locale": _locale,
+    "libgcc_s": _libgcc_s,
+    "tmp": _tmp,
+}
