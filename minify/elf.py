@@ -335,6 +335,67 @@ def read_symbols(path: str) -> Symbols:
         raise CorruptElf(path, f"unreadable dynamic symbols ({type(exc).__name__})") from None
 
 
+#: The FDO dlopen note (systemd's ELF_NOTE_DLOPEN_TYPE, owner "FDO").
+DLOPEN_NOTE_TYPE = 0x407C0C0A
+_NOTE_CONFIG: Any = None
+
+
+@dataclass(frozen=True)
+class DlopenNote:
+    """One entry of a ``.note.dlopen`` note: libraries the object may dlopen."""
+
+    feature: str
+    description: str
+    priority: str  # required | recommended | suggested
+    sonames: tuple[str, ...]
+
+
+def read_dlopen_notes(path: str) -> tuple[DlopenNote, ...]:
+    """The dlopen notes of an ELF file (https://systemd.io/ELF_DLOPEN_METADATA/).
+
+    A note whose JSON does not parse is ignored, as systemd's own tools do."""
+    import json
+
+    read_header(path)  # validate before LIEF sees the file
+    lief, _ = _lief()
+    global _NOTE_CONFIG  # noqa: PLW0603 - built once, like the module it configures
+    if _NOTE_CONFIG is None:
+        config = lief.ELF.ParserConfig()
+        config.parse_dyn_symbols = False
+        config.parse_symtab_symbols = False
+        config.parse_relocations = False
+        config.parse_overlay = False
+        config.parse_symbol_versions = False
+        _NOTE_CONFIG = config
+    try:
+        binary = lief.ELF.parse(path, _NOTE_CONFIG)
+        notes = list(binary.notes) if binary is not None else []
+        out: list[DlopenNote] = []
+        for note in notes:
+            if _text(note.name).rstrip("\0") != "FDO" or note.original_type != DLOPEN_NOTE_TYPE:
+                continue
+            raw = bytes(note.description).split(b"\0", 1)[0]
+            try:
+                entries = json.loads(raw)
+            except ValueError:
+                continue
+            for entry in entries if isinstance(entries, list) else []:
+                if not isinstance(entry, dict):
+                    continue
+                sonames = entry.get("soname") or []
+                out.append(
+                    DlopenNote(
+                        feature=str(entry.get("feature", "")),
+                        description=str(entry.get("description", "")),
+                        priority=str(entry.get("priority", "recommended")),
+                        sonames=tuple(str(s) for s in sonames if isinstance(s, str)),
+                    )
+                )
+        return tuple(out)
+    except (MemoryError, RuntimeError, ValueError) as exc:
+        raise CorruptElf(path, f"unreadable notes ({type(exc).__name__})") from None
+
+
 def read_many(paths: list[str], *, workers: int) -> list[ElfInfo | BadInput]:
     """``read_elf`` over many files, on ``workers`` forked processes.
 

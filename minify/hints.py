@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from minify.closure import Analysis, ProgramClosure
-from minify.elf import Symbols, read_symbols
+from minify.elf import DlopenNote, Symbols, read_dlopen_notes, read_symbols
 from minify.errors import BadInput
 from minify.root import Root
 
@@ -88,8 +88,12 @@ class Hint:
         return f"{', '.join(self.objects)}: {self.reason}{fix}"
 
 
-def hints_for(program: ProgramClosure, symbols: Callable[[str], Symbols]) -> tuple[Hint, ...]:
-    """Hints for one program, from the imports of every object in its closure."""
+def hints_for(
+    program: ProgramClosure,
+    symbols: Callable[[str], Symbols],
+    notes: Callable[[str], tuple[DlopenNote, ...]] = lambda _: (),
+) -> tuple[Hint, ...]:
+    """Hints for one program, from the imports and dlopen notes of its closure."""
     if program.kind != "dynamic" or program.error:
         return ()
     imported: dict[str, list[str]] = {}
@@ -107,6 +111,11 @@ def hints_for(program: ProgramClosure, symbols: Callable[[str], Symbols]) -> tup
     tls = sorted(s for s in sonames if s.startswith(TLS_LIBRARIES))
     if tls:
         out.append(Hint("certs", "a TLS library needs the CA certificates to verify peers", tuple(tls)))
+    for obj in program.objects:
+        for note in notes(obj.realpath):
+            if note.priority == "suggested":
+                what = f"suggests dlopen of {', '.join(note.sonames)} ({note.feature}: {note.description})"
+                out.append(Hint(None, what + " in its .note.dlopen; add it with --add if you want it", (obj.path,)))
     merged: dict[tuple[str | None, str], Hint] = {}
     for hint in out:
         key = (hint.preset, hint.reason)
@@ -130,7 +139,19 @@ def for_analysis(analysis: Analysis) -> dict[str, tuple[Hint, ...]]:
             cache[inner] = hit
         return hit
 
-    return {p.path: hints_for(p, symbols) for p in analysis.programs}
+    notes_cache: dict[str, tuple[DlopenNote, ...]] = {}
+
+    def notes(inner: str) -> tuple[DlopenNote, ...]:
+        hit = notes_cache.get(inner)
+        if hit is None:
+            try:
+                hit = read_dlopen_notes(root.host_path(inner))
+            except BadInput:
+                hit = ()
+            notes_cache[inner] = hit
+        return hit
+
+    return {p.path: hints_for(p, symbols, notes) for p in analysis.programs}
 
 
 def presets_called_for(hints: tuple[Hint, ...]) -> tuple[str, ...]:

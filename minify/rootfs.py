@@ -21,12 +21,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from minify import __version__, presets
-from minify.closure import Analysis, ProgramClosure, analyze
+from minify.closure import Analysis, ProgramClosure, analyze, locate
 from minify.dockerfile import render as render_dockerfile
-from minify.elf import is_elf, script_interpreter
+from minify.elf import is_elf, read_dlopen_notes, script_interpreter
 from minify.errors import OutOfDate, OutputError, VerificationFailed
 from minify.hints import Hint, for_analysis, presets_called_for
-from minify.image import Entry, EntryType, Extra, ImageConfig, ImagePlan, Mapping, PlanError, plan_image
+from minify.image import (
+    Entry,
+    EntryType,
+    Extra,
+    ImageConfig,
+    ImagePlan,
+    IncompleteClosure,
+    Mapping,
+    PlanError,
+    plan_image,
+)
 from minify.presets import NONROOT
 from minify.root import Root
 
@@ -91,6 +101,9 @@ def prepare(options: RootfsOptions) -> tuple[ImagePlan, str, dict[str, Any]]:
         extras.append(added)
         if view.resolve(added.path).is_file and is_elf(view.host_path(view.realpath(added.path))):
             elf_extras.append(added.path)
+    noted, note_warnings = _dlopen_notes(analysis)
+    elf_extras.extend(noted)
+    extras.extend(Extra(path, None, ".note.dlopen") for path in noted)
     generated = list(additions.generated)
     dirs = list(additions.dirs)
     if options.user == "nonroot":
@@ -120,6 +133,7 @@ def prepare(options: RootfsOptions) -> tuple[ImagePlan, str, dict[str, Any]]:
         warnings.append("no ENTRYPOINT: several inputs and no --entrypoint")
     warnings.extend(f"hint: {h}" for h in hints if h.preset not in names)
     warnings.extend(additions.notes)
+    warnings.extend(note_warnings)
     plan = ImagePlan(plan.entries, plan.config, plan.programs, plan.scripts, tuple(warnings))
     dockerfile = render_dockerfile(plan)
     return plan, dockerfile, lock_data(plan, dockerfile)
@@ -132,6 +146,33 @@ def _hints(analysis: Analysis) -> tuple[Hint, ...]:
         for hint in hints:
             out.setdefault((hint.preset, hint.reason), hint)
     return tuple(out.values())
+
+
+def _dlopen_notes(analysis: Analysis) -> tuple[list[str], list[str]]:
+    """Libraries that ``.note.dlopen`` notes mark required or recommended, found where
+    the program's loader would find them. A required one that is missing fails."""
+    view = Root(analysis.root)
+    found: list[str] = []
+    warnings: list[str] = []
+    missing: list[str] = []
+    for program in analysis.programs:
+        if program.kind != "dynamic":
+            continue
+        for obj in program.objects:
+            for note in read_dlopen_notes(view.host_path(obj.realpath)):
+                if note.priority not in ("required", "recommended"):
+                    continue
+                for soname in note.sonames:
+                    path = locate(analysis, program, soname)
+                    if path is not None:
+                        found.append(path)
+                    elif note.priority == "required":
+                        missing.append(f"{soname}: required by the .note.dlopen of {obj.path}, not found")
+                    else:
+                        warnings.append(f"{soname}: recommended by the .note.dlopen of {obj.path}, not found")
+    if missing:
+        raise IncompleteClosure("; ".join(missing))
+    return sorted(set(found)), warnings
 
 
 def _parse_add(spec: str, view: Root, cwd: str) -> Extra:

@@ -141,3 +141,14 @@ def test_analyze_shows_hints(tmp_path: Path, builder: Builder) -> None:
         subprocess.run(["minify", "analyze", "-f", "json", str(prog)], capture_output=True, text=True).stdout
     )
     assert data["inputs"][0]["hints"][0]["preset"] == "gconv"
+
+
+def test_dlopen_note_brings_recommended_and_hints_suggested(tmp_path: Path, builder: Builder) -> None:
+    prog = builder.prog(tmp_path / "noted", src="dlopen_note.c")
+    proc = cli("rootfs", str(prog), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    lock = json.loads((tmp_path / "out/minify.lock.json").read_text())
+    names = {e["path"].rsplit("/", 1)[1]: e for e in lock["entries"]}
+    assert "libzstd.so.1" in names and ".note.dlopen" in names["libzstd.so.1"]["why"]
+    assert "liblz4.so.1" not in names
+    assert "suggests dlopen of liblz4.so.1" in proc.stderr
