@@ -143,6 +143,10 @@ def rootfs(
     add: Annotated[
         list[str] | None, typer.Option("--add", help="PATH[:DEST] of the root to add; ELF files bring their closures.")
     ] = None,
+    trace: Annotated[
+        str | None,
+        typer.Option("--trace", help="RUNS this command under strace on this machine and adds what it read."),
+    ] = None,
     check_only: Annotated[
         bool, typer.Option("--check", help="Write nothing; exit 1 if OUT is not what would be produced.")
     ] = False,
@@ -169,7 +173,10 @@ def rootfs(
         tz=_commas(tz),
         charsets=_commas(gconv),
         add=tuple(add or ()),
+        trace=trace,
     )
+    if trace is not None:
+        typer.echo(f"minify: running `{trace}` on this machine under strace, to record what it reads", err=True)
     if check_only:
         result = _guard(verbose, lambda: _print_differences(check, options))
         typer.echo(f"{output}: up to date ({len(result.plan.files)} files)")
@@ -203,6 +210,26 @@ def verify(
         + (f"{len(report.problems)} problem(s)" if report.problems else "all resolve")
     )
     raise typer.Exit(EXIT_OK if report.ok else EXIT_INCOMPLETE)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def trace(
+    command: Annotated[list[str], typer.Argument(help="The command to run, after --.")],
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Save the record here (JSON).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds.")] = 300.0,
+    verbose: VerboseOpt = False,
+) -> None:
+    """RUN a command on this machine under strace and list every file it loads or reads."""
+    from minify.trace import run_trace
+
+    typer.echo(f"minify: running `{' '.join(command)}` on this machine under strace", err=True)
+    record = _guard(verbose, lambda: run_trace(command, timeout=timeout))
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(record.to_json())
+    else:
+        sys.stdout.write(record.to_json())
+    typer.echo(f"minify: {len(record.files)} files recorded", err=True)
 
 
 def _commas(text: str | None) -> tuple[str, ...]:

@@ -76,6 +76,7 @@ class ImagePlan:
     programs: tuple[str, ...]  # image paths of the ELF inputs, for verification
     scripts: tuple[str, ...] = ()  # image paths of script inputs
     warnings: tuple[str, ...] = ()
+    input_bytes: int = 0  # what the inputs themselves weigh
 
     @property
     def files(self) -> tuple[Entry, ...]:
@@ -316,7 +317,11 @@ def plan_image(
     for path, mode in dirs:
         planner.add(Entry(path, EntryType.DIR, mode, reasons=("preset",)))
     entries = tuple(sorted(planner.entries.values(), key=lambda e: e.path))
-    return ImagePlan(entries, config, tuple(programs), tuple(script_paths), tuple(planner.warnings))
+    input_bytes = sum(p.objects[0].size for p in analysis.programs if p.objects)
+    input_bytes += sum(os.path.getsize(host) for host, _ in scripts)
+    return ImagePlan(
+        entries, config, tuple(programs), tuple(script_paths), tuple(planner.warnings), input_bytes=input_bytes
+    )
 
 
 def _reason(program: ProgramClosure, obj: LoadedObject) -> str:

@@ -17,7 +17,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from minify import __version__, presets
@@ -39,6 +39,7 @@ from minify.image import (
 )
 from minify.presets import NONROOT
 from minify.root import Root
+from minify.trace import TRACE_NAME, Trace, run_trace
 
 LOCK_NAME = "minify.lock.json"
 LOCK_SCHEMA = 1
@@ -63,6 +64,7 @@ class RootfsOptions:
     tz: tuple[str, ...] = ()
     charsets: tuple[str, ...] = ()
     add: tuple[str, ...] = ()
+    trace: str | None = None  # a command to run under strace (this runs it)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,30 @@ class RootfsResult:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
-def prepare(options: RootfsOptions) -> tuple[ImagePlan, str, dict[str, Any]]:
+@dataclass(frozen=True)
+class Prepared:
+    """Everything OUT will hold, rendered in memory before anything is written."""
+
+    plan: ImagePlan
+    dockerfile: str
+    lock: dict[str, Any]
+    trace: Trace | None
+
+
+def _load_trace(options: RootfsOptions, view: Root) -> Trace | None:
+    """A new trace when asked (this runs the command), else the one OUT recorded."""
+    if options.trace is not None:
+        if not view.is_host:
+            raise PlanError("--trace runs the command on this machine: it needs --root /")
+        return run_trace(options.trace, cwd=options.cwd)
+    saved = os.path.join(os.path.abspath(options.output), TRACE_NAME)
+    if os.path.isfile(saved):
+        with open(saved, encoding="utf-8") as fh:
+            return Trace.from_json(fh.read(), saved)
+    return None
+
+
+def prepare(options: RootfsOptions) -> Prepared:
     """Analyse, plan and render everything in memory: plan, Dockerfile, lock data."""
     cwd = options.cwd
     view = Root(options.root)
@@ -101,11 +126,19 @@ def prepare(options: RootfsOptions) -> tuple[ImagePlan, str, dict[str, Any]]:
         extras.append(added)
         if view.resolve(added.path).is_file and is_elf(view.host_path(view.realpath(added.path))):
             elf_extras.append(added.path)
+    trace = _load_trace(options, view)
+    if trace is not None:
+        for path in trace.files:
+            extras.append(Extra(path, None, "traced"))
+            if is_elf(view.host_path(view.realpath(path))):
+                elf_extras.append(path)
     noted, note_warnings = _dlopen_notes(analysis)
     elf_extras.extend(noted)
     extras.extend(Extra(path, None, ".note.dlopen") for path in noted)
     generated = list(additions.generated)
     dirs = list(additions.dirs)
+    if trace is not None:
+        dirs.extend((d, 0o755) for d in trace.dirs if view.resolve(d).path == d)
     if options.user == "nonroot":
         generated.extend(presets.users_files())
         dirs.append(("/home/nonroot", 0o755))
@@ -131,12 +164,14 @@ def prepare(options: RootfsOptions) -> tuple[ImagePlan, str, dict[str, Any]]:
     warnings.extend(f"skipped {s.path}: {s.reason}" for s in analysis.skipped)
     if not config.entrypoint:
         warnings.append("no ENTRYPOINT: several inputs and no --entrypoint")
-    warnings.extend(f"hint: {h}" for h in hints if h.preset not in names)
+    warnings.extend(
+        f"hint: {h}" for h in hints if h.preset not in names and not (trace is not None and h.preset is None)
+    )
     warnings.extend(additions.notes)
     warnings.extend(note_warnings)
-    plan = ImagePlan(plan.entries, plan.config, plan.programs, plan.scripts, tuple(warnings))
+    plan = replace(plan, warnings=tuple(warnings))
     dockerfile = render_dockerfile(plan)
-    return plan, dockerfile, lock_data(plan, dockerfile)
+    return Prepared(plan, dockerfile, lock_data(plan, dockerfile), trace)
 
 
 def _hints(analysis: Analysis) -> tuple[Hint, ...]:
@@ -330,7 +365,8 @@ def _dump(data: dict[str, Any]) -> str:
 
 def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None = None) -> RootfsResult:
     """Write OUT atomically; verify the rootfs before it replaces anything."""
-    plan, dockerfile, lock = prepare(options)
+    prepared = prepare(options)
+    plan = prepared.plan
     out = os.path.abspath(options.output)
     _check_output(out, force=options.force)
     parent = os.path.dirname(out)
@@ -344,9 +380,12 @@ def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None
         rootfs = os.path.join(tmp, "rootfs")
         materialise(plan, rootfs, progress=progress)
         with open(os.path.join(tmp, "Dockerfile"), "w", encoding="utf-8") as fh:
-            fh.write(dockerfile)
+            fh.write(prepared.dockerfile)
         with open(os.path.join(tmp, LOCK_NAME), "w", encoding="utf-8") as fh:
-            fh.write(_dump(lock))
+            fh.write(_dump(prepared.lock))
+        if prepared.trace is not None:
+            with open(os.path.join(tmp, TRACE_NAME), "w", encoding="utf-8") as fh:
+                fh.write(prepared.trace.to_json())
         verify_rootfs(rootfs)
         os.chmod(tmp, 0o755)
         _swap_into_place(tmp, out)
@@ -361,10 +400,8 @@ def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None
 def _result(plan: ImagePlan, out: str, differences: tuple[str, ...] = ()) -> RootfsResult:
     from minify.render import layer_size
 
-    inputs = set(plan.programs) | set(plan.scripts)
-    input_bytes = sum(e.size for e in plan.files if e.path in inputs)
     layer = layer_size([e.size for e in plan.entries])
-    return RootfsResult(plan, out, input_bytes, layer, differences, plan.warnings)
+    return RootfsResult(plan, out, plan.input_bytes, layer, differences, plan.warnings)
 
 
 def _check_output(out: str, *, force: bool) -> None:
@@ -434,7 +471,9 @@ def materialise(plan: ImagePlan, directory: str, *, progress: Callable[[int, int
 def _write(content: bytes, dest: str, mode: int) -> None:
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, content)
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
@@ -474,7 +513,8 @@ def _in_image(problem: str) -> str:
 
 def check(options: RootfsOptions) -> RootfsResult:
     """``--check``: write nothing; list how OUT differs from what would be produced."""
-    plan, dockerfile, lock = prepare(options)
+    prepared = prepare(options)
+    plan, dockerfile, lock = prepared.plan, prepared.dockerfile, prepared.lock
     out = os.path.abspath(options.output)
     differences: list[str] = []
     try:
