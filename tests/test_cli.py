@@ -46,6 +46,7 @@ def test_json_schema(built: dict[str, Path]) -> None:
         "error",
         "notes",
         "vdso",
+        "hints",
     }
     assert entry["kind"] == "dynamic" and entry["loader"] == "glibc" and entry["error"] is None
     assert entry["closure"] == sorted(entry["closure"]) and len(entry["closure"]) == 3
