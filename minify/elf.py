@@ -221,26 +221,38 @@ def _segments(table: bytes, fmt: str, elf_class: int, count: int) -> Iterator[tu
 
 
 _LIEF: Any = None
-_CONFIG: Any = None
-_SYMBOL_CONFIG: Any = None
+_CONFIGS: dict[tuple[bool, bool], Any] = {}
 
 
-def _lief() -> tuple[Any, Any]:
+def _lief() -> Any:
     """Import LIEF on first use: it costs half a second, which `--help` must not pay."""
-    global _LIEF, _CONFIG
+    global _LIEF  # noqa: PLW0603 - a lazily imported module, not state
     if _LIEF is None:
         import lief
 
         lief.logging.disable()
+        _LIEF = lief
+    return _LIEF
+
+
+def _parse(path: str, *, symbols: bool = False, notes: bool = False) -> Any:
+    """LIEF's parse with only what is asked for: no relocations, no static symbol
+    table, no overlay; dynamic symbols and notes only when a caller needs them."""
+    lief = _lief()
+    config = _CONFIGS.get((symbols, notes))
+    if config is None:
         config = lief.ELF.ParserConfig()
-        config.parse_dyn_symbols = False
+        config.parse_dyn_symbols = symbols
         config.parse_symtab_symbols = False
         config.parse_relocations = False
-        config.parse_notes = False
+        config.parse_notes = notes
         config.parse_overlay = False
-        config.parse_symbol_versions = True
-        _LIEF, _CONFIG = lief, config
-    return _LIEF, _CONFIG
+        config.parse_symbol_versions = not notes
+        _CONFIGS[(symbols, notes)] = config
+    binary = lief.ELF.parse(path, config)
+    if binary is None:
+        raise CorruptElf(path, "LIEF could not parse it")
+    return binary
 
 
 def read_elf(path: str) -> ElfInfo:
@@ -248,12 +260,9 @@ def read_elf(path: str) -> ElfInfo:
     header, size = read_header(path)
     if not header.has_dynamic:
         return ElfInfo(header, size, (), None, None, None, (), (), False, (), ())
-    lief, config = _lief()
     try:
-        binary = lief.ELF.parse(path, config)
-        if binary is None:
-            raise CorruptElf(path, "LIEF could not parse it")
-        return _facts(lief, binary, path, header, size)
+        binary = _parse(path)
+        return _facts(_lief(), binary, path, header, size)
     except (MemoryError, RuntimeError, ValueError) as exc:
         # UnicodeDecodeError included: LIEF decodes names as UTF-8 and raises on
         # garbage; a damaged string table is a damaged file, not a crash.
@@ -296,19 +305,8 @@ def read_symbols(path: str) -> Symbols:
     header, _ = read_header(path)
     if not header.has_dynamic:
         return Symbols((), frozenset(), frozenset())
-    lief, _ = _lief()
-    global _SYMBOL_CONFIG  # noqa: PLW0603 - built once, like the module it configures
-    if _SYMBOL_CONFIG is None:
-        config = lief.ELF.ParserConfig()
-        config.parse_relocations = False
-        config.parse_symtab_symbols = False
-        config.parse_notes = False
-        config.parse_overlay = False
-        _SYMBOL_CONFIG = config
     try:
-        binary = lief.ELF.parse(path, _SYMBOL_CONFIG)
-        if binary is None:
-            raise CorruptElf(path, "LIEF could not parse it")
+        binary = _parse(path, symbols=True)
         imports: list[SymbolRef] = []
         defined: set[tuple[str, str | None]] = set()
         hidden: set[tuple[str, str | None]] = set()
@@ -337,7 +335,6 @@ def read_symbols(path: str) -> Symbols:
 
 #: The FDO dlopen note (systemd's ELF_NOTE_DLOPEN_TYPE, owner "FDO").
 DLOPEN_NOTE_TYPE = 0x407C0C0A
-_NOTE_CONFIG: Any = None
 
 
 @dataclass(frozen=True)
@@ -357,19 +354,9 @@ def read_dlopen_notes(path: str) -> tuple[DlopenNote, ...]:
     import json
 
     read_header(path)  # validate before LIEF sees the file
-    lief, _ = _lief()
-    global _NOTE_CONFIG  # noqa: PLW0603 - built once, like the module it configures
-    if _NOTE_CONFIG is None:
-        config = lief.ELF.ParserConfig()
-        config.parse_dyn_symbols = False
-        config.parse_symtab_symbols = False
-        config.parse_relocations = False
-        config.parse_overlay = False
-        config.parse_symbol_versions = False
-        _NOTE_CONFIG = config
     try:
-        binary = lief.ELF.parse(path, _NOTE_CONFIG)
-        notes = list(binary.notes) if binary is not None else []
+        binary = _parse(path, notes=True)  # keep it alive: its notes point into it
+        notes = list(binary.notes)
         out: list[DlopenNote] = []
         for note in notes:
             if _text(note.name).rstrip("\0") != "FDO" or note.original_type != DLOPEN_NOTE_TYPE:

@@ -13,6 +13,7 @@ packages=(
     strace util-linux coreutils dash
     pax-utils libtree
     xz-utils openssl git sqlite3 curl gdb
+    python3 tzdata ca-certificates libzstd1 libc-bin
 )
 missing=()
 for p in "${packages[@]}"; do

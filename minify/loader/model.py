@@ -8,9 +8,10 @@ turned into frozen values by ``minify.closure`` when the walk is done.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from minify.elf import ElfInfo, read_elf, read_header, read_many
 from minify.errors import BadInput
@@ -91,6 +92,8 @@ class Node:
         return out
 
 
+T = TypeVar("T")
+
 #: Below this many files, forking workers costs more than it saves.
 PREFETCH_MIN = 64
 
@@ -107,17 +110,7 @@ class Reader:
         self._infos: dict[tuple[int, int], ElfInfo | BadInput] = {}
 
     def header(self, resolved: Resolved) -> ElfHeader:
-        key = resolved.ident or (0, hash(resolved.path))
-        hit = self._headers.get(key)
-        if hit is None:
-            try:
-                hit = read_header(self.root.host_path(resolved.path))[0]
-            except BadInput as exc:
-                hit = exc
-            self._headers[key] = hit
-        if isinstance(hit, BadInput):
-            raise hit
-        return hit
+        return _cached(self._headers, resolved, lambda host: read_header(host)[0], self.root)
 
     def prefetch(self, files: list[Resolved]) -> None:
         """Parse many files ahead of the walk, in parallel where there are cores."""
@@ -133,17 +126,22 @@ class Reader:
             self._infos[key] = result
 
     def info(self, resolved: Resolved) -> ElfInfo:
-        key = resolved.ident or (0, hash(resolved.path))
-        hit = self._infos.get(key)
-        if hit is None:
-            try:
-                hit = read_elf(self.root.host_path(resolved.path))
-            except BadInput as exc:
-                hit = exc
-            self._infos[key] = hit
-        if isinstance(hit, BadInput):
-            raise hit
-        return hit
+        return _cached(self._infos, resolved, read_elf, self.root)
+
+
+def _cached(table: dict[tuple[int, int], T | BadInput], resolved: Resolved, read: Callable[[str], T], root: Root) -> T:
+    """One read per file (by device and inode); errors are remembered like results."""
+    key = resolved.ident or (0, hash(resolved.path))
+    hit = table.get(key)
+    if hit is None:
+        try:
+            hit = read(root.host_path(resolved.path))
+        except BadInput as exc:
+            hit = exc
+        table[key] = hit
+    if isinstance(hit, BadInput):
+        raise hit
+    return hit
 
 
 class LoaderModel(Protocol):
