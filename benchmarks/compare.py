@@ -61,7 +61,11 @@ def minify_once(files: list[str] | None) -> tuple[float, int]:
 
 
 def help_time() -> float:
-    exe = shutil.which("minify")
+    # the console script beside this interpreter (a version manager's shim on PATH
+    # would add its own start-up to the figure)
+    exe = os.path.join(os.path.dirname(sys.executable), "minify")
+    if not os.path.exists(exe):
+        exe = shutil.which("minify") or ""
     cmd = [exe, "--help"] if exe else [sys.executable, "-m", "minify.cli", "--help"]
     samples = []
     for _ in range(10):

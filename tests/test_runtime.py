@@ -98,6 +98,8 @@ def test_user_nonroot_tmp_and_certs(tmp_path: Path, builder: Builder) -> None:
     assert (rootfs / "tmp").stat().st_mode & 0o7777 == 0o1777
     assert "nonroot:x:65532:65532" in (rootfs / "etc/passwd").read_text()
     assert (rootfs / "etc/ssl/certs/ca-certificates.crt").stat().st_size > 1000
+    args = ("rootfs", str(prog), "-o", str(tmp_path / "out"), "--user", "nonroot", "--with", "tmp,certs", "--check")
+    assert cli(*args).returncode == 0
 
 
 def test_preset_the_root_cannot_satisfy(tmp_path: Path, builder: Builder) -> None:
