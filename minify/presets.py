@@ -63,6 +63,16 @@ class Additions:
     notes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What a preset may look at: the root, the analysed programs, the subsets asked for."""
+
+    root: Root
+    analysis: Analysis
+    tz: tuple[str, ...]
+    charsets: tuple[str, ...]
+
+
 @dataclass
 class _Collect:
     files: list[str] = field(default_factory=list)
@@ -111,11 +121,11 @@ def resolve(
     charsets: tuple[str, ...] = (),
 ) -> Additions:
     """The files, folders, generated files and environment the presets call for."""
-    root = Root(analysis.root)
+    req = _Request(Root(analysis.root), analysis, tz, charsets)
     out = _Collect()
     missing: list[str] = []
     for name in names:
-        problem = _PRESET_FUNCS[name](root, analysis, out, tz, charsets)
+        problem = _PRESET_FUNCS[name](req, out)
         if problem:
             missing.append(f"--with {name}: {problem}")
     if missing:
@@ -123,38 +133,39 @@ def resolve(
     return out.freeze()
 
 
-def _certs(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], cs: tuple[str, ...]) -> str | None:
+def _certs(req: _Request, out: _Collect) -> str | None:
     for bundle in CA_BUNDLES:
-        if root.resolve(bundle).is_file:
+        if req.root.resolve(bundle).is_file:
             out.files.append(bundle)
             out.env.append(("SSL_CERT_FILE", bundle))
             return None
     return f"no CA bundle in the root (looked for {', '.join(CA_BUNDLES)})"
 
 
-def _tzdata(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], cs: tuple[str, ...]) -> str | None:
-    if not root.resolve(ZONEINFO).is_dir:
+def _tzdata(req: _Request, out: _Collect) -> str | None:
+    if not req.root.resolve(ZONEINFO).is_dir:
         return f"no {ZONEINFO} in the root"
-    if not tz:
+    if not req.tz:
         out.files.append(ZONEINFO)
         return None
-    absent = [zone for zone in tz if not root.resolve(f"{ZONEINFO}/{zone}").is_file]
+    absent = [zone for zone in req.tz if not req.root.resolve(f"{ZONEINFO}/{zone}").is_file]
     if absent:
         return f"time zones not in {ZONEINFO}: {', '.join(absent)}"
-    out.files.extend(f"{ZONEINFO}/{zone}" for zone in tz)
+    out.files.extend(f"{ZONEINFO}/{zone}" for zone in req.tz)
     return None
 
 
-def _locale(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], cs: tuple[str, ...]) -> str | None:
+def _locale(req: _Request, out: _Collect) -> str | None:
     for folder in LOCALES:
-        if root.resolve(folder).is_dir:
+        if req.root.resolve(folder).is_dir:
             out.files.append(folder)
             out.env.append(("LANG", "C.UTF-8"))
             return None
     return f"no C.UTF-8 locale in the root (looked for {', '.join(LOCALES)})"
 
 
-def _tmp(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], cs: tuple[str, ...]) -> str | None:
+def _tmp(req: _Request, out: _Collect) -> str | None:
+    del req  # /tmp needs nothing from the root
     out.dirs.append(("/tmp", 0o1777))
     return None
 
@@ -163,8 +174,8 @@ def _programs(analysis: Analysis) -> list[ProgramClosure]:
     return [p for p in analysis.programs if p.kind == "dynamic" and p.loader == "glibc" and not p.error]
 
 
-def _libgcc_s(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], cs: tuple[str, ...]) -> str | None:
-    return _dlopened(analysis, out, ("libgcc_s.so.1",))
+def _libgcc_s(req: _Request, out: _Collect) -> str | None:
+    return _dlopened(req.analysis, out, ("libgcc_s.so.1",))
 
 
 def _dlopened(analysis: Analysis, out: _Collect, sonames: tuple[str, ...]) -> str | None:
@@ -190,35 +201,35 @@ def _glibc_version(root: Root, analysis: Analysis) -> tuple[int, int] | None:
     return None
 
 
-def _nss(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], cs: tuple[str, ...]) -> str | None:
+def _nss(req: _Request, out: _Collect) -> str | None:
     out.generated.append(Generated("/etc/nsswitch.conf", NSSWITCH.encode(), reason="--with nss"))
     out.generated.extend(users_files())
     out.generated.append(Generated("/etc/hosts", HOSTS.encode(), reason="--with nss"))
     out.dirs.append(("/home/nonroot", 0o755))
-    version = _glibc_version(root, analysis)
+    version = _glibc_version(req.root, req.analysis)
     if version is not None and version < (2, 34):
         # before glibc 2.34 the files and dns services were modules, not part of libc
-        return _dlopened(analysis, out, ("libnss_files.so.2", "libnss_dns.so.2", "libresolv.so.2"))
+        return _dlopened(req.analysis, out, ("libnss_files.so.2", "libnss_dns.so.2", "libresolv.so.2"))
     out.notes.append("nss: files and dns are built into this glibc (>= 2.34); no libnss_* modules needed")
     return None
 
 
-def _gconv(root: Root, analysis: Analysis, out: _Collect, tz: tuple[str, ...], charsets: tuple[str, ...]) -> str | None:
-    folder = _gconv_folder(root, analysis)
+def _gconv(req: _Request, out: _Collect) -> str | None:
+    folder = _gconv_folder(req.root, req.analysis)
     if folder is None:
         return "no gconv folder next to the C library in the root"
-    names = root.listdir(folder)
+    names = req.root.listdir(folder)
     configs = [f"{folder}/{n}" for n in names if n.startswith("gconv-modules")]
     out.files.extend(configs)
-    if not charsets:
+    if not req.charsets:
         modules = [f"{folder}/{n}" for n in names if n.endswith(".so")]
     else:
-        wanted, unknown = _modules_for(root, folder, charsets)
+        wanted, unknown = _modules_for(req.root, folder, req.charsets)
         if unknown:
             return f"charsets with no gconv module: {', '.join(unknown)}"
         modules = [f"{folder}/{m}.so" for m in sorted(wanted)]
     for module in modules:
-        if root.resolve(module).is_file:
+        if req.root.resolve(module).is_file:
             out.files.append(module)
             out.elf.append(module)
     return None

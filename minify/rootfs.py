@@ -108,7 +108,7 @@ def prepare(options: RootfsOptions) -> Prepared:
         cwd = os.getcwd() if view.is_host else "/"
     analysis_hwcaps = "baseline" if options.hwcaps in ("all", "baseline") else options.hwcaps
     analysis = analyze(options.paths, root=options.root, cwd=cwd, hwcaps=analysis_hwcaps, cpuinfo="")
-    programs, scripts = _split_scripts(analysis, options, cwd)
+    programs, scripts = _split_scripts(analysis)
     analysis = Analysis(analysis.root, programs, analysis.skipped)
     maps = tuple(Mapping.parse(m) for m in options.maps)
     if any(not p.startswith("/") for p in options.paths) and cwd != "/":
@@ -233,9 +233,7 @@ def _closures_of(paths: list[str], root: str, cwd: str) -> tuple[ProgramClosure,
     return extra.programs
 
 
-def _split_scripts(
-    analysis: Analysis, options: RootfsOptions, cwd: str
-) -> tuple[tuple[ProgramClosure, ...], tuple[tuple[str, str], ...]]:
+def _split_scripts(analysis: Analysis) -> tuple[tuple[ProgramClosure, ...], tuple[tuple[str, str], ...]]:
     """Scripts are accepted when their ``#!`` interpreter is an input too."""
     view = Root(analysis.root)
     given = {p.realpath for p in analysis.programs if p.kind != "not-elf"}
