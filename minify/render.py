@@ -246,7 +246,9 @@ def as_data(analysis: Analysis, hints: Hints | None = None) -> dict[str, Any]:
 
 
 def dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+    """One line of JSON, keys sorted: deterministic, and written by the C encoder
+    (``indent`` would switch json to its pure-Python encoder, 5x slower on a corpus)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
 
 
 def to_json(analysis: Analysis, hints: Hints | None = None) -> str:

@@ -176,8 +176,9 @@ class GlibcModel:
         """Everything about the requester that its search depends on: the object itself
         (its path fixes its RUNPATH, DF_1_NODEFLIB and $ORIGIN), the RPATHs up the chain
         that loaded it, and the program's $ORIGIN when LD_LIBRARY_PATH is modelled."""
-        chain = tuple((n.path, n.origin) for n in requester.chain() if n.info.rpath)
-        program_origin = requester.chain()[-1].origin if self.settings.library_path else None
+        nodes = requester.chain()
+        chain = tuple((n.path, n.origin) for n in nodes if n.info.rpath)
+        program_origin = nodes[-1].origin if self.settings.library_path else None
         return (requester.path, requester.origin, chain, program_origin)
 
     # -- search -------------------------------------------------------------------
