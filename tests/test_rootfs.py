@@ -277,3 +277,31 @@ def test_dockerfile_options(tmp_path: Path, built: dict[str, Path]) -> None:
     assert 'ENV GREETING="hi there"' in text
     bad = cli("rootfs", str(built["hello"]), "-o", str(tmp_path / "o2"), "--user", "nobody;rm")
     assert bad.returncode == 2 and "--user" in bad.stderr
+
+
+def test_a_full_disk_leaves_out_as_it_was(tmp_path: Path, built: dict[str, Path]) -> None:
+    """On a 3 MB tmpfs: the hello image fits, python3's does not; the second run fails
+    with one line and leaves the first image in place, with no temporary left over."""
+    need_tool("unshare", "mount")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    shutil.copy(built["hello"], tmp_path / "hello")
+    script = (
+        'mount -t tmpfs -o size=3m tmpfs "$0" && cd "$0" && '
+        '"$1" -m minify.cli rootfs "$2" -o out && '
+        'if "$1" -m minify.cli rootfs /usr/bin/python3.11 /usr/bin/python3 -o out --entrypoint /usr/bin/python3.11 '
+        "2>err; then echo unexpected; fi; cat err; grep ENTRYPOINT out/Dockerfile; ls -A"
+    )
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, str(disk), sys.executable, str(tmp_path / "hello")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "unexpected" not in lines
+    error = [line for line in lines if line.startswith("minify: error:")]
+    assert len(error) == 1 and "No space left on device" in error[0] and "left as it was" in error[0]
+    assert f'ENTRYPOINT ["{tmp_path}/hello"]' in lines  # the first image is still there
+    assert sorted(lines[-2:]) == ["err", "out"]  # and no temporary folder is left
