@@ -349,3 +349,33 @@ def test_real_programs_of_this_machine(name: str) -> None:
     path = shutil.which(name)
     assert path is not None
     compare(path)
+
+
+def test_musl_inherits_runpath_and_reuses_by_name_not_soname(tmp_path: Path) -> None:
+    need_tool("musl-gcc")
+    musl = Builder("musl-gcc")
+    deep = musl.lib(tmp_path / "private/libdeep.so.1", "deep")
+    mid = musl.lib(tmp_path / "lib/libmid.so.1", "mid", links=[deep])
+    prog = musl.prog(tmp_path / "prog", links=[mid], runpath=f"{tmp_path}/lib:{tmp_path}/private")
+    # glibc would not find libdeep (RUNPATH is not inherited); musl does
+    closure, _ = compare(prog)
+    assert closure.loader == "musl" and not closure.missing
+    assert any(p.endswith("private/libdeep.so.1") for p in closure.closure)
+
+
+def test_reuse_by_soname_glibc_versus_by_name_musl(tmp_path: Path, builder: Builder) -> None:
+    """NEEDED liby.so.1 then libx.so.1, where the file liby.so.1 says DT_SONAME libx.so.1:
+    glibc reuses it for libx.so.1 (one object); musl matches names only (two)."""
+    need_tool("musl-gcc")
+    for cc, kind in ((builder, "glibc"), (Builder("musl-gcc"), "musl")):
+        d = tmp_path / kind
+        liby = cc.lib(d / "liby.so.1", "y")
+        libx = cc.lib(d / "libx.so.1", "x")
+        prog = cc.prog(d / "prog", links=[liby, libx], runpath="$ORIGIN")
+        cc.lib(liby, "y", soname="libx.so.1")  # swap in a file that claims the other soname
+        closure, _ = compare(prog)
+        names = {p.rsplit("/", 1)[1] for p in closure.closure}
+        if kind == "glibc":
+            assert "libx.so.1" not in names and how(closure, "libx.so.1") is How.ALREADY_LOADED
+        else:
+            assert {"liby.so.1", "libx.so.1"} <= names
