@@ -88,10 +88,11 @@ class ProgramClosure:
 
 @dataclass(frozen=True)
 class Skipped:
-    """An input file that is not a program (text, data, script)."""
+    """An input file that is not a program (text, data, script, symlink)."""
 
     path: str
     reason: str
+    symlink: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ def _inputs(view: Root, given: str, cwd: str, skipped: list[Skipped]) -> list[tu
             inner = posixpath.join(inner_dir, name)
             st = os.lstat(os.path.join(dirpath, name))
             if stat.S_ISLNK(st.st_mode):
-                skipped.append(Skipped(inner, "symlink (its target is analysed where it lives)"))
+                skipped.append(Skipped(inner, "symlink (its target is analysed where it lives)", symlink=True))
             elif not stat.S_ISREG(st.st_mode):
                 skipped.append(Skipped(inner, "not a regular file"))
             else:

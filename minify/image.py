@@ -48,6 +48,7 @@ class Extra:
     path: str  # in the root; a file or a folder (copied whole)
     dest: str | None = None  # where it goes in the image (default: the same path)
     reason: str = "added"
+    private: bool = False  # belongs to the inputs: moves with them (--map, relative inputs)
 
 
 @dataclass(frozen=True)
@@ -218,10 +219,10 @@ class _Planner:
         if not resolved.exists:
             raise PlanError(f"{extra.path}: no such file or folder in the root")
         if extra.dest is None:
-            self.add_links(resolved.links, False, extra.reason)
-        top = extra.dest or resolved.path
+            self.add_links(resolved.links, extra.private, extra.reason)
+        top = extra.dest or self.place(resolved.path, extra.private)
         if not resolved.is_dir:
-            self.add_file(resolved.path, False, extra.reason, image_path=top)
+            self.add_file(resolved.path, extra.private, extra.reason, image_path=top)
             return
         self.add(Entry(top, EntryType.DIR, 0o755, reasons=(extra.reason,)))
         base = self.root.host_path(resolved.path)

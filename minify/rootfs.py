@@ -120,6 +120,10 @@ def prepare(options: RootfsOptions) -> Prepared:
         names = tuple(dict.fromkeys([n for n in names if n != "auto"] + list(presets_called_for(hints))))
     additions = presets.resolve(names, analysis, tz=options.tz, charsets=options.charsets)
     extras = [Extra(path, None, "--with preset") for path in additions.files]
+    # symlinks inside an input folder (bin/app -> app-1.2) belong to the folder too
+    extras.extend(
+        Extra(s.path, None, "symlink in an input folder", private=True) for s in analysis.skipped if s.symlink
+    )
     elf_extras = list(additions.elf)
     for spec in options.add:
         added = _parse_add(spec, view, cwd)
@@ -161,7 +165,7 @@ def prepare(options: RootfsOptions) -> Prepared:
     if config.entrypoint and plan.entry(config.entrypoint[0]) is None:
         raise PlanError(f"--entrypoint {config.entrypoint[0]} is not in the image")
     warnings = list(plan.warnings)
-    warnings.extend(f"skipped {s.path}: {s.reason}" for s in analysis.skipped)
+    warnings.extend(f"skipped {s.path}: {s.reason}" for s in analysis.skipped if not s.symlink)
     if not config.entrypoint:
         warnings.append("no ENTRYPOINT: several inputs and no --entrypoint")
     warnings.extend(

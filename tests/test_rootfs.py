@@ -305,3 +305,17 @@ def test_a_full_disk_leaves_out_as_it_was(tmp_path: Path, built: dict[str, Path]
     assert len(error) == 1 and "No space left on device" in error[0] and "left as it was" in error[0]
     assert f'ENTRYPOINT ["{tmp_path}/hello"]' in lines  # the first image is still there
     assert sorted(lines[-2:]) == ["err", "out"]  # and no temporary folder is left
+
+
+def test_a_folder_input_keeps_its_symlinks(tmp_path: Path, built: dict[str, Path]) -> None:
+    (tmp_path / "bin").mkdir()
+    shutil.copy(built["hello"], tmp_path / "bin/app-1.2")
+    (tmp_path / "bin/app").symlink_to("app-1.2")
+    (tmp_path / "bin/README").write_text("not a program\n")
+    proc = cli("rootfs", "./bin", "-o", "out", "--entrypoint", "/bin/app", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped" in proc.stderr and "README" in proc.stderr
+    rootfs = tmp_path / "out/rootfs"
+    assert os.readlink(rootfs / "bin/app") == "app-1.2"
+    assert not (rootfs / "bin/README").exists()
+    assert chroot_run(rootfs, "/bin/app").stdout == "hello from minify\n"
