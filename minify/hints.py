@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from minify.closure import Analysis, ProgramClosure
-from minify.elf import DlopenNote, Symbols, read_dlopen_notes, read_symbols
+from minify.elf import DlopenNote, Symbols
 from minify.errors import BadInput
+from minify.loader.model import Reader
 from minify.root import Root
 
 #: (preset, imported symbols, why). preset None: no preset can cover it.
@@ -124,32 +125,22 @@ def hints_for(
     return tuple(merged.values())
 
 
-def for_analysis(analysis: Analysis) -> dict[str, tuple[Hint, ...]]:
-    """Hints for every program of an analysis, by program path."""
-    root = Root(analysis.root)
-    cache: dict[str, Symbols] = {}
+def for_analysis(analysis: Analysis, reader: Reader | None = None) -> dict[str, tuple[Hint, ...]]:
+    """Hints for every program of an analysis, by program path. A file that cannot be
+    read gives no hints (the analysis reports it)."""
+    reader = reader or Reader(Root(analysis.root))
 
     def symbols(inner: str) -> Symbols:
-        hit = cache.get(inner)
-        if hit is None:
-            try:
-                hit = read_symbols(root.host_path(inner))
-            except BadInput:
-                hit = Symbols((), frozenset(), frozenset())
-            cache[inner] = hit
-        return hit
-
-    notes_cache: dict[str, tuple[DlopenNote, ...]] = {}
+        try:
+            return reader.symbols(reader.root.resolve(inner))
+        except BadInput:
+            return Symbols((), frozenset(), frozenset())
 
     def notes(inner: str) -> tuple[DlopenNote, ...]:
-        hit = notes_cache.get(inner)
-        if hit is None:
-            try:
-                hit = read_dlopen_notes(root.host_path(inner))
-            except BadInput:
-                hit = ()
-            notes_cache[inner] = hit
-        return hit
+        try:
+            return reader.dlopen_notes(reader.root.resolve(inner))
+        except BadInput:
+            return ()
 
     return {p.path: hints_for(p, symbols, notes) for p in analysis.programs}
 

@@ -23,7 +23,7 @@ from typing import Any
 from minify import __version__, presets
 from minify.closure import Analysis, ProgramClosure, analyze, locate
 from minify.dockerfile import render as render_dockerfile
-from minify.elf import is_elf, read_dlopen_notes, script_interpreter
+from minify.elf import is_elf, script_interpreter
 from minify.errors import OutOfDate, OutputError, VerificationFailed
 from minify.hints import Hint, for_analysis, presets_called_for
 from minify.image import (
@@ -37,6 +37,7 @@ from minify.image import (
     PlanError,
     plan_image,
 )
+from minify.loader.model import Reader
 from minify.presets import NONROOT
 from minify.root import Root
 from minify.trace import TRACE_NAME, Trace, run_trace
@@ -114,7 +115,8 @@ def prepare(options: RootfsOptions) -> Prepared:
     if any(not p.startswith("/") for p in options.paths) and cwd != "/":
         # a relative input keeps its path relative to the current folder, rooted at /
         maps += (Mapping(cwd, "/"),)
-    hints = _hints(analysis)
+    reader = Reader(view)  # one parse per file for hints and dlopen notes
+    hints = _hints(analysis, reader)
     names = presets.parse_with(options.with_)
     if "auto" in names:
         names = tuple(dict.fromkeys([n for n in names if n != "auto"] + list(presets_called_for(hints))))
@@ -136,7 +138,7 @@ def prepare(options: RootfsOptions) -> Prepared:
             extras.append(Extra(path, None, "traced"))
             if is_elf(view.host_path(view.realpath(path))):
                 elf_extras.append(path)
-    noted, note_warnings = _dlopen_notes(analysis)
+    noted, note_warnings = _dlopen_notes(analysis, reader)
     elf_extras.extend(noted)
     extras.extend(Extra(path, None, ".note.dlopen") for path in noted)
     generated = list(additions.generated)
@@ -178,19 +180,18 @@ def prepare(options: RootfsOptions) -> Prepared:
     return Prepared(plan, dockerfile, lock_data(plan, dockerfile), trace)
 
 
-def _hints(analysis: Analysis) -> tuple[Hint, ...]:
+def _hints(analysis: Analysis, reader: Reader) -> tuple[Hint, ...]:
     """Hints for every program, merged."""
     out: dict[tuple[str | None, str], Hint] = {}
-    for hints in for_analysis(analysis).values():
+    for hints in for_analysis(analysis, reader).values():
         for hint in hints:
             out.setdefault((hint.preset, hint.reason), hint)
     return tuple(out.values())
 
 
-def _dlopen_notes(analysis: Analysis) -> tuple[list[str], list[str]]:
+def _dlopen_notes(analysis: Analysis, reader: Reader) -> tuple[list[str], list[str]]:
     """Libraries that ``.note.dlopen`` notes mark required or recommended, found where
     the program's loader would find them. A required one that is missing fails."""
-    view = Root(analysis.root)
     found: list[str] = []
     warnings: list[str] = []
     missing: list[str] = []
@@ -198,7 +199,7 @@ def _dlopen_notes(analysis: Analysis) -> tuple[list[str], list[str]]:
         if program.kind != "dynamic":
             continue
         for obj in program.objects:
-            for note in read_dlopen_notes(view.host_path(obj.realpath)):
+            for note in reader.dlopen_notes(reader.root.resolve(obj.realpath)):
                 if note.priority not in ("required", "recommended"):
                     continue
                 for soname in note.sonames:

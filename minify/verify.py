@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from minify.closure import Analysis, LoadedObject, ProgramClosure, analyze
-from minify.elf import ET_DYN, ET_EXEC, Symbols, is_elf, read_header, read_symbols
+from minify.elf import ET_DYN, ET_EXEC, Symbols, is_elf, read_header
 from minify.errors import BadInput, PathError
+from minify.loader.model import Reader
+from minify.root import Root
 
 LOCK_NAME = "minify.lock.json"
 
@@ -90,14 +92,10 @@ def verify(directory: str) -> VerifyReport:
 
 
 def _symbol_problems(rootfs: str, analysis: Analysis) -> list[Problem]:
-    cache: dict[str, Symbols] = {}
+    reader = Reader(Root(rootfs))
 
     def symbols(path: str) -> Symbols:
-        hit = cache.get(path)
-        if hit is None:
-            hit = read_symbols(rootfs + path)
-            cache[path] = hit
-        return hit
+        return reader.symbols(reader.root.resolve(path))
 
     usable = [p for p in analysis.programs if p.ok and p.kind == "dynamic"]
     programs = [p for p in usable if not p.library_input]

@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from minify.elf import ElfInfo, read_elf, read_header, read_many
+from minify.elf import (
+    DlopenNote,
+    ElfInfo,
+    Symbols,
+    read_dlopen_notes,
+    read_elf,
+    read_header,
+    read_many,
+    read_symbols,
+)
 from minify.errors import BadInput
 
 if TYPE_CHECKING:
@@ -108,6 +117,8 @@ class Reader:
         self.root = root
         self._headers: dict[tuple[int, int], ElfHeader | BadInput] = {}
         self._infos: dict[tuple[int, int], ElfInfo | BadInput] = {}
+        self._symbols: dict[tuple[int, int], Symbols | BadInput] = {}
+        self._notes: dict[tuple[int, int], tuple[DlopenNote, ...] | BadInput] = {}
 
     def header(self, resolved: Resolved) -> ElfHeader:
         return _cached(self._headers, resolved, lambda host: read_header(host)[0], self.root)
@@ -127,6 +138,13 @@ class Reader:
 
     def info(self, resolved: Resolved) -> ElfInfo:
         return _cached(self._infos, resolved, read_elf, self.root)
+
+    def symbols(self, resolved: Resolved) -> Symbols:
+        """Dynamic symbols, for hints and verification (a second, fuller parse)."""
+        return _cached(self._symbols, resolved, read_symbols, self.root)
+
+    def dlopen_notes(self, resolved: Resolved) -> tuple[DlopenNote, ...]:
+        return _cached(self._notes, resolved, read_dlopen_notes, self.root)
 
 
 def _cached(table: dict[tuple[int, int], T | BadInput], resolved: Resolved, read: Callable[[str], T], root: Root) -> T:
