@@ -484,26 +484,30 @@ def _check_versions(nodes: list[Node], deps: list[Dependency]) -> list[str]:
     return errors
 
 
-def locate(analysis: Analysis, program: ProgramClosure, name: str) -> str | None:
-    """Where ``program``'s loader would find ``name`` if the C library dlopen()ed it:
-    the caller (libc) has no search paths of its own, so the program's RPATH, then
-    the cache and the system directories apply (glibc elf/dl-open.c, dl-load.c)."""
-    if program.kind != "dynamic" or program.interpreter is None or not program.objects:
-        return None
-    view = Root(analysis.root)
-    reader = Reader(view)
-    settings = Settings(cwd="/", hwcaps="baseline")
-    run = _Run(view, settings, reader)
-    main_obj = program.objects[0]
-    resolved = view.resolve(main_obj.realpath)
-    info = reader.info(resolved)
-    arch = arch_for(info.header.machine, info.header.elf_class)
-    if arch is None:
-        return None
-    kind = "musl" if posixpath.basename(program.interpreter).startswith("ld-musl-") else "glibc"
-    model = run.model(kind, arch, program.interpreter, info)
-    main = Node(main_obj.path, resolved, info, Role.INPUT, None, model.origin_of_program(resolved))
-    caller_info = replace(info, needed=(), soname=None, rpath=None, runpath=None, filters=(), auxiliaries=())
-    caller = Node("dlopen caller", resolved, caller_info, Role.LIBRARY, main, main.origin)
-    found = model.find(name, caller).found
-    return found.path if found else None
+class Locator:
+    """Where a program's loader would find a name the C library dlopen()s. One per
+    analysis: its models (ld.so facts, the parsed ld.so.cache) serve every lookup."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        view = Root(analysis.root)
+        self.run = _Run(view, Settings(cwd="/", hwcaps="baseline"), Reader(view))
+
+    def find(self, program: ProgramClosure, name: str) -> str | None:
+        """The caller (libc) has no search paths of its own, so the program's RPATH,
+        then the cache and the system directories apply (glibc elf/dl-open.c, dl-load.c)."""
+        if program.kind != "dynamic" or program.interpreter is None or not program.objects:
+            return None
+        view, reader = self.run.root, self.run.reader
+        main_obj = program.objects[0]
+        resolved = view.resolve(main_obj.realpath)
+        info = reader.info(resolved)
+        arch = arch_for(info.header.machine, info.header.elf_class)
+        if arch is None:
+            return None
+        kind = "musl" if posixpath.basename(program.interpreter).startswith("ld-musl-") else "glibc"
+        model = self.run.model(kind, arch, program.interpreter, info)
+        main = Node(main_obj.path, resolved, info, Role.INPUT, None, model.origin_of_program(resolved))
+        caller_info = replace(info, needed=(), soname=None, rpath=None, runpath=None, filters=(), auxiliaries=())
+        caller = Node("dlopen caller", resolved, caller_info, Role.LIBRARY, main, main.origin)
+        found = model.find(name, caller).found
+        return found.path if found else None

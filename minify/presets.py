@@ -10,7 +10,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from minify.closure import Analysis, ProgramClosure, locate
+from minify.closure import Analysis, Locator, ProgramClosure
 from minify.elf import read_header
 from minify.errors import EXIT_INCOMPLETE, MinifyError
 from minify.image import Generated
@@ -69,6 +69,7 @@ class _Request:
 
     root: Root
     analysis: Analysis
+    locator: Locator
     tz: tuple[str, ...]
     charsets: tuple[str, ...]
 
@@ -117,11 +118,12 @@ def resolve(
     names: tuple[str, ...],
     analysis: Analysis,
     *,
+    locator: Locator | None = None,
     tz: tuple[str, ...] = (),
     charsets: tuple[str, ...] = (),
 ) -> Additions:
     """The files, folders, generated files and environment the presets call for."""
-    req = _Request(Root(analysis.root), analysis, tz, charsets)
+    req = _Request(Root(analysis.root), analysis, locator or Locator(analysis), tz, charsets)
     out = _Collect()
     missing: list[str] = []
     for name in names:
@@ -175,15 +177,15 @@ def _programs(analysis: Analysis) -> list[ProgramClosure]:
 
 
 def _libgcc_s(req: _Request, out: _Collect) -> str | None:
-    return _dlopened(req.analysis, out, ("libgcc_s.so.1",))
+    return _dlopened(req, out, ("libgcc_s.so.1",))
 
 
-def _dlopened(analysis: Analysis, out: _Collect, sonames: tuple[str, ...]) -> str | None:
-    programs = _programs(analysis)
+def _dlopened(req: _Request, out: _Collect, sonames: tuple[str, ...]) -> str | None:
+    programs = _programs(req.analysis)
     if not programs:
         return "no glibc program among the inputs"
     for soname in sonames:
-        found = locate(analysis, programs[0], soname)
+        found = req.locator.find(programs[0], soname)
         if found is None:
             return f"{soname} not found where the loader would look"
         out.files.append(found)
@@ -209,7 +211,7 @@ def _nss(req: _Request, out: _Collect) -> str | None:
     version = _glibc_version(req.root, req.analysis)
     if version is not None and version < (2, 34):
         # before glibc 2.34 the files and dns services were modules, not part of libc
-        return _dlopened(req.analysis, out, ("libnss_files.so.2", "libnss_dns.so.2", "libresolv.so.2"))
+        return _dlopened(req, out, ("libnss_files.so.2", "libnss_dns.so.2", "libresolv.so.2"))
     out.notes.append("nss: files and dns are built into this glibc (>= 2.34); no libnss_* modules needed")
     return None
 

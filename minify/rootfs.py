@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from minify import __version__, presets
-from minify.closure import Analysis, ProgramClosure, analyze, locate
+from minify.closure import Analysis, Locator, ProgramClosure, analyze
 from minify.dockerfile import render as render_dockerfile
 from minify.elf import is_elf, script_interpreter
 from minify.errors import OutOfDate, OutputError, VerificationFailed
@@ -120,7 +120,8 @@ def prepare(options: RootfsOptions) -> Prepared:
     names = presets.parse_with(options.with_)
     if "auto" in names:
         names = tuple(dict.fromkeys([n for n in names if n != "auto"] + list(presets_called_for(hints))))
-    additions = presets.resolve(names, analysis, tz=options.tz, charsets=options.charsets)
+    locator = Locator(analysis)  # one set of loader models for every dlopen lookup
+    additions = presets.resolve(names, analysis, locator=locator, tz=options.tz, charsets=options.charsets)
     extras = [Extra(path, None, "--with preset") for path in additions.files]
     # symlinks inside an input folder (bin/app -> app-1.2) belong to the folder too
     extras.extend(
@@ -138,7 +139,7 @@ def prepare(options: RootfsOptions) -> Prepared:
             extras.append(Extra(path, None, "traced"))
             if is_elf(view.host_path(view.realpath(path))):
                 elf_extras.append(path)
-    noted, note_warnings = _dlopen_notes(analysis, reader)
+    noted, note_warnings = _dlopen_notes(analysis, reader, locator)
     elf_extras.extend(noted)
     extras.extend(Extra(path, None, ".note.dlopen") for path in noted)
     generated = list(additions.generated)
@@ -189,7 +190,7 @@ def _hints(analysis: Analysis, reader: Reader) -> tuple[Hint, ...]:
     return tuple(out.values())
 
 
-def _dlopen_notes(analysis: Analysis, reader: Reader) -> tuple[list[str], list[str]]:
+def _dlopen_notes(analysis: Analysis, reader: Reader, locator: Locator) -> tuple[list[str], list[str]]:
     """Libraries that ``.note.dlopen`` notes mark required or recommended, found where
     the program's loader would find them. A required one that is missing fails."""
     found: list[str] = []
@@ -203,7 +204,7 @@ def _dlopen_notes(analysis: Analysis, reader: Reader) -> tuple[list[str], list[s
                 if note.priority not in ("required", "recommended"):
                     continue
                 for soname in note.sonames:
-                    path = locate(analysis, program, soname)
+                    path = locator.find(program, soname)
                     if path is not None:
                         found.append(path)
                     elif note.priority == "required":
