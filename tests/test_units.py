@@ -153,15 +153,74 @@ def test_tokens() -> None:
     assert musl_expand("$LIB/x", "/o") is None
 
 
+def _host_glibc() -> tuple[int, int]:
+    major, minor = os.confstr("CS_GNU_LIBC_VERSION").split()[1].split(".")[:2]  # type: ignore[union-attr]
+    return int(major), int(minor)
+
+
 def test_legacy_hwcaps_order_matches_the_loader(tmp_path: Path) -> None:
-    """The subfolders we try, in order, are the ones this machine's ld.so prints."""
-    arch = X86
-    model = hwcaps.host(arch, Path("/proc/cpuinfo").read_text())
+    """The subfolders we try, in order, are the ones this machine's ld.so prints,
+    whatever its CPU vendor."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the x86-64 hwcaps model is checked against an x86-64 loader")
+    model = hwcaps.host(X86, Path("/proc/cpuinfo").read_text())
     env = {"LD_DEBUG": "libs", "LD_LIBRARY_PATH": str(tmp_path)}
     out = subprocess.run(["/bin/true"], capture_output=True, text=True, env=env).stderr
     match = re.search(r"search path=(\S+)\s+\(LD_LIBRARY_PATH\)", out)
     assert match, out
-    assert ":".join(model.candidates(str(tmp_path), legacy_ok=True)) == match.group(1)
+    legacy_ok = _host_glibc() <= (2, 36)
+    assert ":".join(model.candidates(str(tmp_path), legacy_ok=legacy_ok)) == match.group(1)
+
+
+# /proc/cpuinfo flags of three kinds of CPU, and the search path glibc 2.36 prints for
+# `LD_DEBUG=libs LD_LIBRARY_PATH=DIR /bin/true` on them (the AMD one recorded on an
+# AMD EPYC; the Intel ones follow sysdeps/x86/cpu-features.c and elf/dl-hwcaps.c).
+AMD_EPYC = (
+    "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse sse2 ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt xsave avx f16c"
+    " lahf_lm abm bmi1 avx2 bmi2 avx512f avx512dq avx512cd avx512bw avx512vl\n"
+)
+AMD_EPYC_PATH = (
+    "DIR/glibc-hwcaps/x86-64-v4:DIR/glibc-hwcaps/x86-64-v3:DIR/glibc-hwcaps/x86-64-v2:DIR/tls/x86_64/x86_64:"
+    "DIR/tls/x86_64:DIR/tls/x86_64:DIR/tls:DIR/x86_64/x86_64:DIR/x86_64:DIR/x86_64:DIR"
+)
+INTEL_HASWELL = (
+    "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse sse2 ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt xsave avx f16c"
+    " lahf_lm abm bmi1 avx2 bmi2\n"
+)
+INTEL_SKYLAKE_AVX512 = INTEL_HASWELL.replace("bmi2", "bmi2 avx512f avx512dq avx512cd avx512bw avx512vl")
+NO_AVX = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse sse2 ssse3 cx16 sse4_1 sse4_2 popcnt lahf_lm\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [
+        (AMD_EPYC, AMD_EPYC_PATH),
+        (
+            INTEL_HASWELL,
+            "DIR/glibc-hwcaps/x86-64-v3:DIR/glibc-hwcaps/x86-64-v2:DIR/tls/haswell/x86_64:DIR/tls/haswell:"
+            "DIR/tls/x86_64:DIR/tls:DIR/haswell/x86_64:DIR/haswell:DIR/x86_64:DIR",
+        ),
+        (
+            INTEL_SKYLAKE_AVX512,
+            "DIR/glibc-hwcaps/x86-64-v4:DIR/glibc-hwcaps/x86-64-v3:DIR/glibc-hwcaps/x86-64-v2:"
+            "DIR/tls/haswell/avx512_1/x86_64:DIR/tls/haswell/avx512_1:DIR/tls/haswell/x86_64:DIR/tls/haswell:"
+            "DIR/tls/avx512_1/x86_64:DIR/tls/avx512_1:DIR/tls/x86_64:DIR/tls:DIR/haswell/avx512_1/x86_64:"
+            "DIR/haswell/avx512_1:DIR/haswell/x86_64:DIR/haswell:DIR/avx512_1/x86_64:DIR/avx512_1:DIR/x86_64:DIR",
+        ),
+        (
+            NO_AVX,
+            "DIR/glibc-hwcaps/x86-64-v2:DIR/tls/x86_64/x86_64:DIR/tls/x86_64:DIR/tls/x86_64:DIR/tls:"
+            "DIR/x86_64/x86_64:DIR/x86_64:DIR/x86_64:DIR",
+        ),
+    ],
+    ids=["amd-epyc", "intel-haswell", "intel-avx512", "no-avx"],
+)
+def test_legacy_hwcaps_order_on_recorded_cpus(cpuinfo: str, expected: str) -> None:
+    """glibc 2.36's legacy subfolders on CPUs other than this one: AT_PLATFORM is
+    always a part, and only Intel CPUs turn it into haswell or xeon_phi."""
+    model = hwcaps.host(X86, cpuinfo)
+    assert ":".join(model.candidates("DIR", legacy_ok=True)) == expected
+    assert model.candidates("DIR", legacy_ok=False) == tuple(expected.split(":")[: len(model.subdirs)]) + ("DIR",)
 
 
 def test_levels() -> None:

@@ -91,7 +91,10 @@ def host(arch: Arch, cpuinfo: str) -> Hwcaps:
         if platform == arch.platform and {"avx2", "fma", "bmi1", "bmi2", "abm", "movbe", "popcnt"} <= flags:
             platform = "haswell"
     hwcap_names.append("x86_64")
-    parts = ["tls"] + ([platform] if platform in ("haswell", "xeon_phi") else []) + hwcap_names
+    # AT_PLATFORM is always one of the parts (elf/dl-hwcaps.c _dl_important_hwcaps takes
+    # GLRO(dl_platform), which the kernel sets to "x86_64" and only Intel CPUs replace):
+    # an AMD EPYC's glibc 2.36 tries tls/x86_64/x86_64, tls/x86_64, tls/x86_64, tls, ...
+    parts = ["tls", platform, *hwcap_names]
     return Hwcaps(tuple(reversed(subdirs)), _legacy_combinations(parts), platform)
 
 
