@@ -21,7 +21,7 @@ from minify.loader.arch import Arch, arch_for, machine_name
 from minify.loader.glibc import GlibcModel, Settings
 from minify.loader.model import How, LoaderModel, Node, Reader, Role, Step
 from minify.loader.musl import MuslModel
-from minify.root import Link, Resolved, Root
+from minify.root import Link, Resolved, Root, kind_of
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -45,6 +45,15 @@ class LoadedObject:
 
 
 @dataclass(frozen=True)
+class Alias:
+    """Another name the loader opened an already loaded file under (two DT_NEEDED
+    names for one file): the image must keep that name too."""
+
+    path: str  # inside the root, symlinks resolved (a hard link keeps its own name)
+    links: tuple[Link, ...]  # symlinks followed to get there
+
+
+@dataclass(frozen=True)
 class Dependency:
     """One request for a name, and how the loader satisfied it (or did not)."""
 
@@ -55,6 +64,7 @@ class Dependency:
     via: str
     target: str | None  # realpath of the object that satisfies it
     searched: tuple[Step, ...] = ()
+    opened: Alias | None = None  # how.SAME_FILE: the name as the loader opened it
 
 
 @dataclass(frozen=True)
@@ -201,11 +211,13 @@ def analyze(
     preload: tuple[str, ...] = (),
     hwcaps: str = "default",
     cpuinfo: str | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> Analysis:
     """Resolve every input as the loader would, without running anything.
 
     ``paths`` are files or folders inside ``root`` (absolute, or relative to ``cwd``;
     ``cwd`` defaults to the current folder when the root is ``/``, else ``/``).
+    ``exclude`` are folders inside the root that a folder walk does not enter (OUT).
     """
     view = Root(root)
     if cwd is None:
@@ -218,10 +230,9 @@ def analyze(
     skipped: list[Skipped] = []
     inputs = []
     for given in paths:
-        for path, resolved, explicit in _inputs(view, given, cwd, skipped):
+        for path, resolved, explicit in _inputs(view, given, cwd, skipped, exclude):
             if explicit or _worth_analysing(run, path, resolved, skipped):
                 inputs.append((path, resolved))
-    run.reader.prefetch([resolved for _, resolved in inputs])
     for path, resolved in inputs:
         programs.append(_analyze_program(run, path, resolved, skipped))
     return Analysis(view.directory, tuple(programs), tuple(skipped))
@@ -237,13 +248,13 @@ def _read_cpuinfo() -> str:
 
 def _worth_analysing(run: _Run, path: str, resolved: Resolved, skipped: list[Skipped]) -> bool:
     """In a folder walk, only loadable ELF files are programs; the rest is counted."""
-    host = run.root.host_path(resolved.path)
-    if not is_elf(host):
-        interp = script_interpreter(host)
-        reason = f"script for {interp} (the interpreter is not included unless given)" if interp else "not ELF"
-        skipped.append(Skipped(path, reason))
-        return False
     try:
+        with run.reader.open(resolved) as opened:
+            if not is_elf(opened):
+                interp = script_interpreter(opened)
+                reason = f"script for {interp} (the interpreter is not included unless given)" if interp else "not ELF"
+                skipped.append(Skipped(path, reason))
+                return False
         header = run.reader.header(resolved)
     except BadInput:
         return True  # reported as this input's error
@@ -253,8 +264,12 @@ def _worth_analysing(run: _Run, path: str, resolved: Resolved, skipped: list[Ski
     return True
 
 
-def _inputs(view: Root, given: str, cwd: str, skipped: list[Skipped]) -> list[tuple[str, Resolved, bool]]:
+def _inputs(
+    view: Root, given: str, cwd: str, skipped: list[Skipped], exclude: tuple[str, ...]
+) -> list[tuple[str, Resolved, bool]]:
     """The files an input names: itself, or every regular file below a folder."""
+    if not given:
+        raise PathError("''", "an empty path names no file")
     path = given if given.startswith("/") else posixpath.normpath(posixpath.join(cwd, given))
     resolved = view.resolve(path)
     if not resolved.exists:
@@ -262,19 +277,14 @@ def _inputs(view: Root, given: str, cwd: str, skipped: list[Skipped]) -> list[tu
     if not resolved.is_dir:
         return [(path, resolved, True)]
     out = []
-    top = view.host_path(resolved.path)
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames.sort()
-        inner_dir = resolved.path.rstrip("/") + dirpath[len(top) :]
-        for name in sorted(filenames):
-            inner = posixpath.join(inner_dir, name)
-            st = os.lstat(os.path.join(dirpath, name))
-            if stat.S_ISLNK(st.st_mode):
-                skipped.append(Skipped(inner, "symlink (its target is analysed where it lives)", symlink=True))
-            elif not stat.S_ISREG(st.st_mode):
-                skipped.append(Skipped(inner, "not a regular file"))
-            else:
-                out.append((inner, view.resolve(inner), False))
+    for entry in view.walk(resolved.path, skip=exclude):
+        inner = path.rstrip("/") + entry.path[len(resolved.path.rstrip("/")) :]
+        if stat.S_ISLNK(entry.mode):
+            skipped.append(Skipped(inner, "symlink (its target is analysed where it lives)", symlink=True))
+        elif stat.S_ISREG(entry.mode):
+            out.append((inner, view.resolve(inner), False))
+        elif not stat.S_ISDIR(entry.mode):
+            skipped.append(Skipped(inner, f"not a regular file ({kind_of(entry.mode)})"))
     return out
 
 
@@ -282,7 +292,7 @@ def _analyze_program(run: _Run, path: str, resolved: Resolved, skipped: list[Ski
     try:
         info = run.reader.info(resolved)
     except NotElf as exc:
-        interp = script_interpreter(run.root.host_path(resolved.path))
+        interp = _script_interpreter(run, resolved)
         if interp:
             skipped.append(Skipped(path, f"script for {interp} (the interpreter is not included unless given)"))
         else:
@@ -324,6 +334,14 @@ def _analyze_program(run: _Run, path: str, resolved: Resolved, skipped: list[Ski
         return ProgramClosure(path, resolved.path, "dynamic", kind, interp, machine, objects=(own,), error=str(exc))
     except ValueError as exc:  # an unknown hwcaps level
         return ProgramClosure(path, resolved.path, "dynamic", kind, interp, machine, objects=(own,), error=str(exc))
+
+
+def _script_interpreter(run: _Run, resolved: Resolved) -> str | None:
+    try:
+        with run.reader.open(resolved) as opened:
+            return script_interpreter(opened)
+    except BadInput:
+        return None
 
 
 def _object(path: str, resolved: Resolved, info: ElfInfo, role: Role) -> LoadedObject:
@@ -414,7 +432,12 @@ def _walk(
         same = by_ident.get(found.resolved.ident) if found.resolved.ident else None
         if same is not None:
             register(same, name)
-            depend(requester, name, kind, How.SAME_FILE, found.path, same)
+            alias = Alias(found.resolved.path, found.resolved.links)
+            deps.append(
+                Dependency(
+                    requester.resolved.path, name, kind, How.SAME_FILE, found.path, same.resolved.path, (), alias
+                )
+            )
             return None
         lib_info = run.reader.info(found.resolved)
         node = Node(found.path, found.resolved, lib_info, role, requester, posixpath.dirname(found.path))

@@ -1,10 +1,22 @@
-"""The Dockerfile writer: a FROM scratch build context for an ``ImagePlan``."""
+"""The Dockerfile writer: a FROM scratch build context for an ``ImagePlan``.
+
+Values reach the container exactly as given. ENV and LABEL values are written in
+single quotes, where the Dockerfile expands nothing (``$HOME`` stays ``$HOME``); a
+single quote is closed, written in double quotes, and reopened, as in a shell. The one
+thing a Dockerfile line cannot carry is a line break, so such a value is refused.
+ENTRYPOINT and CMD use the JSON (exec) form, written as UTF-8.
+"""
 
 from __future__ import annotations
 
 import json
 
+from minify.errors import MinifyError
 from minify.image import ImagePlan
+
+
+class DockerfileError(MinifyError):
+    """A value that a Dockerfile cannot express exactly."""
 
 
 def render(plan: ImagePlan) -> str:
@@ -16,12 +28,33 @@ def render(plan: ImagePlan) -> str:
         "FROM scratch",
         "COPY rootfs/ /",
     ]
-    lines.extend(f"ENV {key}={json.dumps(value)}" for key, value in config.env)
-    lines.extend(f"LABEL {key}={json.dumps(value)}" for key, value in config.labels)
+    lines.extend(f"ENV {key}={quote(value, f'--env {key}')}" for key, value in config.env)
+    lines.extend(f"LABEL {key}={quote(value, f'label {key}')}" for key, value in config.labels)
     if config.user:
         lines.append(f"USER {config.user}")
     if config.entrypoint:
-        lines.append(f"ENTRYPOINT {json.dumps(list(config.entrypoint))}")
+        lines.append(f"ENTRYPOINT {exec_form(config.entrypoint, 'the entrypoint')}")
     if config.cmd:
-        lines.append(f"CMD {json.dumps(list(config.cmd))}")
+        lines.append(f"CMD {exec_form(config.cmd, '--cmd')}")
     return "\n".join(lines) + "\n"
+
+
+def _text(value: str, what: str) -> str:
+    """Refuse what cannot reach the container as given: line breaks, NUL, and names
+    that are not UTF-8 (undecodable bytes travel as surrogate escapes)."""
+    if any(ch in value for ch in "\n\r\0"):
+        raise DockerfileError(f"{what}: a Dockerfile cannot carry a line break or NUL in a value ({value!r})")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DockerfileError(f"{what}: {value!r} is not valid UTF-8, which an image config must be") from None
+    return value
+
+
+def quote(value: str, what: str) -> str:
+    """One Dockerfile word whose value is exactly ``value``."""
+    return "'" + _text(value, what).replace("'", "'\"'\"'") + "'"
+
+
+def exec_form(args: tuple[str, ...], what: str) -> str:
+    return json.dumps([_text(a, what) for a in args], ensure_ascii=False)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import warnings
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from minify.errors import BadInput, CorruptElf, FileTooLarge, NotElf, NotRegularFile
+from minify.root import kind_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -58,6 +60,7 @@ class ElfHeader:
     machine: int
     has_dynamic: bool
     interpreter: str | None
+    dynamic: tuple[int, int] = (0, 0)  # PT_DYNAMIC: file offset and size
 
 
 @dataclass(frozen=True)
@@ -109,119 +112,170 @@ def open_regular(path: str) -> tuple[int, os.stat_result]:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise NotRegularFile(path, f"is a {_kind_of(st.st_mode)}, not a regular file")
+        raise NotRegularFile(path, f"is a {kind_of(st.st_mode)}, not a regular file")
     return fd, st
 
 
-def _kind_of(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "special file"
+class Opened:
+    """A regular file open for reading: every read of it uses this one descriptor."""
+
+    def __init__(self, name: str, fd: int, st: os.stat_result) -> None:
+        self.name = name  # for messages
+        self.fd = fd
+        self.st = st
+
+    @classmethod
+    def path(cls, path: str) -> Opened:
+        fd, st = open_regular(path)
+        return cls(path, fd, st)
+
+    def __enter__(self) -> Opened:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    @property
+    def lief_name(self) -> str:
+        """What LIEF opens: the very file behind the descriptor (/proc/self/fd/N
+        reopens its inode, never a name that could have changed meanwhile)."""
+        return f"/proc/self/fd/{self.fd}"
 
 
-def read_prefix(path: str, size: int) -> bytes:
+class _Borrowed(Opened):
+    """An ``Opened`` that the caller closes."""
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _use(source: str | Opened) -> Opened:
+    """A context for ``source``: opened (and closed) here for a path, borrowed for an
+    already opened file."""
+    if isinstance(source, Opened):
+        return _Borrowed(source.name, source.fd, source.st)
+    return Opened.path(source)
+
+
+def read_prefix(source: str | Opened, size: int) -> bytes:
     """The first ``size`` bytes of a regular file (scripts, magic sniffing)."""
-    fd, _ = open_regular(path)
-    try:
-        return os.read(fd, size)
-    finally:
-        os.close(fd)
+    with _use(source) as f:
+        return f.pread(size, 0)
 
 
-def is_elf(path: str) -> bool:
-    """True when ``path`` is a regular file that starts with the ELF magic."""
+def is_elf(source: str | Opened) -> bool:
+    """True when ``source`` is a regular file that starts with the ELF magic."""
     try:
-        return read_prefix(path, 4) == ELF_MAGIC
+        return read_prefix(source, 4) == ELF_MAGIC
     except BadInput:
         return False
 
 
-def read_header(path: str) -> tuple[ElfHeader, int]:
+def read_header(source: str | Opened) -> tuple[ElfHeader, int]:
     """Validate and read the ELF header and program headers, without LIEF.
 
     Returns the header facts and the file size. Raises ``BadInput`` subclasses with
     the loader's own words where it has them ("file too short", "invalid ELF header").
     """
-    fd, st = open_regular(path)
-    try:
-        size = st.st_size
-        if size > MAX_ELF_SIZE:
-            raise FileTooLarge(path, f"{size} bytes is larger than any ELF object minify reads")
-        head = os.pread(fd, 64, 0)
-        if not head:
-            raise NotElf(path, "empty file (file too short)")
-        if head[:4] != ELF_MAGIC[: len(head)]:
-            raise NotElf(path, "not an ELF file (invalid ELF header)")
-        if len(head) < 16:
-            raise NotElf(path, "file too short to be ELF")
-        elf_class = {1: 32, 2: 64}.get(head[4])
-        endian = {1: Endian.LITTLE, 2: Endian.BIG}.get(head[5])
-        if elf_class is None or endian is None or head[6] != 1:
-            raise CorruptElf(path, "invalid ELF identification bytes")
-        fmt = "<" if endian is Endian.LITTLE else ">"
-        ehdr_size = 52 if elf_class == 32 else 64
-        if len(head) < ehdr_size:
-            raise CorruptElf(path, "file too short for its ELF header")
-        if elf_class == 64:
-            e_type, e_machine, _, _, e_phoff = struct.unpack_from(fmt + "HHIQQ", head, 16)
-            e_phentsize, e_phnum = struct.unpack_from(fmt + "HH", head, 54)
-        else:
-            e_type, e_machine, _, _, e_phoff = struct.unpack_from(fmt + "HHIII", head, 16)
-            e_phentsize, e_phnum = struct.unpack_from(fmt + "HH", head, 42)
-        has_dynamic = False
-        interpreter = None
-        if e_phnum:
-            want = 56 if elf_class == 64 else 32
-            if e_phentsize != want:
-                raise CorruptElf(path, f"program header entry size {e_phentsize}, expected {want}")
-            if e_phoff + e_phnum * e_phentsize > size:
-                raise CorruptElf(path, "program headers lie outside the file")
-            table = os.pread(fd, e_phnum * e_phentsize, e_phoff)
-            for p_type, p_offset, p_filesz in _segments(table, fmt, elf_class, e_phnum):
-                if p_type not in (PT_DYNAMIC, PT_INTERP):
-                    continue
-                if p_offset + p_filesz > size:
-                    name = "dynamic section" if p_type == PT_DYNAMIC else "PT_INTERP"
-                    raise CorruptElf(path, f"{name} lies outside the file (truncated?)")
-                if p_type == PT_DYNAMIC:
-                    has_dynamic = True
-                else:
-                    raw = os.pread(fd, min(p_filesz, 4096), p_offset)
-                    interpreter = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                    if not interpreter:
-                        raise CorruptElf(path, "empty PT_INTERP")
-        header = ElfHeader(
-            elf_class=elf_class,
-            endian=endian,
-            osabi=head[7],
-            file_type=e_type,
-            machine=e_machine,
-            has_dynamic=has_dynamic,
-            interpreter=interpreter,
-        )
-        return header, size
-    finally:
-        os.close(fd)
+    with _use(source) as f:
+        return _read_header(f)
 
 
-def _segments(table: bytes, fmt: str, elf_class: int, count: int) -> Iterator[tuple[int, int, int]]:
-    """(p_type, p_offset, p_filesz) of each program header."""
+def _read_header(f: Opened) -> tuple[ElfHeader, int]:
+    path, size = f.name, f.st.st_size
+    if size > MAX_ELF_SIZE:
+        raise FileTooLarge(path, f"{size} bytes is larger than any ELF object minify reads")
+    head = f.pread(64, 0)
+    if not head:
+        raise NotElf(path, "empty file (file too short)")
+    if head[:4] != ELF_MAGIC[: len(head)]:
+        raise NotElf(path, "not an ELF file (invalid ELF header)")
+    if len(head) < 16:
+        raise NotElf(path, "file too short to be ELF")
+    elf_class = {1: 32, 2: 64}.get(head[4])
+    endian = {1: Endian.LITTLE, 2: Endian.BIG}.get(head[5])
+    if elf_class is None or endian is None or head[6] != 1:
+        raise CorruptElf(path, "invalid ELF identification bytes")
+    fmt = "<" if endian is Endian.LITTLE else ">"
+    ehdr_size = 52 if elf_class == 32 else 64
+    if len(head) < ehdr_size:
+        raise CorruptElf(path, "file too short for its ELF header")
+    if elf_class == 64:
+        e_type, e_machine, _, _, e_phoff = struct.unpack_from(fmt + "HHIQQ", head, 16)
+        e_phentsize, e_phnum = struct.unpack_from(fmt + "HH", head, 54)
+    else:
+        e_type, e_machine, _, _, e_phoff = struct.unpack_from(fmt + "HHIII", head, 16)
+        e_phentsize, e_phnum = struct.unpack_from(fmt + "HH", head, 42)
+    has_dynamic = False
+    dynamic = (0, 0)
+    interpreter = None
+    if e_phnum:
+        want = 56 if elf_class == 64 else 32
+        if e_phentsize != want:
+            raise CorruptElf(path, f"program header entry size {e_phentsize}, expected {want}")
+        if e_phoff + e_phnum * e_phentsize > size:
+            raise CorruptElf(path, "program headers lie outside the file")
+        table = f.pread(e_phnum * e_phentsize, e_phoff)
+        for p_type, p_offset, p_filesz, _align in _segments(table, fmt, elf_class, e_phnum):
+            if p_type not in (PT_DYNAMIC, PT_INTERP):
+                continue
+            if p_offset + p_filesz > size:
+                name = "dynamic section" if p_type == PT_DYNAMIC else "PT_INTERP"
+                raise CorruptElf(path, f"{name} lies outside the file (truncated?)")
+            if p_type == PT_DYNAMIC:
+                has_dynamic = True
+                dynamic = (p_offset, p_filesz)
+            else:
+                # PATH_MAX bounds what the kernel would accept as an interpreter
+                raw = f.pread(min(p_filesz, 4096), p_offset)
+                interpreter = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                if not interpreter:
+                    raise CorruptElf(path, "empty PT_INTERP")
+    header = ElfHeader(
+        elf_class=elf_class,
+        endian=endian,
+        osabi=head[7],
+        file_type=e_type,
+        machine=e_machine,
+        has_dynamic=has_dynamic,
+        interpreter=interpreter,
+        dynamic=dynamic,
+    )
+    return header, size
+
+
+def _segments(table: bytes, fmt: str, elf_class: int, count: int) -> Iterator[tuple[int, int, int, int]]:
+    """(p_type, p_offset, p_filesz, p_align) of each program header."""
     for i in range(count):
         if elf_class == 64:
-            p_type, _, p_offset, _, _, p_filesz = struct.unpack_from(fmt + "IIQQQQ", table, i * 56)
+            p_type, _, p_offset, _, _, p_filesz, _, p_align = struct.unpack_from(fmt + "IIQQQQQQ", table, i * 56)
         else:
-            p_type, p_offset, _, _, p_filesz = struct.unpack_from(fmt + "IIIII", table, i * 32)
-        yield p_type, p_offset, p_filesz
+            p_type, p_offset, _, _, p_filesz, _, _, p_align = struct.unpack_from(fmt + "IIIIIIII", table, i * 32)
+        yield p_type, p_offset, p_filesz, p_align
 
 
 _LIEF: Any = None
-_CONFIGS: dict[tuple[bool, bool], Any] = {}
+_CONFIGS: dict[bool, Any] = {}
+
+# Dynamic tags, compared as integers: LIEF's enum differs between releases (0.15 has no
+# FILTER member) and warns on values it does not know.
+DT_NULL = 0
+DT_NEEDED = 1
+DT_STRTAB = 5
+DT_STRSZ = 10
+DT_SONAME = 14
+DT_RPATH = 15
+DT_RUNPATH = 29
+DT_FLAGS_1 = 0x6FFFFFFB
+DT_AUXILIARY = 0x7FFFFFFD
+DT_FILTER = 0x7FFFFFFF
+#: LIEF stops reading a dynamic section after this many entries.
+LIEF_DYNAMIC_CAP = 1000
 
 
 def _lief() -> Any:
@@ -235,38 +289,41 @@ def _lief() -> Any:
     return _LIEF
 
 
-def _parse(path: str, *, symbols: bool = False, notes: bool = False) -> Any:
-    """LIEF's parse with only what is asked for: no relocations, no static symbol
-    table, no overlay; dynamic symbols and notes only when a caller needs them."""
+def _parse(f: Opened, *, symbols: bool = False) -> Any:
+    """LIEF's parse of an open file with only what is asked for: no relocations, no
+    static symbol table, no notes, no overlay; dynamic symbols only when asked."""
     lief = _lief()
-    config = _CONFIGS.get((symbols, notes))
+    config = _CONFIGS.get(symbols)
     if config is None:
         config = lief.ELF.ParserConfig()
         config.parse_dyn_symbols = symbols
         config.parse_symtab_symbols = False
         config.parse_relocations = False
-        config.parse_notes = notes
+        config.parse_notes = False
         config.parse_overlay = False
-        config.parse_symbol_versions = not notes
-        _CONFIGS[(symbols, notes)] = config
-    binary = lief.ELF.parse(path, config)
+        config.parse_symbol_versions = True
+        _CONFIGS[symbols] = config
+    binary = lief.ELF.parse(f.lief_name, config)
     if binary is None:
-        raise CorruptElf(path, "LIEF could not parse it")
+        raise CorruptElf(f.name, "LIEF could not parse it")
     return binary
 
 
-def read_elf(path: str) -> ElfInfo:
+def read_elf(source: str | Opened) -> ElfInfo:
     """Read the facts of one ELF file; raise ``BadInput`` when it is not usable."""
-    header, size = read_header(path)
-    if not header.has_dynamic:
-        return ElfInfo(header, size, (), None, None, None, (), (), False, (), ())
-    try:
-        binary = _parse(path)
-        return _facts(_lief(), binary, path, header, size)
-    except (MemoryError, RuntimeError, ValueError) as exc:
-        # UnicodeDecodeError included: LIEF decodes names as UTF-8 and raises on
-        # garbage; a damaged string table is a damaged file, not a crash.
-        raise CorruptElf(path, f"unreadable dynamic section ({type(exc).__name__})") from None
+    with _use(source) as f:
+        header, size = _read_header(f)
+        if not header.has_dynamic:
+            return ElfInfo(header, size, (), None, None, None, (), (), False, (), ())
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # users see minify's words, not LIEF's
+                binary = _parse(f)
+                return _facts(binary, f, header, size)
+        except (MemoryError, RuntimeError, ValueError, struct.error) as exc:
+            # UnicodeDecodeError included: LIEF decodes names as UTF-8 and raises on
+            # garbage; a damaged string table is a damaged file, not a crash.
+            raise CorruptElf(f.name, f"unreadable dynamic section ({type(exc).__name__})") from None
 
 
 @dataclass(frozen=True)
@@ -300,37 +357,43 @@ class Symbols:
         return frozenset(name for name, _ in self.defined)
 
 
-def read_symbols(path: str) -> Symbols:
+def read_symbols(source: str | Opened) -> Symbols:
     """The dynamic symbol table of an ELF file, with symbol versions."""
-    header, _ = read_header(path)
-    if not header.has_dynamic:
-        return Symbols((), frozenset(), frozenset())
-    try:
-        binary = _parse(path, symbols=True)
-        imports: list[SymbolRef] = []
-        defined: set[tuple[str, str | None]] = set()
-        hidden: set[tuple[str, str | None]] = set()
-        for sym in binary.dynamic_symbols:
-            binding = int(sym.binding)
-            if binding == STB_LOCAL or not sym.name:
-                continue
-            version: str | None = None
-            index = 1
-            if sym.has_version:
-                index = sym.symbol_version.value
-                aux = sym.symbol_version.symbol_version_auxiliary
-                if aux is not None and (index & 0x7FFF) > 1:
-                    version = _text(aux.name)
-            name = _text(sym.name)
-            if sym.shndx == SHN_UNDEF:
-                imports.append(SymbolRef(name, version, binding == STB_WEAK))
-            elif index & VERSYM_HIDDEN:
-                hidden.add((name, version))
-            else:
-                defined.add((name, version))
-        return Symbols(tuple(imports), frozenset(defined), frozenset(hidden))
-    except (MemoryError, RuntimeError, ValueError) as exc:
-        raise CorruptElf(path, f"unreadable dynamic symbols ({type(exc).__name__})") from None
+    with _use(source) as f:
+        header, _ = _read_header(f)
+        if not header.has_dynamic:
+            return Symbols((), frozenset(), frozenset())
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return _symbols(_parse(f, symbols=True))
+        except (MemoryError, RuntimeError, ValueError) as exc:
+            raise CorruptElf(f.name, f"unreadable dynamic symbols ({type(exc).__name__})") from None
+
+
+def _symbols(binary: Any) -> Symbols:
+    imports: list[SymbolRef] = []
+    defined: set[tuple[str, str | None]] = set()
+    hidden: set[tuple[str, str | None]] = set()
+    for sym in binary.dynamic_symbols:
+        binding = int(sym.binding)
+        if binding == STB_LOCAL or not sym.name:
+            continue
+        version: str | None = None
+        index = 1
+        if sym.has_version:
+            index = sym.symbol_version.value
+            aux = sym.symbol_version.symbol_version_auxiliary
+            if aux is not None and (index & 0x7FFF) > 1:
+                version = _text(aux.name)
+        name = _text(sym.name)
+        if sym.shndx == SHN_UNDEF:
+            imports.append(SymbolRef(name, version, binding == STB_WEAK))
+        elif index & VERSYM_HIDDEN:
+            hidden.add((name, version))
+        else:
+            defined.add((name, version))
+    return Symbols(tuple(imports), frozenset(defined), frozenset(hidden))
 
 
 #: The FDO dlopen note (systemd's ELF_NOTE_DLOPEN_TYPE, owner "FDO").
@@ -347,95 +410,215 @@ class DlopenNote:
     sonames: tuple[str, ...]
 
 
-def read_dlopen_notes(path: str) -> tuple[DlopenNote, ...]:
-    """The dlopen notes of an ELF file (https://systemd.io/ELF_DLOPEN_METADATA/).
+SHT_NOTE = 7
+PT_NOTE = 4
+#: Bytes of notes read from one file at most: dlopen notes are a few KB; a file whose
+#: note sections are larger (annobin's are large, but they are not read) is not trusted.
+MAX_NOTE_BYTES = 16 << 20
 
-    A note whose JSON does not parse is ignored, as systemd's own tools do."""
+
+def read_dlopen_notes(source: str | Opened) -> tuple[tuple[DlopenNote, ...], tuple[str, ...]]:
+    """The FDO dlopen notes of an ELF file (https://systemd.io/ELF_DLOPEN_METADATA/),
+    and warnings about malformed ones.
+
+    Only notes with owner "FDO" and type 0x407c0c0a are looked at, read straight from
+    the SHT_NOTE sections (or PT_NOTE segments): other notes, such as annobin's
+    ``.gnu.build.attributes`` with binary owner names, can neither fail nor slow this.
+    """
+    with _use(source) as f:
+        header, size = _read_header(f)
+        out: list[DlopenNote] = []
+        warned: list[str] = []
+        for offset, length, align in _note_areas(f, header, size):
+            for owner, note_type, desc in _notes(f.pread(length, offset), header.endian, align):
+                if owner != b"FDO" or note_type != DLOPEN_NOTE_TYPE:
+                    continue
+                entries, problem = _dlopen_entries(desc)
+                out.extend(entries)
+                if problem:
+                    warned.append(f"{f.name}: malformed .note.dlopen ignored ({problem})")
+        return tuple(out), tuple(warned)
+
+
+def _note_areas(f: Opened, header: ElfHeader, size: int) -> list[tuple[int, int, int]]:
+    """(offset, size, alignment) of the note sections, or of the PT_NOTE segments when
+    the file has no section headers; bounded by the file and ``MAX_NOTE_BYTES``."""
+    fmt = "<" if header.endian is Endian.LITTLE else ">"
+    head = f.pread(64, 0)
+    areas: list[tuple[int, int, int]] = []
+    if header.elf_class == 64:
+        (e_shoff,) = struct.unpack_from(fmt + "Q", head, 40)
+        e_shentsize, e_shnum = struct.unpack_from(fmt + "HH", head, 58)
+        e_phoff, e_phnum = struct.unpack_from(fmt + "Q", head, 32)[0], struct.unpack_from(fmt + "H", head, 56)[0]
+    else:
+        (e_shoff,) = struct.unpack_from(fmt + "I", head, 32)
+        e_shentsize, e_shnum = struct.unpack_from(fmt + "HH", head, 46)
+        e_phoff, e_phnum = struct.unpack_from(fmt + "I", head, 28)[0], struct.unpack_from(fmt + "H", head, 44)[0]
+    want = 64 if header.elf_class == 64 else 40
+    if e_shnum and e_shentsize == want and e_shoff + e_shnum * want <= size:
+        table = f.pread(e_shnum * want, e_shoff)
+        for i in range(e_shnum):
+            if header.elf_class == 64:
+                sh_type, _, _, sh_offset, sh_size, _, _, sh_align = struct.unpack_from(
+                    fmt + "IQQQQIIQ", table, i * 64 + 4
+                )
+            else:
+                sh_type, _, _, sh_offset, sh_size, _, _, sh_align = struct.unpack_from(
+                    fmt + "IIIIIIII", table, i * 40 + 4
+                )
+            if sh_type == SHT_NOTE:
+                areas.append((sh_offset, sh_size, sh_align))
+    elif e_phnum:
+        entsize = 56 if header.elf_class == 64 else 32
+        table = f.pread(e_phnum * entsize, e_phoff)
+        areas.extend((o, n, a) for t, o, n, a in _segments(table, fmt, header.elf_class, e_phnum) if t == PT_NOTE)
+    out = []
+    budget = MAX_NOTE_BYTES
+    for offset, length, align in areas:
+        if offset + length > size or length > budget:
+            continue
+        budget -= length
+        out.append((offset, length, 8 if align == 8 else 4))
+    return out
+
+
+def _notes(data: bytes, endian: Endian, align: int) -> Iterator[tuple[bytes, int, bytes]]:
+    """(owner, type, descriptor) of each note in a note area; stops at the first note
+    that does not fit (the gABI layout: name and descriptor padded to ``align``)."""
+    fmt = "<III" if endian is Endian.LITTLE else ">III"
+    at = 0
+    while at + 12 <= len(data):
+        namesz, descsz, note_type = struct.unpack_from(fmt, data, at)
+        name_at = at + 12
+        desc_at = name_at + -(-namesz // align) * align
+        end = desc_at + -(-descsz // align) * align
+        if desc_at + descsz > len(data):
+            return
+        yield data[name_at : name_at + namesz].rstrip(b"\0"), note_type, data[desc_at : desc_at + descsz]
+        at = max(end, at + 12)
+
+
+def _dlopen_entries(desc: bytes) -> tuple[list[DlopenNote], str | None]:
+    """The entries of one dlopen note's JSON, and what was wrong with it, if anything."""
     import json
 
-    read_header(path)  # validate before LIEF sees the file
     try:
-        binary = _parse(path, notes=True)  # keep it alive: its notes point into it
-        notes = list(binary.notes)
-        out: list[DlopenNote] = []
-        for note in notes:
-            if _text(note.name).rstrip("\0") != "FDO" or note.original_type != DLOPEN_NOTE_TYPE:
-                continue
-            raw = bytes(note.description).split(b"\0", 1)[0]
-            try:
-                entries = json.loads(raw)
-            except ValueError:
-                continue
-            for entry in entries if isinstance(entries, list) else []:
-                if not isinstance(entry, dict):
-                    continue
-                sonames = entry.get("soname") or []
-                out.append(
-                    DlopenNote(
-                        feature=str(entry.get("feature", "")),
-                        description=str(entry.get("description", "")),
-                        priority=str(entry.get("priority", "recommended")),
-                        sonames=tuple(str(s) for s in sonames if isinstance(s, str)),
-                    )
-                )
-        return tuple(out)
-    except (MemoryError, RuntimeError, ValueError) as exc:
-        raise CorruptElf(path, f"unreadable notes ({type(exc).__name__})") from None
+        entries = json.loads(desc.split(b"\0", 1)[0])
+    except ValueError:
+        return [], "its JSON does not parse"
+    if not isinstance(entries, list):
+        return [], "its JSON is not a list"
+    out = []
+    problem = None
+    for entry in entries:
+        sonames = entry.get("soname") if isinstance(entry, dict) else None
+        if not isinstance(sonames, list) or not all(isinstance(s, str) for s in sonames):
+            problem = "an entry without a list of sonames"
+            continue
+        assert isinstance(entry, dict)
+        priority = str(entry.get("priority", "recommended"))
+        if priority not in ("required", "recommended", "suggested"):
+            problem = f"unknown priority {priority!r}"
+            continue
+        out.append(
+            DlopenNote(
+                feature=str(entry.get("feature", "")),
+                description=str(entry.get("description", "")),
+                priority=priority,
+                sonames=tuple(sonames),
+            )
+        )
+    return out, problem
 
 
-def read_many(paths: list[str], *, workers: int) -> list[ElfInfo | BadInput]:
-    """``read_elf`` over many files, on ``workers`` forked processes.
-
-    LIEF holds the GIL while it parses, so threads do not help; forked workers share
-    the already imported LIEF and send back the small frozen facts.
-    """
-    if workers < 2 or len(paths) < 2 * workers:
-        return [_read_or_error(p) for p in paths]
-    import multiprocessing
-
-    _lief()  # import once, before forking
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return pool.map(_read_or_error, paths, chunksize=max(1, len(paths) // (workers * 8)))
-
-
-def _read_or_error(path: str) -> ElfInfo | BadInput:
-    try:
-        return read_elf(path)
-    except BadInput as exc:
-        return exc
-
-
-def _facts(lief: Any, binary: Any, path: str, header: ElfHeader, size: int) -> ElfInfo:
+def _facts(binary: Any, f: Opened, header: ElfHeader, size: int) -> ElfInfo:
     """Copy what the resolver needs out of a parsed LIEF binary."""
-    entries = list(binary.dynamic_entries)
+    entries = [(int(e.tag), e) for e in binary.dynamic_entries]
     if not entries:
         # LIEF logs "PT_DYNAMIC parsing failed" and returns an empty list; the loader
         # would refuse the file, so we must not report it as having no dependencies.
-        raise CorruptElf(path, "its dynamic section cannot be read")
-    tag = lief.ELF.DynamicEntry.TAG
+        raise CorruptElf(f.name, "its dynamic section cannot be read")
+    if len(entries) >= LIEF_DYNAMIC_CAP:
+        return _facts_from_raw(binary, f, header, size)
     needed: list[str] = []
     filters: list[str] = []
     auxiliaries: list[str] = []
     soname = rpath = runpath = None
     nodeflib = False
     strtab = None
-    for entry in entries:
-        t = entry.tag
-        if t == tag.NEEDED:
+    for t, entry in entries:
+        if t == DT_NEEDED:
             needed.append(_text(entry.name))
-        elif t == tag.SONAME:
+        elif t == DT_SONAME:
             soname = _text(entry.name)
-        elif t == tag.RPATH:
+        elif t == DT_RPATH:
             rpath = _text(entry.rpath)
-        elif t == tag.RUNPATH:
+        elif t == DT_RUNPATH:
             runpath = _text(entry.runpath)
-        elif t == tag.FLAGS_1:
+        elif t == DT_FLAGS_1:
             nodeflib = bool(entry.value & DF_1_NODEFLIB)
-        elif t in (tag.FILTER, tag.AUXILIARY):
+        elif t in (DT_FILTER, DT_AUXILIARY):
             if strtab is None:
-                strtab = _dynamic_strings(binary, entries, tag)
+                strtab = _dynamic_strings(binary, [(tag, e.value) for tag, e in entries])
             name = _string_at(strtab, entry.value)
-            (filters if t == tag.FILTER else auxiliaries).append(name)
+            (filters if t == DT_FILTER else auxiliaries).append(name)
+    needs, defs = _versions(binary)
+    return ElfInfo(
+        header=header,
+        size=size,
+        needed=tuple(needed),
+        soname=soname,
+        rpath=rpath,
+        runpath=runpath,
+        filters=tuple(filters),
+        auxiliaries=tuple(auxiliaries),
+        nodeflib=nodeflib,
+        version_needs=needs,
+        version_defs=defs,
+    )
+
+
+def _facts_from_raw(binary: Any, f: Opened, header: ElfHeader, size: int) -> ElfInfo:
+    """Every dynamic entry up to DT_NULL, read from the file's PT_DYNAMIC, for the
+    objects whose dynamic section is longer than LIEF reads; strings through LIEF."""
+    offset, length = header.dynamic
+    fmt = ("<" if header.endian is Endian.LITTLE else ">") + ("qQ" if header.elf_class == 64 else "iI")
+    step = struct.calcsize(fmt)
+    raw = f.pread(length, offset)
+    pairs: list[tuple[int, int]] = []
+    for at in range(0, len(raw) - step + 1, step):
+        tag, value = struct.unpack_from(fmt, raw, at)
+        if tag == DT_NULL:
+            break
+        pairs.append((tag, value))
+    strtab = _dynamic_strings(binary, pairs)
+
+    def strings(tag: int) -> list[str]:
+        return [_string_at(strtab, value) for t, value in pairs if t == tag]
+
+    def one(tag: int) -> str | None:
+        found = strings(tag)
+        return found[-1] if found else None
+
+    nodeflib = any(t == DT_FLAGS_1 and v & DF_1_NODEFLIB for t, v in pairs)
+    needs, defs = _versions(binary)
+    return ElfInfo(
+        header=header,
+        size=size,
+        needed=tuple(strings(DT_NEEDED)),
+        soname=one(DT_SONAME),
+        rpath=one(DT_RPATH),
+        runpath=one(DT_RUNPATH),
+        filters=tuple(strings(DT_FILTER)),
+        auxiliaries=tuple(strings(DT_AUXILIARY)),
+        nodeflib=nodeflib,
+        version_needs=needs,
+        version_defs=defs,
+    )
+
+
+def _versions(binary: Any) -> tuple[tuple[VersionNeed, ...], tuple[str, ...]]:
+    """VERNEED (per file, the versions needed) and VERDEF (the versions defined)."""
     needs = []
     for req in binary.symbols_version_requirement:
         versions: list[str] = []
@@ -450,19 +633,7 @@ def _facts(lief: Any, binary: Any, path: str, header: ElfHeader, size: int) -> E
         aux = list(definition.auxiliary_symbols)
         if aux:
             defs.append(_text(aux[0].name))
-    return ElfInfo(
-        header=header,
-        size=size,
-        needed=tuple(needed),
-        soname=soname,
-        rpath=rpath,
-        runpath=runpath,
-        filters=tuple(filters),
-        auxiliaries=tuple(auxiliaries),
-        nodeflib=nodeflib,
-        version_needs=tuple(needs),
-        version_defs=tuple(defs),
-    )
+    return tuple(needs), tuple(defs)
 
 
 def _text(value: str | bytes) -> str:
@@ -473,15 +644,16 @@ def _text(value: str | bytes) -> str:
     return value
 
 
-def _dynamic_strings(binary: Any, entries: list[Any], tag: Any) -> bytes:
-    """The bytes of DT_STRTAB, for entries LIEF does not name (DT_FILTER, DT_AUXILIARY)."""
+def _dynamic_strings(binary: Any, pairs: list[tuple[int, int]]) -> bytes:
+    """The bytes of DT_STRTAB, for names LIEF does not give (DT_FILTER, DT_AUXILIARY,
+    entries past its cap)."""
     addr = size = None
-    for entry in entries:
-        if entry.tag == tag.STRTAB:
-            addr = entry.value
-        elif entry.tag == tag.STRSZ:
-            size = entry.value
-    if addr is None or size is None:
+    for tag, value in pairs:
+        if tag == DT_STRTAB:
+            addr = value
+        elif tag == DT_STRSZ:
+            size = value
+    if addr is None or size is None or size > MAX_ELF_SIZE:
         return b""
     return bytes(binary.get_content_from_virtual_address(addr, size))
 
@@ -490,10 +662,10 @@ def _string_at(table: bytes, offset: int) -> str:
     return table[offset:].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-def script_interpreter(path: str) -> str | None:
+def script_interpreter(source: str | Opened) -> str | None:
     """The interpreter a ``#!`` script names, or None for anything else."""
     try:
-        head = read_prefix(path, 256)
+        head = read_prefix(source, 256)
     except BadInput:
         return None
     if not head.startswith(b"#!"):

@@ -7,6 +7,7 @@
     │   ├── NotElf               no ELF magic (text, random bytes, ld scripts)
     │   └── CorruptElf           ELF magic, but headers or dynamic section broken
     ├── PathError                symlink loop, escape attempt, missing path
+    │   └── RootChanged          the root changed under minify during the run
     ├── OutputError              OUT exists and is not ours, cannot write
     └── VerificationFailed       the finished rootfs does not resolve (exit 1)
 
@@ -31,6 +32,11 @@ class MinifyError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # rebuilt from the finished message, whatever the subclass's own arguments
+        # (an exception that cannot be unpickled hangs a process pool)
+        return (_rebuild, (type(self), self.message, self.__dict__))
 
 
 class BadInput(MinifyError):
@@ -67,6 +73,14 @@ class PathError(MinifyError):
         self.problem = problem
 
 
+class RootChanged(PathError):
+    """A path of the root is not what it was a moment ago: a symlink appeared on the
+    way, or another file took its place. Nothing outside the root was read."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(path, f"changed during the run ({problem}); nothing outside the root was read")
+
+
 class OutputError(MinifyError):
     """The output folder cannot be written as asked."""
 
@@ -89,3 +103,10 @@ class OutOfDate(MinifyError):
     def __init__(self, differences: tuple[str, ...]) -> None:
         super().__init__(f"out of date: {len(differences)} difference(s)")
         self.differences = differences
+
+
+def _rebuild(cls: type[MinifyError], message: str, state: dict[str, object]) -> MinifyError:
+    error = MinifyError.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error

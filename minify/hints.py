@@ -138,7 +138,7 @@ def for_analysis(analysis: Analysis, reader: Reader | None = None) -> dict[str, 
 
     def notes(inner: str) -> tuple[DlopenNote, ...]:
         try:
-            return reader.dlopen_notes(reader.root.resolve(inner))
+            return reader.dlopen_notes(reader.root.resolve(inner))[0]
         except BadInput:
             return ()
 

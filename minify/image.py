@@ -8,16 +8,16 @@ failure never leaves half an image behind.
 
 from __future__ import annotations
 
-import os
 import posixpath
 import stat
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import cached_property
 
 from minify.closure import Analysis, LoadedObject, ProgramClosure
 from minify.errors import EXIT_INCOMPLETE, MinifyError
 from minify.loader.model import Role
-from minify.root import Link, Root
+from minify.root import Link, Root, kind_of
 
 
 class EntryType(StrEnum):
@@ -34,11 +34,25 @@ class Entry:
     path: str  # absolute inside the image
     type: EntryType
     mode: int  # permission bits
-    source: str | None = None  # host path of a file's bytes
+    source: str | None = None  # a file's bytes: its path inside the analysed root
     target: str | None = None  # symlink text, or the image path a hard link shares
     size: int = 0
     reasons: tuple[str, ...] = ()
     content: bytes | None = None  # a generated file's bytes (passwd, nsswitch.conf)
+    ident: tuple[int, int] | None = None  # device and inode the analysis saw at source
+
+
+def clean_path(path: str, what: str) -> str:
+    """An absolute image path with single slashes and no ``.`` or ``..``; refused
+    otherwise (``//`` is not ``/`` to posixpath, and ``..`` could leave the image)."""
+    if not path.startswith("/"):
+        raise PlanError(f"{what} {path!r}: not an absolute path")
+    if "\0" in path:
+        raise PlanError(f"{what} {path!r}: a path cannot contain a NUL byte")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise PlanError(f"{what} {path!r}: '..' is not allowed in an image path")
+    return "/" + "/".join(parts)
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,7 @@ class ImageConfig:
 class ImagePlan:
     entries: tuple[Entry, ...]  # sorted by path; parents before children
     config: ImageConfig
+    root: str  # the analysed root: every file's ``source`` is a path inside it
     programs: tuple[str, ...]  # image paths of the ELF inputs, for verification
     scripts: tuple[str, ...] = ()  # image paths of script inputs
     warnings: tuple[str, ...] = ()
@@ -87,11 +102,21 @@ class ImagePlan:
     def total_size(self) -> int:
         return sum(e.size for e in self.files)
 
+    @cached_property
+    def _index(self) -> dict[str, Entry]:
+        return {e.path: e for e in self.entries}
+
     def entry(self, path: str) -> Entry | None:
-        for e in self.entries:
-            if e.path == path:
-                return e
-        return None
+        return self._index.get(path)
+
+    def lookup(self, path: str) -> Entry | None:
+        """The entry ``path`` reaches in the image, following its symlinks as the
+        kernel would (``/bin/true`` through ``/bin -> usr/bin``)."""
+        try:
+            real = follow_links(self._index, path, final=True)
+        except PlanError:
+            return None
+        return self._index.get(real)
 
 
 class PlanError(MinifyError):
@@ -116,15 +141,46 @@ class Mapping:
         src, sep, dest = text.partition("=")
         if not sep or not src.startswith("/") or not dest.startswith("/"):
             raise PlanError(f"--map {text!r}: expected SRC=DEST with two absolute paths")
-        return cls(posixpath.normpath(src), posixpath.normpath(dest))
+        return cls(clean_path(src, "--map SRC"), clean_path(dest, "--map DEST"))
 
     def apply(self, path: str) -> str | None:
         if path == self.source:
             return self.dest
         prefix = self.source.rstrip("/") + "/"
         if path.startswith(prefix):
+            if self.dest == "/":
+                return "/" + path[len(prefix) :]
             return posixpath.join(self.dest, path[len(prefix) :])
         return None
+
+
+def follow_links(entries: dict[str, Entry], path: str, *, final: bool) -> str:
+    """``path`` with every folder symlink of the image on its way followed (and the
+    last component too when ``final``), as the kernel would resolve it in the image."""
+    parts = [p for p in path.split("/") if p]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        here = "/" + "/".join([*done, name])
+        entry = entries.get(here)
+        if entry is not None and entry.type is EntryType.SYMLINK and (parts or final):
+            hops += 1
+            if hops > 40:
+                raise PlanError(f"{path}: too many levels of symbolic links in the image")
+            assert entry.target is not None
+            if entry.target.startswith("/"):
+                done = []
+            parts = [p for p in entry.target.split("/") if p] + parts
+            continue
+        done.append(name)
+    return "/" + "/".join(done)
 
 
 @dataclass
@@ -134,11 +190,12 @@ class _Planner:
     root: Root
     maps: tuple[Mapping, ...]
     entries: dict[str, Entry] = field(default_factory=dict)
-    by_inode: dict[tuple[int, int], str] = field(default_factory=dict)
+    by_inode: dict[tuple[int, int], list[str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    skip: tuple[str, ...] = ()  # folders of the root never copied (OUT)
 
     def place(self, path: str, private: bool) -> str:
-        """Where a host path (inside the root) goes in the image.
+        """Where a path inside the root goes in the image.
 
         Only the program's own files (inputs, and libraries it finds through its own
         RPATH/RUNPATH or by path) move with a mapping; system libraries stay where the
@@ -155,12 +212,18 @@ class _Planner:
         return path
 
     def add(self, entry: Entry) -> None:
-        if entry.path == "/":
+        """Add one entry. Its folders go through the symlinks the image already has
+        (``/lib/x`` lands in ``usr/lib`` when ``/lib -> usr/lib``), as on a usrmerged
+        system, where the loader opening ``/lib/x`` reaches the same file."""
+        path = follow_links(self.entries, clean_path(entry.path, "image path"), final=False)
+        if path == "/":
             return
-        old = self.entries.get(entry.path)
+        if path != entry.path:
+            entry = replace(entry, path=path)
+        old = self.entries.get(path)
         if old is None:
-            self._parents(entry.path)
-            self.entries[entry.path] = entry
+            self._parents(path)
+            self.entries[path] = entry
             return
         if old.type is EntryType.DIR and entry.type is EntryType.DIR and entry.mode != 0o755:
             old = replace(old, mode=entry.mode)  # an explicit mode (/tmp 1777) wins over a parent's default
@@ -172,22 +235,20 @@ class _Planner:
         )
         if not same and not (old.type is EntryType.DIR and entry.type is EntryType.DIR):
             raise PlanError(
-                f"{entry.path}: needed both as {old.type.value} ({old.target or old.source}) "
-                f"and as {entry.type.value} ({entry.target or entry.source})"
+                f"{path}: two different things would be here: {_describe(old)} and {_describe(entry)}; "
+                "put one of them elsewhere with --map SRC=DEST"
             )
         reasons = tuple(dict.fromkeys(old.reasons + entry.reasons))
-        self.entries[entry.path] = replace(old, reasons=reasons)
+        self.entries[path] = replace(old, reasons=reasons)
 
     def _parents(self, path: str) -> None:
         parent = posixpath.dirname(path)
-        while parent not in ("/", ""):
+        while parent != "/":
             old = self.entries.get(parent)
             if old is None:
                 self.entries[parent] = Entry(parent, EntryType.DIR, 0o755)
             elif old.type is not EntryType.DIR:
-                # a folder symlink such as /lib -> usr/lib: the path runs through it
-                # only if the plan resolves it, which add_object guarantees.
-                raise PlanError(f"{path}: its folder {parent} is a {old.type.value} in the image")
+                raise PlanError(f"{path}: its folder {parent} is a {old.type.value} in the image ({_describe(old)})")
             parent = posixpath.dirname(parent)
 
     def add_links(self, links: tuple[Link, ...], private: bool, reason: str) -> None:
@@ -197,21 +258,30 @@ class _Planner:
             )
 
     def add_file(self, realpath: str, private: bool, reason: str, image_path: str | None = None) -> str:
-        host = self.root.host_path(realpath)
-        st = os.stat(host)
-        image_path = image_path or self.place(realpath, private)
-        mode = stat.S_IMODE(st.st_mode)
+        resolved = self.root.resolve(realpath)
+        if not resolved.is_file or resolved.ident is None or resolved.mode is None:
+            raise PlanError(f"{realpath}: not a regular file in the root")
+        image_path = clean_path(image_path or self.place(realpath, private), "image path")
+        mode = stat.S_IMODE(resolved.mode)
         if mode & (stat.S_ISUID | stat.S_ISGID):
             self.warnings.append(f"{image_path}: setuid/setgid bits dropped")
             mode &= ~(stat.S_ISUID | stat.S_ISGID)
-        key = (st.st_dev, st.st_ino)
-        first = self.by_inode.get(key)
-        if first is not None and first != image_path:
-            self.add(Entry(image_path, EntryType.HARDLINK, mode, target=first, size=0, reasons=(reason,)))
-        else:
-            self.by_inode[key] = image_path
-            self.add(Entry(image_path, EntryType.FILE, mode, source=host, size=st.st_size, reasons=(reason,)))
-        return image_path
+        self.add(
+            Entry(
+                image_path,
+                EntryType.FILE,
+                mode,
+                source=resolved.path,
+                size=resolved.size,
+                reasons=(reason,),
+                ident=resolved.ident,
+            )
+        )
+        placed = follow_links(self.entries, image_path, final=False)
+        group = self.by_inode.setdefault(resolved.ident, [])
+        if placed not in group:
+            group.append(placed)
+        return placed
 
     def add_extra(self, extra: Extra) -> None:
         """A file or folder of the root, with the symlinks on its way (unless moved)."""
@@ -225,22 +295,17 @@ class _Planner:
             self.add_file(resolved.path, extra.private, extra.reason, image_path=top)
             return
         self.add(Entry(top, EntryType.DIR, 0o755, reasons=(extra.reason,)))
-        base = self.root.host_path(resolved.path)
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            inner_dir = resolved.path.rstrip("/") + dirpath[len(base) :]
-            image_dir = top.rstrip("/") + dirpath[len(base) :]
-            for name in sorted(dirnames + filenames):
-                host = os.path.join(dirpath, name)
-                st = os.lstat(host)
-                image = posixpath.join(image_dir, name)
-                if stat.S_ISLNK(st.st_mode):
-                    target = os.readlink(host)
-                    self.add(Entry(image, EntryType.SYMLINK, 0o777, target=target, reasons=(extra.reason,)))
-                elif stat.S_ISDIR(st.st_mode):
-                    self.add(Entry(image, EntryType.DIR, 0o755, reasons=(extra.reason,)))
-                elif stat.S_ISREG(st.st_mode):
-                    self.add_file(posixpath.join(inner_dir, name), False, extra.reason, image_path=image)
+        base = resolved.path.rstrip("/")
+        for item in self.root.walk(resolved.path, skip=self.skip):
+            image = top.rstrip("/") + item.path[len(base) :]
+            if item.target is not None:
+                self.add(Entry(image, EntryType.SYMLINK, 0o777, target=item.target, reasons=(extra.reason,)))
+            elif stat.S_ISDIR(item.mode):
+                self.add(Entry(image, EntryType.DIR, 0o755, reasons=(extra.reason,)))
+            elif stat.S_ISREG(item.mode):
+                self.add_file(item.path, False, extra.reason, image_path=image)
+            else:
+                self.warnings.append(f"{item.path}: a {kind_of(item.mode)} in {extra.path}, not copied")
 
     def add_generated(self, item: Generated) -> None:
         self.add(
@@ -254,6 +319,37 @@ class _Planner:
             )
         )
 
+    def finish(self) -> tuple[Entry, ...]:
+        """Entries sorted by path; of the paths that share one inode, the first in that
+        order holds the bytes and the others are hard links to it, so a writer that
+        goes in order always finds a link's target already written."""
+        entries = dict(self.entries)
+        for paths in self.by_inode.values():
+            files = sorted(p for p in paths if p in entries and entries[p].type is EntryType.FILE)
+            if len(files) < 2:
+                continue
+            first = files[0]
+            for other in files[1:]:
+                old = entries[other]
+                entries[other] = replace(old, type=EntryType.HARDLINK, source=None, target=first, size=0, ident=None)
+        return tuple(sorted(entries.values(), key=lambda e: e.path))
+
+
+def _describe(entry: Entry) -> str:
+    why = f", {entry.reasons[0]}" if entry.reasons else ""
+    if entry.type is EntryType.FILE:
+        what = f"generated file{why}" if entry.content is not None else f"the file {entry.source}{why}"
+        return what
+    if entry.type is EntryType.SYMLINK:
+        return f"a symlink to {entry.target}{why}"
+    if entry.type is EntryType.HARDLINK:
+        return f"a hard link to {entry.target}{why}"
+    return f"a folder{why}"
+
+
+#: Found through the program's own search paths: such a library moves with the program.
+PRIVATE_HOWS = ("rpath", "runpath", "direct path", "LD_LIBRARY_PATH")
+
 
 def _private(program: ProgramClosure, obj: LoadedObject) -> bool:
     """A program's own file: the input itself, or found through its own search paths."""
@@ -261,7 +357,7 @@ def _private(program: ProgramClosure, obj: LoadedObject) -> bool:
         return True
     for dep in program.dependencies:
         if dep.target == obj.realpath and dep.how is not None:
-            return dep.how.value in ("rpath", "runpath", "direct path", "LD_LIBRARY_PATH")
+            return dep.how.value in PRIVATE_HOWS
     return False
 
 
@@ -275,14 +371,18 @@ def plan_image(
     extras: tuple[Extra, ...] = (),
     generated: tuple[Generated, ...] = (),
     dirs: tuple[tuple[str, int], ...] = (),
+    skip: tuple[str, ...] = (),
 ) -> ImagePlan:
     """Lay out every program's closure as image entries.
 
     Each object goes where the loader opened it, with the symlinks on the way
     recreated (``/lib -> usr/lib``, soname link -> real file) and its bytes at its
-    realpath; a hard-linked inode becomes one file plus hard links.
+    realpath; a hard-linked inode becomes one file plus hard links. Every other name
+    the loader opens a loaded file under (a second DT_NEEDED name for the same file)
+    is kept too. The system's folder symlinks are laid first, so a program's own
+    files go through them as they do on the source system.
     ``extra`` closures (hwcaps variants) are added the same way. ``scripts`` are
-    (host path, interpreter) pairs copied as plain files.
+    (path in the root, interpreter) pairs copied as plain files.
     """
     errors = [p.error for p in analysis.programs if p.error]
     if errors:
@@ -294,34 +394,44 @@ def plan_image(
     if problems:
         raise IncompleteClosure("; ".join(problems))
     root = Root(analysis.root)
-    planner = _Planner(root, maps)
-    programs: list[str] = []
+    planner = _Planner(root, maps, skip=skip)
+    closures = (*analysis.programs, *extra)
+    placed = [(program, obj, _private(program, obj)) for program in closures for obj in program.objects]
+    for private_pass in (False, True):
+        for program, obj, private in placed:
+            if private is private_pass:
+                planner.add_links(obj.links, private, _reason(program, obj))
+    for program, obj, private in placed:
+        planner.add_file(obj.realpath, private, _reason(program, obj))
+    for program in closures:
+        for dep in program.dependencies:
+            if dep.opened is not None:  # the same file under another name
+                private = dep.how is not None and dep.how.value in PRIVATE_HOWS
+                planner.add_links(dep.opened.links, private, f"{dep.kind} {dep.name}")
+                planner.add_file(dep.opened.path, private, f"{dep.kind} {dep.name}")
+    programs = [planner.place(p.path, True) for p in analysis.programs]
     script_paths: list[str] = []
-    for program in (*analysis.programs, *extra):
-        for obj in program.objects:
-            private = _private(program, obj)
-            reason = _reason(program, obj)
-            planner.add_links(obj.links, private, reason)
-            planner.add_file(obj.realpath, private, reason)
-        if program in analysis.programs:
-            programs.append(planner.place(program.path, True))
-    for host, interpreter in scripts:
-        inner = root.contains_host_path(host) or host
+    input_bytes = sum(p.objects[0].size for p in analysis.programs if p.objects)
+    for inner, interpreter in scripts:
         resolved = root.resolve(inner)
         planner.add_links(resolved.links, True, "input (script)")
         planner.add_file(resolved.path, True, f"input (script for {interpreter})")
         script_paths.append(planner.place(inner, True))
+        input_bytes += resolved.size
     for extra_item in extras:
         planner.add_extra(extra_item)
     for item in generated:
         planner.add_generated(item)
     for path, mode in dirs:
         planner.add(Entry(path, EntryType.DIR, mode, reasons=("preset",)))
-    entries = tuple(sorted(planner.entries.values(), key=lambda e: e.path))
-    input_bytes = sum(p.objects[0].size for p in analysis.programs if p.objects)
-    input_bytes += sum(os.path.getsize(host) for host, _ in scripts)
     return ImagePlan(
-        entries, config, tuple(programs), tuple(script_paths), tuple(planner.warnings), input_bytes=input_bytes
+        planner.finish(),
+        config,
+        root.directory,
+        tuple(programs),
+        tuple(script_paths),
+        tuple(planner.warnings),
+        input_bytes=input_bytes,
     )
 
 

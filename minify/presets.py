@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass, field
 
 from minify.closure import Analysis, Locator, ProgramClosure
-from minify.elf import read_header
 from minify.errors import EXIT_INCOMPLETE, MinifyError
 from minify.image import Generated
 from minify.loader.arch import arch_for
@@ -144,13 +143,24 @@ def _certs(req: _Request, out: _Collect) -> str | None:
     return f"no CA bundle in the root (looked for {', '.join(CA_BUNDLES)})"
 
 
+_ZONE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_+.-]*(/[A-Za-z0-9_+-][A-Za-z0-9_+.-]*)*")
+
+
 def _tzdata(req: _Request, out: _Collect) -> str | None:
-    if not req.root.resolve(ZONEINFO).is_dir:
+    zoneinfo = req.root.resolve(ZONEINFO)
+    if not zoneinfo.is_dir:
         return f"no {ZONEINFO} in the root"
     if not req.tz:
         out.files.append(ZONEINFO)
         return None
-    absent = [zone for zone in req.tz if not req.root.resolve(f"{ZONEINFO}/{zone}").is_file]
+    bad = [zone for zone in req.tz if not _ZONE.fullmatch(zone) or ".." in zone.split("/")]
+    if bad:
+        return f"not time zone names: {', '.join(repr(z) for z in bad)} (like Europe/Paris or UTC)"
+    absent = []
+    for zone in req.tz:
+        found = req.root.resolve(f"{ZONEINFO}/{zone}")
+        if not found.is_file or not found.path.startswith(zoneinfo.path + "/"):
+            absent.append(zone)
     if absent:
         return f"time zones not in {ZONEINFO}: {', '.join(absent)}"
     out.files.extend(f"{ZONEINFO}/{zone}" for zone in req.tz)
@@ -193,13 +203,13 @@ def _dlopened(req: _Request, out: _Collect, sonames: tuple[str, ...]) -> str | N
     return None
 
 
-def _glibc_version(root: Root, analysis: Analysis) -> tuple[int, int] | None:
+def _glibc_version(req: _Request) -> tuple[int, int] | None:
     """The release of the programs' glibc, read from their ld.so."""
-    for program in _programs(analysis):
-        header, _ = read_header(root.host_path(program.realpath))
+    for program in _programs(req.analysis):
+        header = req.locator.run.reader.header(req.root.resolve(program.realpath))
         arch = arch_for(header.machine, header.elf_class)
         if arch is not None and program.interpreter:
-            return ldso_facts(root, program.interpreter, arch).version
+            return ldso_facts(req.root, program.interpreter, arch).version
     return None
 
 
@@ -208,7 +218,7 @@ def _nss(req: _Request, out: _Collect) -> str | None:
     out.generated.extend(users_files())
     out.generated.append(Generated("/etc/hosts", HOSTS.encode(), reason="--with nss"))
     out.dirs.append(("/home/nonroot", 0o755))
-    version = _glibc_version(req.root, req.analysis)
+    version = _glibc_version(req)
     if version is not None and version < (2, 34):
         # before glibc 2.34 the files and dns services were modules, not part of libc
         return _dlopened(req, out, ("libnss_files.so.2", "libnss_dns.so.2", "libresolv.so.2"))
@@ -230,8 +240,11 @@ def _gconv(req: _Request, out: _Collect) -> str | None:
         if unknown:
             return f"charsets with no gconv module: {', '.join(unknown)}"
         modules = [f"{folder}/{m}.so" for m in sorted(wanted)]
+    gconv = req.root.resolve(folder).path
     for module in modules:
-        if req.root.resolve(module).is_file:
+        found = req.root.resolve(module)
+        # a module name from gconv-modules is a file of the gconv folder, nothing else
+        if found.is_file and found.path.startswith(gconv + "/") and ".." not in module.split("/"):
             out.files.append(module)
             out.elf.append(module)
     return None

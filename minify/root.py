@@ -1,9 +1,16 @@
 """A target root filesystem seen the way a chrooted kernel would see it.
 
-Every path is walked one component at a time; symlinks are followed by hand, absolute
-targets restart at the root, and ``..`` at the root stays at the root. So no path,
-however hostile its symlinks, can name a file outside the root, and ``..`` is applied
-after a symlink is followed, as the kernel does (never textually).
+Every path is walked one component at a time from an open descriptor of the root
+(``lstat``/``readlink``/``open`` with ``dir_fd`` and ``O_NOFOLLOW``); symlinks are
+followed by hand, absolute targets restart at the root, and ``..`` at the root stays at
+the root. So no path, however hostile its symlinks, names a file outside the root, and
+``..`` is applied after a symlink is followed, as the kernel does (never textually).
+
+A resolution is a claim about the root at one moment. Every read goes through
+``open_file``: the resolved path (which has no symlinks and no ``..``) is opened again
+component by component with ``O_NOFOLLOW``, and the opened file must be the one the
+resolution saw (device and inode). A root that changes during the run (a folder
+swapped for a symlink to a host folder) gives an error, never a host file.
 """
 
 from __future__ import annotations
@@ -11,13 +18,21 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from minify.errors import PathError
+from minify.errors import NotRegularFile, PathError, RootChanged
 
 #: Linux gives up after 40 symlinks in one lookup (ELOOP); so do we.
 MAX_SYMLINKS = 40
+#: Open folder descriptors kept for lookups (the soft limit is usually 1024).
+DIR_FDS = 64
+#: Entries walked below one folder (``walk``) before giving up: a bound on hostile trees.
+MAX_WALK_ENTRIES = 1_000_000
+
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,7 @@ class Resolved:
     links: tuple[Link, ...]
     mode: int | None
     ident: tuple[int, int] | None = None
+    size: int = 0
 
     @property
     def exists(self) -> bool:
@@ -54,15 +70,39 @@ class Resolved:
         return self.mode is not None and stat.S_ISDIR(self.mode)
 
 
+@dataclass(frozen=True)
+class WalkEntry:
+    """One entry below a folder, as ``Root.walk`` meets it (symlinks not followed)."""
+
+    path: str  # inside the root
+    mode: int
+    ident: tuple[int, int]
+    size: int
+    target: str | None = None  # symlink text
+
+
 class Root:
-    """Resolve paths inside ``directory`` without ever leaving it."""
+    """Resolve and read paths inside ``directory`` without ever leaving it."""
 
     def __init__(self, directory: str) -> None:
         real = os.path.realpath(directory)
-        if not os.path.isdir(real):
-            raise PathError(directory, "root is not a directory")
+        try:
+            self._fd = os.open(real, _DIR_FLAGS)
+        except OSError:
+            raise PathError(directory, "root is not a directory") from None
         self.directory = real
+        top = os.fstat(self._fd)
+        self.ident = (top.st_dev, top.st_ino)
         self._memo: dict[str, Resolved] = {}
+        self._dirs: OrderedDict[str, int] = OrderedDict()
+
+    def __del__(self) -> None:
+        for fd in [*self._dirs.values(), getattr(self, "_fd", -1)]:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def __repr__(self) -> str:
         return f"Root({self.directory!r})"
@@ -72,10 +112,59 @@ class Root:
         return self.directory == "/"
 
     def host_path(self, inner: str) -> str:
-        """The host path of an already resolved path inside the root."""
+        """The host path of an already resolved path inside the root (for messages
+        and for tools that take names; minify itself reads through ``open_file``)."""
         if self.directory == "/":
             return inner
         return self.directory + inner if inner != "/" else self.directory
+
+    # -- descriptors ----------------------------------------------------------------
+
+    def _dirfd(self, real: str) -> int:
+        """An ``O_PATH`` descriptor of a folder of the root, opened from the root's own
+        descriptor one component at a time with ``O_NOFOLLOW`` (cached, bounded)."""
+        if real == "/":
+            return self._fd
+        fd = self._dirs.get(real)
+        if fd is not None:
+            self._dirs.move_to_end(real)
+            return fd
+        parent = self._dirfd(posixpath.dirname(real))
+        try:
+            fd = os.open(posixpath.basename(real), _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            raise RootChanged(real, exc.strerror or str(exc)) from None
+        self._dirs[real] = fd
+        if len(self._dirs) > DIR_FDS:
+            _, old = self._dirs.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def open_file(self, inner: str, ident: tuple[int, int] | None = None) -> tuple[int, os.stat_result]:
+        """Open a regular file of the root for reading: never blocks (FIFOs), never
+        follows a symlink, and refuses anything but a regular file. With ``ident``,
+        the file must be the one a resolution saw."""
+        res = self.resolve(inner)
+        if not res.exists:
+            raise PathError(inner, "no such file" + ("" if self.is_host else f" in {self.directory}"))
+        parent = self._dirfd(posixpath.dirname(res.path))
+        try:
+            fd = os.open(posixpath.basename(res.path), _FILE_FLAGS, dir_fd=parent)
+        except IsADirectoryError:
+            raise NotRegularFile(self.host_path(res.path), "is a directory, not a file") from None
+        except OSError as exc:
+            raise RootChanged(res.path, exc.strerror or str(exc)) from None
+        st = os.fstat(fd)
+        want = ident or res.ident
+        if want is not None and (st.st_dev, st.st_ino) != want:
+            os.close(fd)
+            raise RootChanged(res.path, "a different file is there now")
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise NotRegularFile(self.host_path(res.path), f"is a {kind_of(st.st_mode)}, not a regular file")
+        return fd, st
+
+    # -- resolution -------------------------------------------------------------------
 
     def resolve(self, path: str, cwd: str = "/") -> Resolved:
         """Resolve ``path`` (absolute inside the root, or relative to ``cwd``)."""
@@ -87,52 +176,62 @@ class Root:
         return hit
 
     def _walk(self, absolute: str) -> Resolved:
+        if "\0" in absolute:
+            raise PathError(absolute.replace("\0", "\\0"), "a path cannot contain a NUL byte")
         parts = deque(absolute.split("/"))
         current: list[str] = []
         links: list[Link] = []
         hops = 0
-        mode: int | None = stat.S_IFDIR
         st: os.stat_result | None = None
         while parts:
             name = parts.popleft()
             if name in ("", "."):
                 continue
             if name == "..":
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    return Resolved(_join([*current, name, *parts]), tuple(links), None)  # ENOTDIR
                 if current:
                     current.pop()
+                st = None
                 continue
-            if mode is not None and not stat.S_ISDIR(mode):
+            if st is not None and not stat.S_ISDIR(st.st_mode):
                 # a component below a file (ENOTDIR): nothing there
                 return Resolved(_join([*current, name, *parts]), tuple(links), None)
-            candidate = [*current, name]
-            inner = _join(candidate)
+            folder = self._dirfd(_join(current))
             try:
-                st = os.lstat(self.host_path(inner))
+                st = os.lstat(name, dir_fd=folder)
             except (FileNotFoundError, NotADirectoryError):
-                return Resolved(_join(candidate + list(parts)), tuple(links), None)
+                return Resolved(_join([*current, name, *parts]), tuple(links), None)
             except OSError as exc:
-                raise PathError(inner, exc.strerror or str(exc)) from None
+                raise PathError(_join([*current, name]), exc.strerror or str(exc)) from None
             if stat.S_ISLNK(st.st_mode):
                 hops += 1
                 if hops > MAX_SYMLINKS:
                     raise PathError(absolute, "too many levels of symbolic links (a symlink loop?)")
-                target = os.readlink(self.host_path(inner))
-                links.append(Link(inner, target))
+                try:
+                    target = os.readlink(name, dir_fd=folder)
+                except OSError as exc:
+                    raise RootChanged(_join([*current, name]), exc.strerror or str(exc)) from None
+                links.append(Link(_join([*current, name]), target))
                 if target.startswith("/"):
                     current = []
                 parts.extendleft(reversed(target.split("/")))
-                mode = stat.S_IFDIR
+                st = None
                 continue
-            current = candidate
-            mode = st.st_mode
-        ident = (st.st_dev, st.st_ino) if st is not None and current else None
+            current.append(name)
         if not current:
-            top = os.stat(self.directory)
-            ident = (top.st_dev, top.st_ino)
-        return Resolved(_join(current), tuple(links), mode, ident)
+            return Resolved("/", tuple(links), stat.S_IFDIR, self.ident)
+        if st is None:  # ended on ".." or a symlink to a folder: look at where we are
+            try:
+                st = os.lstat(current[-1], dir_fd=self._dirfd(_join(current[:-1])))
+            except OSError:
+                return Resolved(_join(current), tuple(links), None)
+        return Resolved(_join(current), tuple(links), st.st_mode, (st.st_dev, st.st_ino), st.st_size)
 
     def realpath(self, path: str, cwd: str = "/") -> str:
         return self.resolve(path, cwd).path
+
+    # -- reading --------------------------------------------------------------------
 
     def listdir(self, inner: str) -> list[str]:
         """Names in a directory of the root (sorted), or [] if it is not one."""
@@ -140,9 +239,13 @@ class Root:
         if not res.is_dir:
             return []
         try:
-            return sorted(os.listdir(self.host_path(res.path)))
-        except OSError:
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dirfd(res.path))
+        except (OSError, RootChanged):
             return []
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
 
     def read_bytes(self, inner: str, limit: int = 64 << 20) -> bytes | None:
         """Contents of a small regular file inside the root, or None."""
@@ -150,10 +253,47 @@ class Root:
         if not res.is_file:
             return None
         try:
-            with open(self.host_path(res.path), "rb") as fh:
-                return fh.read(limit)
-        except OSError:
+            fd, _ = self.open_file(res.path, res.ident)
+        except (PathError, NotRegularFile):
             return None
+        try:
+            return read_all(fd, limit)
+        finally:
+            os.close(fd)
+
+    def walk(self, inner: str, *, skip: tuple[str, ...] = ()) -> Iterator[WalkEntry]:
+        """Every entry below a folder of the root, parents before children, names
+        sorted, symlinks not followed (``os.fwalk`` from a descriptor, so a folder
+        swapped for a symlink during the walk cannot lead out). ``skip`` are paths
+        inside the root not to enter (OUT, when it lies in an input folder)."""
+        res = self.resolve(inner)
+        if not res.is_dir:
+            return
+        top = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dirfd(res.path))
+        count = 0
+        try:
+            for dirpath, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+                base = res.path if dirpath == "." else posixpath.join(res.path, dirpath[2:])
+                dirnames.sort()
+                kept = []
+                for name in sorted(dirnames + filenames):
+                    count += 1
+                    if count > MAX_WALK_ENTRIES:
+                        raise PathError(res.path, f"more than {MAX_WALK_ENTRIES} entries below it")
+                    path = posixpath.join(base, name)
+                    if path in skip:
+                        continue
+                    try:
+                        st = os.lstat(name, dir_fd=dirfd)
+                        target = os.readlink(name, dir_fd=dirfd) if stat.S_ISLNK(st.st_mode) else None
+                    except OSError:
+                        continue  # gone meanwhile
+                    if name in dirnames and stat.S_ISDIR(st.st_mode):
+                        kept.append(name)
+                    yield WalkEntry(path, st.st_mode, (st.st_dev, st.st_ino), st.st_size, target)
+                dirnames[:] = [d for d in dirnames if d in kept]
+        finally:
+            os.close(top)
 
     def contains_host_path(self, host: str) -> str | None:
         """The inner path of a host path under this root (lexically), or None."""
@@ -165,6 +305,33 @@ class Root:
         if absolute.startswith(self.directory + "/"):
             return absolute[len(self.directory) :]
         return None
+
+
+def read_all(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes of an open file, from its start."""
+    chunks = []
+    offset = 0
+    while offset < limit:
+        chunk = os.pread(fd, min(1 << 20, limit - offset), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "special file"
 
 
 def _join(parts: list[str]) -> str:

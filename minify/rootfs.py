@@ -1,9 +1,11 @@
 """``minify rootfs``: plan the image, write it all-or-nothing, verify it, or check it.
 
 The output folder holds ``rootfs/`` (exactly the closure), ``Dockerfile`` and
-``minify.lock.json``. It is built in a temporary folder beside OUT and renamed into
-place only after the finished rootfs has been analysed again with itself as the root;
-any failure leaves OUT as it was.
+``minify.lock.json``. It is built in a temporary folder beside OUT and swapped into
+place (``minify.output``) only after the finished rootfs has been analysed again with
+itself as the root; any failure leaves OUT as it was. Every byte copied is read from
+a descriptor opened inside the root, and the lock file's sha256 is that of exactly
+those bytes.
 """
 
 from __future__ import annotations
@@ -13,18 +15,19 @@ import json
 import os
 import posixpath
 import re
+import shlex
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from minify import __version__, presets
+from minify import __version__, output, presets
 from minify.closure import Analysis, Locator, ProgramClosure, analyze
+from minify.dockerfile import DockerfileError
 from minify.dockerfile import render as render_dockerfile
 from minify.elf import is_elf, script_interpreter
-from minify.errors import OutOfDate, OutputError, VerificationFailed
+from minify.errors import BadInput, OutOfDate, OutputError, VerificationFailed
 from minify.hints import Hint, for_analysis, presets_called_for
 from minify.image import (
     Entry,
@@ -35,17 +38,21 @@ from minify.image import (
     IncompleteClosure,
     Mapping,
     PlanError,
+    clean_path,
     plan_image,
 )
 from minify.loader.model import Reader
+from minify.output import LOCK_NAME, LOCK_SCHEMA
 from minify.presets import NONROOT
-from minify.root import Root
-from minify.trace import TRACE_NAME, Trace, run_trace
+from minify.root import Root, read_all
+from minify.sensitive import why_secret
+from minify.trace import TRACE_NAME, Trace, TraceFailed, run_trace
 
-LOCK_NAME = "minify.lock.json"
-LOCK_SCHEMA = 1
+__all__ = ["LOCK_NAME", "RootfsOptions", "RootfsResult", "build", "check", "prepare"]
+
 #: Every file gets this mtime, so the same inputs give the same image layer.
 FIXED_MTIME = 0
+COPY_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -80,41 +87,79 @@ class RootfsResult:
 
 @dataclass(frozen=True)
 class Prepared:
-    """Everything OUT will hold, rendered in memory before anything is written."""
+    """Everything OUT will hold, planned in memory before anything is written."""
 
     plan: ImagePlan
     dockerfile: str
-    lock: dict[str, Any]
     trace: Trace | None
+    out: output.Target
 
 
-def _load_trace(options: RootfsOptions, view: Root) -> Trace | None:
-    """A new trace when asked (this runs the command), else the one OUT recorded."""
+def _load_trace(options: RootfsOptions, view: Root, out: output.Target) -> Trace | None:
+    """A new trace when asked (this runs the command), else the one OUT recorded
+    (validated like any input: an edited file is not trusted)."""
     if options.trace is not None:
         if not view.is_host:
             raise PlanError("--trace runs the command on this machine: it needs --root /")
         return run_trace(options.trace, cwd=options.cwd)
-    saved = os.path.join(os.path.abspath(options.output), TRACE_NAME)
-    if os.path.isfile(saved):
-        with open(saved, encoding="utf-8") as fh:
-            return Trace.from_json(fh.read(), saved)
-    return None
+    saved = os.path.join(out.path, TRACE_NAME)
+    if not os.path.lexists(saved):
+        return None
+    try:
+        fd = os.open(saved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TraceFailed(f"{saved}: cannot be read ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TraceFailed(f"{saved}: not a regular file")
+        text = read_all(fd, 256 << 20).decode("utf-8", "surrogateescape")
+    finally:
+        os.close(fd)
+    return Trace.from_json(text, saved)
+
+
+def _traced_files(trace: Trace, view: Root, out: output.Target, named: set[str]) -> tuple[list[str], list[str]]:
+    """The traced files that may join the image, and warnings about the others:
+    nothing under OUT, and no known secret unless the user named it with --add."""
+    kept: list[str] = []
+    warnings: list[str] = []
+    secrets: list[str] = []
+    out_inner = view.contains_host_path(out.path)
+    for path in trace.files:
+        if out_inner and (path == out_inner or path.startswith(out_inner.rstrip("/") + "/")):
+            continue
+        why = why_secret(path)
+        if why is not None and path not in named:
+            secrets.append(f"{path} ({why})")
+            continue
+        if view.resolve(path).is_file:
+            kept.append(path)
+    if secrets:
+        warnings.append(
+            "left out of the image, though the traced run read them: "
+            + ", ".join(secrets)
+            + "; --add a file explicitly if the image must have it"
+        )
+    return kept, warnings
 
 
 def prepare(options: RootfsOptions) -> Prepared:
-    """Analyse, plan and render everything in memory: plan, Dockerfile, lock data."""
+    """Analyse and plan everything in memory: the plan and the Dockerfile."""
     cwd = options.cwd
     view = Root(options.root)
     if cwd is None:
         cwd = os.getcwd() if view.is_host else "/"
+    inputs = tuple(view.host_path(posixpath.join(cwd, p)) for p in options.paths)
+    out = output.target(options.output, root=view.directory, inputs=inputs, cwd=os.getcwd())
+    skip = _skipped_folders(view, out)
     analysis_hwcaps = "baseline" if options.hwcaps in ("all", "baseline") else options.hwcaps
-    analysis = analyze(options.paths, root=options.root, cwd=cwd, hwcaps=analysis_hwcaps, cpuinfo="")
+    analysis = analyze(options.paths, root=options.root, cwd=cwd, hwcaps=analysis_hwcaps, cpuinfo="", exclude=skip)
     programs, scripts = _split_scripts(analysis)
     analysis = Analysis(analysis.root, programs, analysis.skipped)
     maps = tuple(Mapping.parse(m) for m in options.maps)
     if any(not p.startswith("/") for p in options.paths) and cwd != "/":
         # a relative input keeps its path relative to the current folder, rooted at /
-        maps += (Mapping(cwd, "/"),)
+        maps += (Mapping(clean_path(cwd, "--cwd"), "/"),)
     reader = Reader(view)  # one parse per file for hints and dlopen notes
     hints = _hints(analysis, reader)
     names = presets.parse_with(options.with_)
@@ -128,16 +173,21 @@ def prepare(options: RootfsOptions) -> Prepared:
         Extra(s.path, None, "symlink in an input folder", private=True) for s in analysis.skipped if s.symlink
     )
     elf_extras = list(additions.elf)
+    named: set[str] = set()
     for spec in options.add:
         added = _parse_add(spec, view, cwd)
         extras.append(added)
-        if view.resolve(added.path).is_file and is_elf(view.host_path(view.realpath(added.path))):
+        named.add(view.realpath(added.path))
+        named.add(added.path)
+        if _is_elf_file(view, reader, added.path):
             elf_extras.append(added.path)
-    trace = _load_trace(options, view)
+    trace = _load_trace(options, view, out)
+    trace_warnings: list[str] = []
     if trace is not None:
-        for path in trace.files:
+        traced, trace_warnings = _traced_files(trace, view, out, named)
+        for path in traced:
             extras.append(Extra(path, None, "traced"))
-            if is_elf(view.host_path(view.realpath(path))):
+            if _is_elf_file(view, reader, path):
                 elf_extras.append(path)
     noted, note_warnings = _dlopen_notes(analysis, reader, locator)
     elf_extras.extend(noted)
@@ -145,7 +195,7 @@ def prepare(options: RootfsOptions) -> Prepared:
     generated = list(additions.generated)
     dirs = list(additions.dirs)
     if trace is not None:
-        dirs.extend((d, 0o755) for d in trace.dirs if view.resolve(d).path == d)
+        dirs.extend((d, 0o755) for d in trace.dirs if view.resolve(d).path == d and view.resolve(d).is_dir)
     if options.user == "nonroot":
         generated.extend(presets.users_files())
         dirs.append(("/home/nonroot", 0o755))
@@ -164,8 +214,9 @@ def prepare(options: RootfsOptions) -> Prepared:
         extras=tuple(extras),
         generated=tuple(generated),
         dirs=tuple(dirs),
+        skip=skip,
     )
-    if config.entrypoint and plan.entry(config.entrypoint[0]) is None:
+    if config.entrypoint and plan.lookup(config.entrypoint[0]) is None:
         raise PlanError(f"--entrypoint {config.entrypoint[0]} is not in the image")
     warnings = list(plan.warnings)
     warnings.extend(f"skipped {s.path}: {s.reason}" for s in analysis.skipped if not s.symlink)
@@ -176,9 +227,36 @@ def prepare(options: RootfsOptions) -> Prepared:
     )
     warnings.extend(additions.notes)
     warnings.extend(note_warnings)
+    warnings.extend(trace_warnings)
     plan = replace(plan, warnings=tuple(warnings))
-    dockerfile = render_dockerfile(plan)
-    return Prepared(plan, dockerfile, lock_data(plan, dockerfile), trace)
+    try:
+        dockerfile = render_dockerfile(plan)
+    except DockerfileError as exc:
+        raise PlanError(str(exc)) from None
+    return Prepared(plan, dockerfile, trace, out)
+
+
+def _skipped_folders(view: Root, out: output.Target) -> tuple[str, ...]:
+    """OUT and the temporary folders beside it, as paths inside the root: a folder
+    input or ``--add`` of a folder that holds OUT never takes in a previous image."""
+    inner = view.contains_host_path(out.path)
+    if inner is None:
+        return ()
+    parent = posixpath.dirname(inner)
+    names = os.listdir(out.parent) if os.path.isdir(out.parent) else []
+    siblings = [posixpath.join(parent, n) for n in names if out.leftovers.fullmatch(n)]
+    return (inner, *siblings)
+
+
+def _is_elf_file(view: Root, reader: Reader, path: str) -> bool:
+    resolved = view.resolve(path)
+    if not resolved.is_file:
+        return False
+    try:
+        with reader.open(resolved) as opened:
+            return is_elf(opened)
+    except BadInput:
+        return False
 
 
 def _hints(analysis: Analysis, reader: Reader) -> tuple[Hint, ...]:
@@ -200,7 +278,12 @@ def _dlopen_notes(analysis: Analysis, reader: Reader, locator: Locator) -> tuple
         if program.kind != "dynamic":
             continue
         for obj in program.objects:
-            for note in reader.dlopen_notes(reader.root.resolve(obj.realpath)):
+            try:
+                notes, malformed = reader.dlopen_notes(reader.root.resolve(obj.realpath))
+            except BadInput:
+                continue  # the analysis read this file; its notes are optional
+            warnings.extend(malformed)
+            for note in notes:
                 if note.priority not in ("required", "recommended"):
                     continue
                 for soname in note.sonames:
@@ -217,17 +300,21 @@ def _dlopen_notes(analysis: Analysis, reader: Reader, locator: Locator) -> tuple
 
 
 def _parse_add(spec: str, view: Root, cwd: str) -> Extra:
-    """``--add PATH[:DEST]``: a path of the root, refused if it names no file or
-    climbs out of the root with `..`."""
+    """``--add PATH[:DEST]``: a path of the root, refused if it is empty, names no
+    file, or climbs out of the root with `..`."""
     path, _, dest = spec.partition(":")
+    if not path:
+        raise PlanError(f"--add {spec!r}: PATH is empty")
+    if "\0" in spec:
+        raise PlanError(f"--add {spec!r}: a path cannot contain a NUL byte")
     if ".." in path.split("/") or (dest and ".." in dest.split("/")):
         raise PlanError(f"--add {spec}: '..' is not allowed (it would leave the root)")
     if dest and not dest.startswith("/"):
         raise PlanError(f"--add {spec}: DEST must be an absolute path in the image")
-    inner = path if path.startswith("/") else posixpath.join(cwd, path)
+    inner = posixpath.normpath(path if path.startswith("/") else posixpath.join(cwd, path))
     if not view.resolve(inner).exists:
         raise PlanError(f"--add {spec}: {inner} does not exist" + ("" if view.is_host else f" in {view.directory}"))
-    return Extra(inner, posixpath.normpath(dest) if dest else None, f"--add {spec}")
+    return Extra(inner, clean_path(dest, "--add DEST") if dest else None, f"--add {spec}")
 
 
 def _closures_of(paths: list[str], root: str, cwd: str) -> tuple[ProgramClosure, ...]:
@@ -242,6 +329,7 @@ def _closures_of(paths: list[str], root: str, cwd: str) -> tuple[ProgramClosure,
 def _split_scripts(analysis: Analysis) -> tuple[tuple[ProgramClosure, ...], tuple[tuple[str, str], ...]]:
     """Scripts are accepted when their ``#!`` interpreter is an input too."""
     view = Root(analysis.root)
+    reader = Reader(view)
     given = {p.realpath for p in analysis.programs if p.kind != "not-elf"}
     given |= {p.path for p in analysis.programs if p.kind != "not-elf"}
     programs = []
@@ -250,14 +338,18 @@ def _split_scripts(analysis: Analysis) -> tuple[tuple[ProgramClosure, ...], tupl
         if program.kind != "not-elf":
             programs.append(program)
             continue
-        interp = script_interpreter(view.host_path(program.realpath))
+        try:
+            with reader.open(view.resolve(program.realpath)) as opened:
+                interp = script_interpreter(opened)
+        except BadInput:
+            interp = None
         if interp is None:
             raise PlanError(program.error or f"{program.path}: not an ELF file")
         if interp not in given and view.realpath(interp) not in given:
             raise PlanError(
                 f"{program.path} is a script for {interp}, which is not included unless given: add {interp} as an input"
             )
-        scripts.append((view.host_path(program.path), interp))
+        scripts.append((program.path, interp))
     return tuple(programs), tuple(scripts)
 
 
@@ -278,8 +370,8 @@ def _hwcaps_variants(analysis: Analysis, view: Root, cwd: str) -> tuple[ProgramC
     return extra.programs
 
 
-_USER = re.compile(r"^[0-9]+(:[0-9]+)?$")
-_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_USER = re.compile(r"[0-9]+(:[0-9]+)?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _config(
@@ -289,15 +381,15 @@ def _config(
     preset_env: tuple[tuple[str, str], ...] = (),
 ) -> ImageConfig:
     user = NONROOT if options.user == "nonroot" else options.user
-    if user is not None and not _USER.match(user):
+    if user is not None and not _USER.fullmatch(user):
         raise PlanError(
             f"--user {options.user!r}: expected UID[:GID] (numbers) or nonroot; a scratch image has no user names"
         )
     env = list(preset_env)
     for item in options.env:
-        if not _ENV.match(item):
+        key, sep, value = item.partition("=")
+        if not sep or not _ENV_NAME.fullmatch(key):
             raise PlanError(f"--env {item!r}: expected NAME=VALUE")
-        key, _, value = item.partition("=")
         env.append((key, value))
     entrypoint: tuple[str, ...] = ()
     if options.entrypoint:
@@ -320,14 +412,6 @@ def _config(
 # -- lock file -----------------------------------------------------------------------
 
 
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _entry_data(entry: Entry, sha: str | None) -> dict[str, Any]:
     return {
         "path": entry.path,
@@ -340,15 +424,9 @@ def _entry_data(entry: Entry, sha: str | None) -> dict[str, Any]:
     }
 
 
-def lock_data(plan: ImagePlan, dockerfile: str) -> dict[str, Any]:
-    entries = []
-    for e in plan.entries:
-        sha = None
-        if e.content is not None:
-            sha = hashlib.sha256(e.content).hexdigest()
-        elif e.type is EntryType.FILE and e.source:
-            sha = sha256_of(e.source)
-        entries.append(_entry_data(e, sha))
+def lock_data(plan: ImagePlan, dockerfile: str, hashes: dict[str, str]) -> dict[str, Any]:
+    """The lock file: every entry, with the sha256 of the bytes written (``hashes``)."""
+    entries = [_entry_data(e, hashes.get(e.path)) for e in plan.entries]
     return {
         "schema": LOCK_SCHEMA,
         "minify": __version__,
@@ -370,35 +448,44 @@ def _dump(data: dict[str, Any]) -> str:
 def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None = None) -> RootfsResult:
     """Write OUT atomically; verify the rootfs before it replaces anything."""
     prepared = prepare(options)
-    plan = prepared.plan
-    out = os.path.abspath(options.output)
-    _check_output(out, force=options.force)
-    parent = os.path.dirname(out)
-    if not os.path.isdir(parent):
-        raise OutputError(f"{parent}: the folder that should hold {os.path.basename(out)} does not exist")
-    try:
-        tmp = tempfile.mkdtemp(prefix=".minify-", dir=parent)
-    except OSError as exc:
-        raise OutputError(f"{parent}: cannot write here ({exc.strerror})") from None
-    try:
-        rootfs = os.path.join(tmp, "rootfs")
-        materialise(plan, rootfs, progress=progress)
-        with open(os.path.join(tmp, "Dockerfile"), "w", encoding="utf-8") as fh:
-            fh.write(prepared.dockerfile)
-        with open(os.path.join(tmp, LOCK_NAME), "w", encoding="utf-8") as fh:
-            fh.write(_dump(prepared.lock))
-        if prepared.trace is not None:
-            with open(os.path.join(tmp, TRACE_NAME), "w", encoding="utf-8") as fh:
-                fh.write(prepared.trace.to_json())
-        verify_rootfs(rootfs)
-        os.chmod(tmp, 0o755)
-        _swap_into_place(tmp, out)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{exc.filename or out}: {exc.strerror or exc}; {out} left as it was") from None
-        raise
-    return _result(plan, out)
+    plan, out = prepared.plan, prepared.out
+    output.refuse_foreign(out.path, force=options.force)  # fail before the long part
+    if not os.path.isdir(out.parent):
+        try:
+            os.makedirs(out.parent, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{out.parent}: cannot create the folder that holds OUT ({exc.strerror})") from None
+    warnings = list(plan.warnings)
+    with output.writing(out) as notes:
+        warnings.extend(notes)
+        tmp = output.make_temporary(out)
+        old: str | None = None
+        try:
+            rootfs = os.path.join(tmp, "rootfs")
+            hashes, copy_warnings = materialise(plan, rootfs, progress=progress)
+            warnings.extend(copy_warnings)
+            _write_text(os.path.join(tmp, "Dockerfile"), prepared.dockerfile)
+            _write_text(os.path.join(tmp, LOCK_NAME), _dump(lock_data(plan, prepared.dockerfile, hashes)))
+            if prepared.trace is not None:
+                _write_text(os.path.join(tmp, TRACE_NAME), prepared.trace.to_json())
+            verify_rootfs(rootfs)
+            os.chmod(tmp, 0o755)
+            output.refuse_foreign(out.path, force=options.force)  # again, under the lock
+            old = output.swap_into_place(tmp, out)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise OutputError(
+                    f"{exc.filename or out.path}: {exc.strerror or exc}; {out.path} left as it was"
+                ) from None
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return _result(replace(plan, warnings=tuple(dict.fromkeys(warnings))), out.path)
+
+
+def _write_text(path: str, text: str) -> None:
+    _write(text.encode("utf-8", "surrogateescape"), path, 0o644)
 
 
 def _result(plan: ImagePlan, out: str, differences: tuple[str, ...] = ()) -> RootfsResult:
@@ -406,30 +493,6 @@ def _result(plan: ImagePlan, out: str, differences: tuple[str, ...] = ()) -> Roo
 
     layer = layer_size([e.size for e in plan.entries])
     return RootfsResult(plan, out, plan.input_bytes, layer, differences, plan.warnings)
-
-
-def _check_output(out: str, *, force: bool) -> None:
-    if os.path.lexists(out) and not os.path.isdir(out):
-        raise OutputError(f"{out}: exists and is not a folder")
-    if os.path.islink(out):
-        raise OutputError(f"{out}: is a symlink; give the real folder")
-    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, LOCK_NAME)) and not force:
-        raise OutputError(f"{out}: exists and was not written by minify (no {LOCK_NAME}); use --force to replace it")
-
-
-def _swap_into_place(tmp: str, out: str) -> None:
-    if not os.path.exists(out):
-        os.rename(tmp, out)
-        return
-    old = tempfile.mkdtemp(prefix=".minify-old-", dir=os.path.dirname(out))
-    os.rmdir(old)
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _inside(base: str, path: str) -> str:
@@ -444,10 +507,18 @@ def _inside(base: str, path: str) -> str:
     return dest
 
 
-def materialise(plan: ImagePlan, directory: str, *, progress: Callable[[int, int], None] | None = None) -> None:
-    """Write the entries of ``plan`` under ``directory`` (which must not exist)."""
+def materialise(
+    plan: ImagePlan, directory: str, *, progress: Callable[[int, int], None] | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """Write the entries of ``plan`` under ``directory`` (which must not exist).
+
+    Returns the sha256 of every file written (of the very bytes written) and warnings
+    (file capabilities that a plain copy drops)."""
     os.mkdir(directory, 0o755)
     base = os.path.realpath(directory)
+    root = Root(plan.root)
+    hashes: dict[str, str] = {}
+    warnings: list[str] = []
     total = len(plan.entries)
     for done, entry in enumerate(plan.entries, 1):
         dest = _inside(base, entry.path)
@@ -462,14 +533,18 @@ def materialise(plan: ImagePlan, directory: str, *, progress: Callable[[int, int
             os.link(_inside(base, entry.target), dest, follow_symlinks=False)
         elif entry.content is not None:
             _write(entry.content, dest, entry.mode)
+            hashes[entry.path] = hashlib.sha256(entry.content).hexdigest()
         else:
             assert entry.source is not None
-            _copy(entry.source, dest, entry.mode)
+            hashes[entry.path], capability = _copy(root, entry, dest)
+            if capability:
+                warnings.append(f"{entry.path}: file capabilities (security.capability) dropped")
         if progress is not None:
             progress(done, total)
     for entry in reversed(plan.entries):  # children first, so folder times stick
         os.utime(base + entry.path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
     os.utime(base, (FIXED_MTIME, FIXED_MTIME))
+    return hashes, warnings
 
 
 def _write(content: bytes, dest: str, mode: int) -> None:
@@ -483,19 +558,59 @@ def _write(content: bytes, dest: str, mode: int) -> None:
         os.close(fd)
 
 
-def _copy(source: str, dest: str, mode: int) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    src_fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _open_source(root: Root, entry: Entry) -> int:
+    """The source file of an entry, opened inside the root: the very inode the
+    analysis saw, a regular file, no symlink followed."""
+    assert entry.source is not None
     try:
-        dst_fd = os.open(dest, flags, 0o600)
+        fd, _ = root.open_file(entry.source, entry.ident)
+    except BadInput as exc:
+        raise PlanError(str(exc)) from None
+    return fd
+
+
+def _copy(root: Root, entry: Entry, dest: str) -> tuple[str, bool]:
+    """Copy one file from the root; the sha256 of what was written, and whether the
+    source had file capabilities."""
+    src_fd = _open_source(root, entry)
+    try:
         try:
-            with os.fdopen(src_fd, "rb", closefd=False) as src, os.fdopen(dst_fd, "wb", closefd=False) as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            os.fchmod(dst_fd, mode)
+            capability = bool(os.getxattr(src_fd, "security.capability"))
+        except OSError:
+            capability = False
+        digest = hashlib.sha256()
+        dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            offset = 0
+            while chunk := os.pread(src_fd, COPY_CHUNK, offset):
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(dst_fd, view) :]
+                offset += len(chunk)
+            os.fchmod(dst_fd, entry.mode)
         finally:
             os.close(dst_fd)
     finally:
         os.close(src_fd)
+    return digest.hexdigest(), capability
+
+
+def _source_sha256(root: Root, entry: Entry) -> str:
+    fd = _open_source(root, entry)
+    try:
+        return _sha256_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, COPY_CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
 
 
 # -- verification and --check --------------------------------------------------------
@@ -516,23 +631,26 @@ def _in_image(problem: str) -> str:
 
 
 def check(options: RootfsOptions) -> RootfsResult:
-    """``--check``: write nothing; list how OUT differs from what would be produced."""
-    prepared = prepare(options)
-    plan, dockerfile, lock = prepared.plan, prepared.dockerfile, prepared.lock
-    out = os.path.abspath(options.output)
+    """``--check``: write nothing, run nothing; list how OUT differs from what would
+    be produced (a saved trace is reused, never run again)."""
+    prepared = prepare(replace(options, trace=None))
+    plan, dockerfile, out = prepared.plan, prepared.dockerfile, prepared.out.path
     differences: list[str] = []
-    try:
-        with open(os.path.join(out, "Dockerfile"), encoding="utf-8") as fh:
-            if fh.read() != dockerfile:
-                differences.append("Dockerfile differs")
-    except OSError:
-        differences.append("Dockerfile is missing")
-    try:
-        with open(os.path.join(out, LOCK_NAME), encoding="utf-8") as fh:
-            if fh.read() != _dump(lock):
-                differences.append(f"{LOCK_NAME} differs")
-    except OSError:
-        differences.append(f"{LOCK_NAME} is missing")
+    if options.trace is not None:
+        if prepared.trace is None:
+            differences.append(f"{TRACE_NAME} is missing (--check never runs --trace)")
+        elif prepared.trace.command != tuple(shlex.split(options.trace)):
+            differences.append(f"{TRACE_NAME} records another command than --trace")
+    root = Root(plan.root)
+    hashes = {e.path: _source_sha256(root, e) for e in plan.files if e.content is None}
+    hashes.update({e.path: hashlib.sha256(e.content).hexdigest() for e in plan.files if e.content is not None})
+    lock = lock_data(plan, dockerfile, hashes)
+    for name, want in (("Dockerfile", dockerfile), (LOCK_NAME, _dump(lock))):
+        have = _read_regular(os.path.join(out, name))
+        if have is None:
+            differences.append(f"{name} is missing")
+        elif have != want.encode("utf-8", "surrogateescape"):
+            differences.append(f"{name} differs")
     differences.extend(_tree_differences(os.path.join(out, "rootfs"), lock["entries"]))
     result = _result(plan, out, tuple(differences))
     if differences:
@@ -540,16 +658,25 @@ def check(options: RootfsOptions) -> RootfsResult:
     return result
 
 
+def _read_regular(path: str) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return read_all(fd, 256 << 20)
+    finally:
+        os.close(fd)
+
+
 def _tree_differences(rootfs: str, wanted: list[dict[str, Any]]) -> list[str]:
     want = {e["path"]: e for e in wanted}
     have: dict[str, dict[str, Any]] = {}
-    if os.path.isdir(rootfs):
-        for dirpath, dirnames, filenames in os.walk(rootfs):
-            for name in dirnames + filenames:
-                host = os.path.join(dirpath, name)
-                inner = host[len(rootfs) :]
-                st = os.lstat(host)
-                have[inner] = _describe(host, st)
+    if os.path.isdir(rootfs) and not os.path.islink(rootfs):
+        for path, kind in output.listing(rootfs):
+            have[path] = _describe(rootfs + path, kind)
     out = []
     for path in sorted(want.keys() | have.keys()):
         w, h = want.get(path), have.get(path)
@@ -568,9 +695,20 @@ def _tree_differences(rootfs: str, wanted: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _describe(host: str, st: os.stat_result) -> dict[str, Any]:
-    if stat.S_ISLNK(st.st_mode):
+def _describe(host: str, kind: str) -> dict[str, Any]:
+    """What is at a path of OUT: special files (a FIFO) are named, never opened."""
+    if kind == "symlink":
         return {"type": "symlink", "target": os.readlink(host)}
-    if stat.S_ISDIR(st.st_mode):
-        return {"type": "dir"}
-    return {"type": "file", "sha256": sha256_of(host), "mode": f"{stat.S_IMODE(st.st_mode):04o}"}
+    if kind != "file":
+        return {"type": kind}
+    try:
+        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return {"type": "special"}
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return {"type": "special"}
+        return {"type": "file", "sha256": _sha256_fd(fd), "mode": f"{stat.S_IMODE(st.st_mode):04o}"}
+    finally:
+        os.close(fd)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from minify.errors import MinifyError
 
 TRACE_NAME = "minify.trace"
+#: Paths a saved trace may list at most.
+MAX_TRACE_PATHS = 1_000_000
 #: Syscalls whose first path argument names a file the program needs.
 SYSCALLS = "execve,open,openat,openat2,stat,lstat,newfstatat,statx,access,faccessat,faccessat2,readlink,readlinkat"
 #: Never recorded: kernel interfaces, and the loader's own files (the closure covers
@@ -48,11 +50,38 @@ class Trace:
 
     @classmethod
     def from_json(cls, text: str, where: str) -> Trace:
+        """A saved trace, validated like any input: a JSON object whose "command" is a
+        list of strings and whose "files" and "dirs" are clean absolute paths."""
         try:
             data = json.loads(text)
-            return cls(tuple(data["command"]), tuple(data["files"]), tuple(data.get("dirs", ())))
-        except (ValueError, KeyError, TypeError) as exc:
+        except ValueError as exc:
             raise TraceFailed(f"{where}: not a minify trace ({exc})") from None
+        if not isinstance(data, dict):
+            raise TraceFailed(f"{where}: not a minify trace (not a JSON object)")
+        command = data.get("command")
+        if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+            raise TraceFailed(f'{where}: not a minify trace ("command" is not a list of strings)')
+        return cls(
+            tuple(command), _paths(data.get("files"), "files", where), _paths(data.get("dirs", []), "dirs", where)
+        )
+
+
+def _paths(value: object, key: str, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_TRACE_PATHS:
+        raise TraceFailed(f'{where}: not a minify trace ("{key}" is not a list of at most {MAX_TRACE_PATHS} paths)')
+    out = []
+    for item in value:
+        if (
+            not isinstance(item, str)
+            or not item.startswith("/")
+            or "\0" in item
+            or len(item) > 4096
+            or os.path.normpath(item) != item
+            or item.startswith("//")
+        ):
+            raise TraceFailed(f"{where}: not a minify trace ({key} entry {item!r} is not a clean absolute path)")
+        out.append(item)
+    return tuple(sorted(set(out)))
 
 
 def run_trace(command: str | list[str], *, timeout: float = 300.0, cwd: str | None = None) -> Trace:
@@ -68,16 +97,15 @@ def run_trace(command: str | list[str], *, timeout: float = 300.0, cwd: str | No
         prefix = os.path.join(tmp, "t")
         cmd = [strace, "-f", "-ff", "-qq", "-s", "4096", "-e", f"trace={SYSCALLS}", "-o", prefix, *argv]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+            # the command's output is bytes (gzip -c, convert png:-): never decoded
+            proc = subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=workdir)
         except subprocess.TimeoutExpired as exc:
-            err = (exc.stderr or b"").decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else exc.stderr
-            raise TraceFailed(
-                f"trace: `{shlex.join(argv)}` timed out after {timeout:.0f}s; {err or ''}".strip()
-            ) from None
+            err = (exc.stderr or b"").decode("utf-8", "replace")
+            raise TraceFailed(f"trace: `{shlex.join(argv)}` timed out after {timeout:.0f}s; {err}".strip()) from None
         except OSError as exc:
             raise TraceFailed(f"trace: cannot run strace: {exc.strerror}") from None
         if proc.returncode != 0:
-            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            tail = " | ".join(proc.stderr.decode("utf-8", "replace").strip().splitlines()[-3:])
             raise TraceFailed(f"trace: `{shlex.join(argv)}` exited with status {proc.returncode}: {tail}")
         files, dirs = _collect(tmp, workdir)
     return Trace(tuple(argv), tuple(sorted(files)), tuple(sorted(dirs)))

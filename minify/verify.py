@@ -11,12 +11,13 @@ checked in the scope of a program that could dlopen it, plus its own closure.
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from minify.closure import Analysis, LoadedObject, ProgramClosure, analyze
-from minify.elf import ET_DYN, ET_EXEC, Symbols, is_elf, read_header
+from minify.elf import ET_DYN, ET_EXEC, Symbols, is_elf
 from minify.errors import BadInput, PathError
 from minify.loader.model import Reader
 from minify.root import Root
@@ -57,33 +58,49 @@ def rootfs_of(directory: str) -> str:
 
 def elf_files(rootfs: str) -> list[str]:
     """Loadable ELF files of the rootfs (paths inside it), symlinks not followed."""
+    root = Root(rootfs)
+    reader = Reader(root)
     out = []
-    for dirpath, dirnames, filenames in os.walk(rootfs):
-        dirnames.sort()
-        for name in sorted(filenames):
-            host = os.path.join(dirpath, name)
-            if not stat.S_ISREG(os.lstat(host).st_mode) or not is_elf(host):
-                continue
-            try:
-                header, _ = read_header(host)
-            except BadInput:
-                out.append(host[len(rootfs) :])  # reported as this file's error
-                continue
-            if header.file_type in (ET_EXEC, ET_DYN):
-                out.append(host[len(rootfs) :] or "/")
+    for entry in root.walk("/"):
+        if not stat.S_ISREG(entry.mode):
+            continue
+        resolved = root.resolve(entry.path)
+        try:
+            with reader.open(resolved) as opened:
+                if not is_elf(opened):
+                    continue
+            header = reader.header(resolved)
+        except BadInput:
+            out.append(entry.path)  # reported as this file's error
+            continue
+        if header.file_type in (ET_EXEC, ET_DYN):
+            out.append(entry.path)
     return out
 
 
 def verify(directory: str) -> VerifyReport:
+    """Resolve every ELF file of the rootfs with the rootfs as the root.
+
+    A library that a program of the image loads is checked as part of that program,
+    as the loader will load it (its own search paths alone may not find what the
+    program brought in first: systemd's private libraries). A library no program
+    loads (a plugin) may use what the programs have loaded: glibc reuses a loaded
+    object by its soname."""
     rootfs = os.path.realpath(rootfs_of(directory))
     files = elf_files(rootfs)
     analysis = analyze(files, root=rootfs, cwd="/", hwcaps="baseline", cpuinfo="")
+    programs = [p for p in analysis.programs if not p.library_input]
+    loaded = {o.realpath for p in programs for o in p.objects}
+    names = {n for p in programs for o in p.objects for n in (o.soname, posixpath.basename(o.path)) if n}
     problems: list[Problem] = []
     for program in analysis.programs:
         if program.error:
             problems.append(Problem(program.path, "error", program.error))
+        if program.library_input and program.realpath in loaded:
+            continue
+        missing = [n for n in program.missing if not (program.library_input and n in names)]
         problems.extend(
-            Problem(program.path, "missing-library", f"{name}: not found in the rootfs") for name in program.missing
+            Problem(program.path, "missing-library", f"{name}: not found in the rootfs") for name in missing
         )
         problems.extend(Problem(program.path, "version", e) for e in program.version_errors)
     problems.extend(_symbol_problems(rootfs, analysis))
@@ -97,7 +114,7 @@ def _symbol_problems(rootfs: str, analysis: Analysis) -> list[Problem]:
     def symbols(path: str) -> Symbols:
         return reader.symbols(reader.root.resolve(path))
 
-    usable = [p for p in analysis.programs if p.ok and p.kind == "dynamic"]
+    usable = [p for p in analysis.programs if p.kind == "dynamic" and not p.error and (p.ok or p.library_input)]
     programs = [p for p in usable if not p.library_input]
     loaded_by_programs = {o.realpath for p in programs for o in p.objects}
     problems: list[Problem] = []

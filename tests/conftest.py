@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,3 +202,61 @@ def add_rpath_entry(path: Path, rpath: str) -> None:
     binary = lief.ELF.parse(str(path))
     binary.add(lief.ELF.DynamicEntryRpath(rpath))
     binary.write(str(path))
+
+
+# -- strace as the witness ------------------------------------------------------------
+
+
+def strace_minify(args: list[str], log: Path, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run ``minify ARGS`` under strace, every file call logged with the folder behind
+    each descriptor (``-y``), since minify walks roots with ``dir_fd``."""
+    need_tool("strace")
+    cmd = ["strace", "-f", "-qq", "-y", "-o", str(log), "-e", "trace=%file,%desc", sys.executable, "-m", "minify.cli"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, **kw)  # type: ignore[call-overload,no-any-return]
+
+
+_CALL = re.compile(r"^\d+\s+(\w+)\((.*)$")
+_PATH_ARG = re.compile(r'(?:(?:AT_FDCWD|\d+)<([^>]*)>, )?"((?:[^"\\]|\\.)*)"')
+
+
+def syscalls(log: Path) -> list[tuple[str, list[str]]]:
+    """(name, absolute paths) of every traced call: a ``dir_fd`` argument and the name
+    beside it are joined into the path the kernel looked at."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        match = _CALL.match(line)
+        if not match:
+            continue
+        paths = []
+        found = _PATH_ARG.findall(match.group(2).split(") = ")[0])
+        pairs = [(folder, name) for folder, name in found if folder]
+        if not pairs:  # calls without a dir_fd: their path arguments come first
+            call = match.group(1)
+            pairs = found[:2] if call in ("rename", "link") else found[1:2] if call == "symlink" else found[:1]
+        for folder, raw in pairs:
+            name = raw.encode().decode("unicode_escape", "replace")
+            if name.startswith("/") or not folder:
+                paths.append(name)
+            else:
+                paths.append(folder if not name else f"{folder.rstrip('/')}/{name}")
+        out.append((match.group(1), paths))
+    return out
+
+
+def written_paths(log: Path) -> set[str]:
+    """Paths that a traced process created, replaced or changed."""
+    written = set()
+    for (name, paths), line in zip(syscalls(log), _call_lines(log), strict=True):
+        if not paths:
+            continue
+        if name in ("open", "openat", "creat") and ("O_CREAT" in line or name == "creat"):
+            written.add(paths[0])
+        elif name in ("mkdir", "mkdirat", "unlink", "unlinkat", "rmdir", "chmod", "fchmodat", "utimensat"):
+            written.add(paths[0])
+        elif name in ("symlink", "symlinkat", "link", "linkat", "rename", "renameat", "renameat2"):
+            written.update(paths[-1:] if name.startswith(("symlink", "link")) else paths)
+    return written
+
+
+def _call_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text(errors="replace").splitlines() if _CALL.match(line)]

@@ -5,7 +5,6 @@ root and OUT; strace is the witness."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 import minify
 from minify.root import Root
-from tests.conftest import Builder, need_tool
+from tests.conftest import Builder, strace_minify, syscalls, written_paths
 
 LIBDIR = "lib/x86_64-linux-gnu"
 
@@ -76,51 +75,14 @@ def test_symlink_loop_is_one_error(hostile_root: Path) -> None:
 
 
 def _traced(args: list[str], log: Path) -> subprocess.CompletedProcess[str]:
-    need_tool("strace")
-    return subprocess.run(
-        ["strace", "-f", "-qq", "-o", str(log), "-e", "trace=%file", sys.executable, "-m", "minify.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-_CALL = re.compile(r"^\d+\s+(\w+)\((.*)$")
-
-
-def syscalls(log: Path) -> list[tuple[str, list[str]]]:
-    """(name, quoted string arguments) of every traced call."""
-    out = []
-    for line in log.read_text().splitlines():
-        match = _CALL.match(line)
-        if match:
-            out.append((match.group(1), re.findall(r'"((?:[^"\\]|\\.)*)"', match.group(2))))
-    return out
-
-
-def written_paths(log: Path) -> set[str]:
-    """Paths that a traced process created or replaced."""
-    paths = set()
-    for line in log.read_text().splitlines():
-        match = _CALL.match(line)
-        if not match:
-            continue
-        name, rest = match.groups()
-        args = re.findall(r'"((?:[^"\\]|\\.)*)"', rest)
-        if name in ("open", "openat", "creat") and ("O_CREAT" in rest or name == "creat") and args:
-            paths.add(args[0])
-        elif name in ("mkdir", "mkdirat") and args:
-            paths.add(args[0])
-        elif name in ("symlink", "symlinkat", "link", "linkat", "rename", "renameat", "renameat2") and len(args) >= 2:
-            paths.add(args[-1])
-    return paths
+    return strace_minify(args, log)
 
 
 def test_strace_shows_no_read_outside_root(hostile_root: Path, tmp_path: Path) -> None:
     log = tmp_path / "trace"
     proc = _traced(["analyze", "--root", str(hostile_root), "/bin/evil", "/bin/esc", "/bin/hello"], log)
     assert proc.returncode == 1, proc.stderr
-    looked_at = {args[0] for name, args in syscalls(log) if args}
+    looked_at = {path for _, paths in syscalls(log) for path in paths}
     assert looked_at, "strace saw nothing"
     assert "/etc/shadow" not in looked_at
     assert str(tmp_path / "build/libesc.so.1") not in looked_at

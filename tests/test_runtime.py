@@ -93,7 +93,7 @@ def test_user_nonroot_tmp_and_certs(tmp_path: Path, builder: Builder) -> None:
     assert proc.returncode == 0, proc.stderr
     dockerfile = (tmp_path / "out/Dockerfile").read_text()
     assert "USER 65532:65532" in dockerfile
-    assert 'ENV SSL_CERT_FILE="/etc/ssl/certs/ca-certificates.crt"' in dockerfile
+    assert "ENV SSL_CERT_FILE='/etc/ssl/certs/ca-certificates.crt'" in dockerfile
     rootfs = tmp_path / "out/rootfs"
     assert (rootfs / "tmp").stat().st_mode & 0o7777 == 0o1777
     assert "nonroot:x:65532:65532" in (rootfs / "etc/passwd").read_text()

@@ -7,7 +7,6 @@ turned into frozen values by ``minify.closure`` when the walk is done.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,14 +15,14 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from minify.elf import (
     DlopenNote,
     ElfInfo,
+    Opened,
     Symbols,
     read_dlopen_notes,
     read_elf,
     read_header,
-    read_many,
     read_symbols,
 )
-from minify.errors import BadInput
+from minify.errors import BadInput, PathError
 
 if TYPE_CHECKING:
     from minify.elf import ElfHeader
@@ -102,14 +101,14 @@ class Node:
 
 
 T = TypeVar("T")
-
-#: Below this many files, forking workers costs more than it saves.
-PREFETCH_MIN = 64
+Notes = tuple[tuple[DlopenNote, ...], tuple[str, ...]]
 
 
 class Reader:
     """Parses each file once per run, keyed by device and inode.
 
+    Every file is opened through the root (``Root.open_file``: no symlink followed,
+    the inode the resolution saw, regular files only) and read from that descriptor.
     Errors are cached too: a corrupt file is reported the same way each time.
     """
 
@@ -118,48 +117,44 @@ class Reader:
         self._headers: dict[tuple[int, int], ElfHeader | BadInput] = {}
         self._infos: dict[tuple[int, int], ElfInfo | BadInput] = {}
         self._symbols: dict[tuple[int, int], Symbols | BadInput] = {}
-        self._notes: dict[tuple[int, int], tuple[DlopenNote, ...] | BadInput] = {}
+        self._notes: dict[tuple[int, int], Notes | BadInput] = {}
 
     def header(self, resolved: Resolved) -> ElfHeader:
-        return _cached(self._headers, resolved, lambda host: read_header(host)[0], self.root)
-
-    def prefetch(self, files: list[Resolved]) -> None:
-        """Parse many files ahead of the walk, in parallel where there are cores."""
-        todo: dict[tuple[int, int], Resolved] = {}
-        for resolved in files:
-            if resolved.ident is not None and resolved.ident not in self._infos:
-                todo.setdefault(resolved.ident, resolved)
-        if len(todo) < PREFETCH_MIN:
-            return
-        workers = min(os.cpu_count() or 1, 8)
-        paths = [self.root.host_path(r.path) for r in todo.values()]
-        for key, result in zip(todo, read_many(paths, workers=workers), strict=True):
-            self._infos[key] = result
+        return self._cached(self._headers, resolved, lambda f: read_header(f)[0])
 
     def info(self, resolved: Resolved) -> ElfInfo:
-        return _cached(self._infos, resolved, read_elf, self.root)
+        return self._cached(self._infos, resolved, read_elf)
 
     def symbols(self, resolved: Resolved) -> Symbols:
         """Dynamic symbols, for hints and verification (a second, fuller parse)."""
-        return _cached(self._symbols, resolved, read_symbols, self.root)
+        return self._cached(self._symbols, resolved, read_symbols)
 
-    def dlopen_notes(self, resolved: Resolved) -> tuple[DlopenNote, ...]:
-        return _cached(self._notes, resolved, read_dlopen_notes, self.root)
+    def dlopen_notes(self, resolved: Resolved) -> Notes:
+        """The FDO dlopen notes, and warnings about malformed ones."""
+        return self._cached(self._notes, resolved, read_dlopen_notes)
 
+    def _cached(self, table: dict[tuple[int, int], T | BadInput], resolved: Resolved, read: Callable[[Opened], T]) -> T:
+        """One read per file (by device and inode); errors are remembered like results."""
+        key = resolved.ident or (0, hash(resolved.path))
+        hit = table.get(key)
+        if hit is None:
+            try:
+                with self.open(resolved) as opened:
+                    hit = read(opened)
+            except BadInput as exc:
+                hit = exc
+            table[key] = hit
+        if isinstance(hit, BadInput):
+            raise hit
+        return hit
 
-def _cached(table: dict[tuple[int, int], T | BadInput], resolved: Resolved, read: Callable[[str], T], root: Root) -> T:
-    """One read per file (by device and inode); errors are remembered like results."""
-    key = resolved.ident or (0, hash(resolved.path))
-    hit = table.get(key)
-    if hit is None:
+    def open(self, resolved: Resolved) -> Opened:
+        """The file a resolution names, opened safely inside the root (close it)."""
         try:
-            hit = read(root.host_path(resolved.path))
-        except BadInput as exc:
-            hit = exc
-        table[key] = hit
-    if isinstance(hit, BadInput):
-        raise hit
-    return hit
+            fd, st = self.root.open_file(resolved.path, resolved.ident)
+        except PathError as exc:
+            raise BadInput(self.root.host_path(resolved.path), exc.problem) from None
+        return Opened(self.root.host_path(resolved.path), fd, st)
 
 
 class LoaderModel(Protocol):
