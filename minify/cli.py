@@ -51,14 +51,21 @@ def _guard(verbose: bool, action: Callable[[], T]) -> T:
     except MinifyError as exc:
         if verbose:
             traceback.print_exc()
-        typer.echo(f"minify: error: {exc}", err=True)
+        _say("error", str(exc))
         raise typer.Exit(exc.exit_code) from None
     except OSError as exc:
         if verbose:
             traceback.print_exc()
         where = f"{exc.filename}: " if exc.filename else ""
-        typer.echo(f"minify: error: {where}{exc.strerror or exc}", err=True)
+        _say("error", f"{where}{exc.strerror or exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _say(kind: str, message: str) -> None:
+    """One line on stderr, with control characters from hostile names escaped."""
+    from minify.render import escape
+
+    typer.echo(f"minify: {kind}: {escape(message)}", err=True)
 
 
 RootOpt = Annotated[str, typer.Option("--root", help="The target root filesystem (default /).")]
@@ -112,7 +119,7 @@ def analyze(
     sys.stdout.write(render(result, fmt.value, found))
     for program in result.programs:
         if program.error:
-            typer.echo(f"minify: error: {program.error}", err=True)
+            _say("error", program.error)
     if result.has_errors:
         raise typer.Exit(EXIT_BAD_INPUT)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_INCOMPLETE)
@@ -183,7 +190,7 @@ def rootfs(
         raise typer.Exit(EXIT_OK)
     result = _guard(verbose, lambda: _with_progress(build, options))
     for warning in result.warnings:
-        typer.echo(f"minify: warning: {warning}", err=True)
+        _say("warning", warning)
     files = len(result.plan.files)
     typer.echo(
         f"{result.output}: {files} files, {human_size(result.plan.total_size)}; "

@@ -51,6 +51,7 @@ class Alias:
 
     path: str  # inside the root, symlinks resolved (a hard link keeps its own name)
     links: tuple[Link, ...]  # symlinks followed to get there
+    how: How  # how the search found this name (rpath, runpath, ld.so.cache, ...)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def build_graph(analysis: Analysis) -> nx.DiGraph:
             target = dep.target
             if target is None:
                 target = f"missing:{dep.name}"
-                g.add_node(target, role="missing", name=dep.name, size=0)
+                g.add_node(target, role="missing", requested=dep.name, size=0)
             g.add_edge(
                 dep.requester,
                 target,
@@ -432,7 +433,7 @@ def _walk(
         same = by_ident.get(found.resolved.ident) if found.resolved.ident else None
         if same is not None:
             register(same, name)
-            alias = Alias(found.resolved.path, found.resolved.links)
+            alias = Alias(found.resolved.path, found.resolved.links, found.how)
             deps.append(
                 Dependency(
                     requester.resolved.path, name, kind, How.SAME_FILE, found.path, same.resolved.path, (), alias
@@ -500,6 +501,14 @@ def _check_versions(nodes: list[Node], deps: list[Dependency]) -> list[str]:
                 target = next((n for n in nodes if n.info.soname == need.soname or need.soname in n.names), None)
             if target is None:
                 continue  # not loaded: reported as missing already
+            if not target.info.version_defs:
+                # elf/dl-version.c: no DT_VERDEF at all is only a warning at start-up;
+                # binding a versioned symbol from it then fails (dl-lookup.c check_match)
+                errors.append(
+                    f"{target.path}: no version information available (required by {node.path}); "
+                    f"the program fails when it binds a versioned symbol from it"
+                )
+                continue
             defined = set(target.info.version_defs)
             for version in need.versions:
                 if version not in defined:

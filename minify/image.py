@@ -406,7 +406,7 @@ def plan_image(
     for program in closures:
         for dep in program.dependencies:
             if dep.opened is not None:  # the same file under another name
-                private = dep.how is not None and dep.how.value in PRIVATE_HOWS
+                private = dep.opened.how.value in PRIVATE_HOWS
                 planner.add_links(dep.opened.links, private, f"{dep.kind} {dep.name}")
                 planner.add_file(dep.opened.path, private, f"{dep.kind} {dep.name}")
     programs = [planner.place(p.path, True) for p in analysis.programs]

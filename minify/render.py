@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
 from minify.closure import Analysis, Dependency, ProgramClosure
 from minify.hints import Hint
 from minify.loader.model import How
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 FORMATS = ("tree", "list", "json", "dot", "graphml")
 JSON_SCHEMA_VERSION = 1
@@ -24,9 +28,9 @@ Hints = dict[str, tuple[Hint, ...]]
 
 def render(analysis: Analysis, fmt: str, hints: Hints | None = None) -> str:
     if fmt == "tree":
-        return tree(analysis, hints or {})
+        return printable(tree(analysis, hints or {}))
     if fmt == "list":
-        return ldd_list(analysis)
+        return printable(ldd_list(analysis))
     if fmt == "json":
         return to_json(analysis, hints or {})
     if fmt == "dot":
@@ -34,6 +38,26 @@ def render(analysis: Analysis, fmt: str, hints: Hints | None = None) -> str:
     if fmt == "graphml":
         return to_graphml(analysis)
     raise ValueError(f"unknown format {fmt!r}")
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def escape(text: str) -> str:
+    """Control characters and bytes that are not UTF-8 (surrogate escapes) as ``\\xNN``:
+    a hostile file name cannot move the cursor or recolour a terminal."""
+
+    def sub(match: re.Match[str]) -> str:
+        ch = match.group(0)
+        code = ord(ch) - 0xDC00 if 0xDC80 <= ord(ch) <= 0xDCFF else ord(ch)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{ord(ch):04x}"
+
+    return _UNPRINTABLE.sub(sub, text)
+
+
+def printable(text: str) -> str:
+    """Text for a terminal: every line escaped, line breaks kept."""
+    return "\n".join(escape(line) for line in text.split("\n"))
 
 
 def human_size(n: int) -> str:
@@ -258,25 +282,49 @@ def to_json(analysis: Analysis, hints: Hints | None = None) -> str:
 # -- graph formats -----------------------------------------------------------------
 
 
-def to_dot(analysis: Analysis) -> str:
+def _clean_graph(analysis: Analysis) -> nx.DiGraph:
+    """The graph with every name and value escaped: DOT and XML (GraphML) cannot hold
+    control characters or bytes that are not UTF-8."""
     import networkx as nx
 
     g = analysis.graph
-    # pydot treats ':' as a port separator; quote every name.
-    quoted = nx.relabel_nodes(g, {n: f'"{n}"' for n in g.nodes})
+    mapping = {n: escape(str(n)) for n in g.nodes}
+    clean = nx.relabel_nodes(g, mapping)
+    for _, data in clean.nodes(data=True):
+        for key, value in list(data.items()):
+            data[key] = escape(value) if isinstance(value, str) else value
+    for _, _, data in clean.edges(data=True):
+        for key, value in list(data.items()):
+            data[key] = escape(value) if isinstance(value, str) else value
+    clean.graph = {k: escape(v) if isinstance(v, str) else v for k, v in g.graph.items()}
+    return clean
+
+
+def to_dot(analysis: Analysis) -> str:
+    import networkx as nx
+
+    g = _clean_graph(analysis)
+    # pydot treats ':' as a port separator and keywords specially: quote every name,
+    # and escape quotes and backslashes inside.
+    quoted = nx.relabel_nodes(g, {n: _dot_quote(n) for n in g.nodes})
     for _, data in quoted.nodes(data=True):
         for key, value in list(data.items()):
-            data[key] = f'"{value}"'
+            data[key] = _dot_quote(value)
     for _, _, data in quoted.edges(data=True):
         for key, value in list(data.items()):
-            data[key] = f'"{value}"'
+            data[key] = _dot_quote(value)
     quoted.graph = {}
     return str(nx.nx_pydot.to_pydot(quoted).to_string())
+
+
+def _dot_quote(value: object) -> str:
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
 
 
 def to_graphml(analysis: Analysis) -> str:
     import networkx as nx
 
     buf = io.BytesIO()
-    nx.write_graphml(analysis.graph, buf)
+    nx.write_graphml(_clean_graph(analysis), buf)
     return buf.getvalue().decode("utf-8")

@@ -3,11 +3,15 @@ loader what it loads (LD_TRACE_LOADED_OBJECTS=1), so minify is judged by the loa
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +166,95 @@ def loader_truth(
     return Truth(
         frozenset(closure), frozenset(missing), proc.returncode != 0 and not missing, proc.stdout + proc.stderr
     )
+
+
+# -- running minify and its images --------------------------------------------------------
+
+MINIFY = [sys.executable, "-m", "minify.cli"]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MINIFY, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def tree_listing(top: Path) -> dict[str, str]:
+    """Every path under ``top`` with what it is: file digest+mode, symlink text, dir."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = "/" + str(p.relative_to(top))
+            if p.is_symlink():
+                out[rel] = "-> " + os.readlink(p)
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() + f" {p.stat().st_mode & 0o7777:o}"
+    return out
+
+
+def chroot_run(rootfs: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` chrooted into a copy of ``rootfs`` with what a container runtime
+    provides: /proc (glibc reads /proc/self/exe for the program's $ORIGIN) and /dev/null.
+    The copy keeps the image itself exactly as minify wrote it."""
+    need_tool("unshare", "chroot")
+    box = Path(tempfile.mkdtemp(prefix="chroot-"))
+    try:
+        top = box / "root"
+        shutil.copytree(rootfs, top, symlinks=True)
+        (top / "proc").mkdir()
+        (top / "dev").mkdir()
+        (top / "dev/null").touch()
+        script = 'mount -t proc proc "$0/proc" && mount --bind /dev/null "$0/dev/null" && exec chroot "$0" "$@"'
+        return subprocess.run(
+            ["unshare", "--mount", "--pid", "--fork", "sh", "-c", script, str(top), *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
+
+
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+
+[engine]
+cgroup_manager = "cgroupfs"
+"""
+
+Podman = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
+    need_tool("podman", "runc")
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    env = dict(os.environ, CONTAINERS_CONF=str(conf))
+    images: list[str] = []
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["podman", "--runtime", "runc", *args], capture_output=True, text=True, env=env, timeout=300
+        )
+        if check:
+            assert proc.returncode == 0, f"podman {' '.join(args)}: {proc.stderr}"
+        if args[0] == "build":
+            images.append(args[args.index("-t") + 1])
+        return proc
+
+    yield run
+    for image in images:
+        run("rmi", "-f", image, check=False)
+
+
+def image_from(podman: Podman, out: Path) -> str:
+    tag = f"localhost/minify-test-{uuid.uuid4().hex[:10]}"
+    podman("build", "-q", "-t", tag, str(out))
+    return tag
 
 
 @pytest.fixture(scope="session")

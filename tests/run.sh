@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs everything the tests need on a fresh Debian machine
 # (compilers, musl, the aarch64 cross toolchain and qemu, podman and runc, strace),
-# installs minify with its test extras, then runs lint, types and the test suite.
+# installs minify with its test extras into .venv (Debian's Python refuses pip outside
+# a virtual environment), then runs lint, types and the test suite, and the ELF tests
+# once more with the oldest LIEF that pyproject.toml accepts.
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k rootfs`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +15,7 @@ packages=(
     strace util-linux coreutils dash
     pax-utils libtree
     xz-utils openssl git sqlite3 curl gdb
-    python3 tzdata ca-certificates libzstd1 libc-bin
+    python3 python3-venv tzdata ca-certificates libzstd1 libc-bin libcap2-bin
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -27,8 +29,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
-python3 -m ruff check minify tests
-python3 -m ruff format --check minify tests
-python3 -m mypy
-python3 -m pytest -q "$@"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+py=$PWD/.venv/bin/python
+export PATH="$PWD/.venv/bin:$PATH"
+"$py" -m pip install -q --disable-pip-version-check -e '.[test]'
+"$py" -m ruff check minify tests
+"$py" -m ruff format --check minify tests
+"$py" -m mypy
+"$py" -m pytest -q "$@"
+
+# The declared floor of LIEF (pyproject.toml) is tested too: the ELF reading tests,
+# judged by the real loader, with exactly that version.
+floor=$(sed -n 's/.*"lief>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+[ -x .venv-lief-floor/bin/python ] || python3 -m venv .venv-lief-floor
+.venv-lief-floor/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' "lief==$floor"
+echo "LIEF $floor (the declared floor):"
+PATH="$PWD/.venv-lief-floor/bin:$PATH" .venv-lief-floor/bin/python -m pytest -q -p no:cacheprovider \
+    tests/test_loader_rules.py tests/test_bad_input.py tests/test_elf.py

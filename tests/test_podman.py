@@ -6,59 +6,15 @@ crun fails on these machines (rlimits, hybrid cgroups), so every call uses
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Builder, need_tool
-from tests.test_rootfs import cli
+from tests.conftest import Builder, Podman, cli, image_from, need_tool
 
 pytestmark = pytest.mark.podman
-
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-
-[engine]
-cgroup_manager = "cgroupfs"
-"""
-
-Podman = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(scope="module")
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
-    need_tool("podman", "runc")
-    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
-    conf.write_text(CONTAINERS_CONF)
-    env = dict(os.environ, CONTAINERS_CONF=str(conf))
-    images: list[str] = []
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            ["podman", "--runtime", "runc", *args], capture_output=True, text=True, env=env, timeout=300
-        )
-        if check:
-            assert proc.returncode == 0, f"podman {' '.join(args)}: {proc.stderr}"
-        if args[0] == "build":
-            images.append(args[args.index("-t") + 1])
-        return proc
-
-    yield run
-    for image in images:
-        run("rmi", "-f", image, check=False)
-
-
-def image_from(podman: Podman, out: Path) -> str:
-    tag = f"localhost/minify-test-{uuid.uuid4().hex[:10]}"
-    podman("build", "-q", "-t", tag, str(out))
-    return tag
 
 
 def test_pausle_runs_detached_from_a_2mb_image(podman: Podman, tmp_path: Path, built: dict[str, Path]) -> None:

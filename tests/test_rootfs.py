@@ -3,65 +3,17 @@ and proven by running it (chroot here; podman in test_podman.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from minify.rootfs import RootfsOptions, build, check
-from tests.conftest import Builder, need_tool
-
-MINIFY = [sys.executable, "-m", "minify.cli"]
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MINIFY, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
-
-
-def tree_listing(top: Path) -> dict[str, str]:
-    """Every path under ``top`` with what it is: file digest+mode, symlink text, dir."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = "/" + str(p.relative_to(top))
-            if p.is_symlink():
-                out[rel] = "-> " + os.readlink(p)
-            elif p.is_dir():
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() + f" {p.stat().st_mode & 0o7777:o}"
-    return out
-
-
-def chroot_run(rootfs: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` chrooted into a copy of ``rootfs`` with what a container runtime
-    provides: /proc (glibc reads /proc/self/exe for the program's $ORIGIN) and /dev/null.
-    The copy keeps the image itself exactly as minify wrote it."""
-    need_tool("unshare", "chroot")
-    box = Path(tempfile.mkdtemp(prefix="chroot-"))
-    try:
-        top = box / "root"
-        shutil.copytree(rootfs, top, symlinks=True)
-        (top / "proc").mkdir()
-        (top / "dev").mkdir()
-        (top / "dev/null").touch()
-        script = 'mount -t proc proc "$0/proc" && mount --bind /dev/null "$0/dev/null" && exec chroot "$0" "$@"'
-        return subprocess.run(
-            ["unshare", "--mount", "--pid", "--fork", "sh", "-c", script, str(top), *argv],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        )
-    finally:
-        shutil.rmtree(box, ignore_errors=True)
+from tests.conftest import Builder, chroot_run, cli, need_tool, tree_listing
 
 
 def test_seed_rootfs_is_exactly_the_closure(tmp_path: Path, built: dict[str, Path]) -> None:

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Builder
-from tests.test_podman import Podman, image_from, podman  # noqa: F401 - the podman fixture
-from tests.test_rootfs import chroot_run, cli
+from tests.conftest import Builder, Podman, chroot_run, cli, image_from
 
 CASES = [
     ("getpwnam.c", "nss", "nonroot 65532 /home/nonroot\n"),
@@ -50,7 +48,7 @@ def test_fails_without_its_preset_and_works_with_auto(
 @pytest.mark.parametrize(
     ("src", "expected"), [("getpwnam.c", CASES[0][2]), ("iconv.c", "café\n"), ("localtime.c", "01:00 CET\n")]
 )
-def test_with_auto_in_podman(podman: Podman, tmp_path: Path, builder: Builder, src: str, expected: str) -> None:  # noqa: F811
+def test_with_auto_in_podman(podman: Podman, tmp_path: Path, builder: Builder, src: str, expected: str) -> None:
     prog = build_fixture(builder, tmp_path, src)
     assert cli("rootfs", str(prog), "-o", str(tmp_path / "out"), "--with", "auto").returncode == 0
     assert podman("run", "--rm", image_from(podman, tmp_path / "out")).stdout == expected

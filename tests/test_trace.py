@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need_tool
-from tests.test_podman import Podman, image_from, podman  # noqa: F401 - the podman fixture
-from tests.test_rootfs import chroot_run, cli, tree_listing
+from tests.conftest import Podman, chroot_run, cli, image_from, need_tool, tree_listing
 
 PYTHON = "/usr/bin/python3"
 SCRIPT = "import json, ssl, sqlite3, decimal; print(42)"
@@ -40,7 +38,7 @@ def test_python_runs_its_traced_command_in_the_image(python_image: Path) -> None
 
 
 @pytest.mark.podman
-def test_python_image_in_podman(podman: Podman, python_image: Path) -> None:  # noqa: F811
+def test_python_image_in_podman(podman: Podman, python_image: Path) -> None:
     tag = image_from(podman, python_image)
     assert podman("run", "--rm", tag, "-c", SCRIPT).stdout == "42\n"
 

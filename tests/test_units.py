@@ -220,7 +220,7 @@ def test_legacy_hwcaps_order_on_recorded_cpus(cpuinfo: str, expected: str) -> No
     always a part, and only Intel CPUs turn it into haswell or xeon_phi."""
     model = hwcaps.host(X86, cpuinfo)
     assert ":".join(model.candidates("DIR", legacy_ok=True)) == expected
-    assert model.candidates("DIR", legacy_ok=False) == tuple(expected.split(":")[: len(model.subdirs)]) + ("DIR",)
+    assert model.candidates("DIR", legacy_ok=False) == (*tuple(expected.split(":")[: len(model.subdirs)]), "DIR")
 
 
 def test_levels() -> None:

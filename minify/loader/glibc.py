@@ -23,8 +23,14 @@ from minify.loader.model import Candidate, How, Node, Reader, Role, SearchResult
 from minify.loader.tokens import Tokens, expand, split_glibc_path
 from minify.root import Resolved, Root
 
-_SYSTEM_DIRS = re.compile(rb"(?:/[!-~]*?/\0){2,}")
 _VERSION = re.compile(rb"release version ([0-9]+)\.([0-9]+)")
+#: A system directory is a short printable string; ld.so has a handful of them.
+MAX_DIR_LENGTH = 256
+MAX_SYSTEM_DIRS = 64
+#: Search folders tried for one name at most (RPATH, LD_LIBRARY_PATH, RUNPATH, system).
+MAX_SEARCH_DIRS = 4096
+#: Steps of a failed search kept for the report.
+MAX_STEPS = 256
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,7 @@ def ldso_facts(root: Root, interpreter: str, arch: Arch) -> LdsoFacts:
     data = root.read_bytes(interpreter, limit=16 << 20) or b""
     found = _VERSION.search(data)
     version = (int(found.group(1)), int(found.group(2))) if found else None
-    for match in _SYSTEM_DIRS.finditer(data):
-        dirs = tuple(d.decode().rstrip("/") or "/" for d in match.group(0).split(b"\0") if d)
+    for dirs in _string_runs(data):
         if any("lib" in d for d in dirs):
             return LdsoFacts(version, dirs, True)
     guess: tuple[str, ...]
@@ -71,6 +76,34 @@ def ldso_facts(root: Root, interpreter: str, arch: Arch) -> LdsoFacts:
     return LdsoFacts(version, guess, False)
 
 
+def _string_runs(data: bytes) -> list[tuple[str, ...]]:
+    """Runs of two or more consecutive NUL-terminated strings that each start and end
+    with '/' (the first may follow other printable text in its string), in one linear
+    pass: ld.so's SYSTEM_DIRS ("/lib/x86_64-linux-gnu/\\0/usr/lib/x86_64-linux-gnu/\\0...")."""
+    runs: list[tuple[str, ...]] = []
+    current: list[str] = []
+    for piece in data.split(b"\0")[:-1]:  # the last piece has no terminating NUL
+        if len(piece) > 1 and len(piece) <= MAX_DIR_LENGTH and piece.endswith(b"/") and _printable(piece):
+            if piece.startswith(b"/"):
+                current.append(piece.decode().rstrip("/") or "/")
+                continue
+            if not current:
+                start = piece.find(b"/")
+                if 0 < start < len(piece) - 1:
+                    current.append(piece[start:].decode().rstrip("/") or "/")
+                    continue
+        if len(current) >= 2:
+            runs.append(tuple(current[:MAX_SYSTEM_DIRS]))
+        current = []
+    if len(current) >= 2:
+        runs.append(tuple(current[:MAX_SYSTEM_DIRS]))
+    return runs
+
+
+def _printable(piece: bytes) -> bool:
+    return all(0x21 <= b <= 0x7E for b in piece)
+
+
 def choose_hwcaps(arch: Arch, setting: str, cpuinfo: str, *, native: bool) -> hw.Hwcaps:
     """``default`` is this CPU when the target is the host's architecture, else baseline."""
     if setting == "default":
@@ -80,6 +113,14 @@ def choose_hwcaps(arch: Arch, setting: str, cpuinfo: str, *, native: bool) -> hw
     if setting in ("baseline", "all"):
         return hw.baseline(arch)
     return hw.at_level(arch, setting)
+
+
+def _step(steps: list[Step], step: Step) -> None:
+    """Keep the first ``MAX_STEPS`` steps of a search trail, then one that says so."""
+    if len(steps) < MAX_STEPS:
+        steps.append(step)
+    elif len(steps) == MAX_STEPS:
+        steps.append(Step("...", None, f"more folders searched; the first {MAX_STEPS} are shown"))
 
 
 class GlibcModel:
@@ -114,6 +155,7 @@ class GlibcModel:
         # glibc 2.37 removed the legacy tls/ and platform subfolders
         self.legacy_ok = facts.version is None or facts.version <= (2, 36)
         self._memo: dict[tuple[object, ...], SearchResult] = {}
+        self._dirs: dict[str, bool] = {}
         self.cache: ldcache.LdCache | None = None
         self.conf_dirs: tuple[str, ...] = ()
         data = root.read_bytes("/etc/ld.so.cache")
@@ -168,7 +210,7 @@ class GlibcModel:
             else:
                 steps: list[Step] = []
                 found = self._search(name, requester, steps)
-                hit = SearchResult(found, tuple(steps))
+                hit = SearchResult(found, () if found else tuple(steps))  # the trail is shown for misses
             self._memo[key] = hit
         return hit
 
@@ -242,7 +284,7 @@ class GlibcModel:
         assert self.cache is not None
         path = self.cache.lookup(name, self.arch.cache_flags, self.hwcaps.subdirs)
         if path is None:
-            steps.append(Step("ld.so.cache", None, "no entry"))
+            _step(steps, Step("ld.so.cache", None, "no entry"))
             return None
         if nodeflib and posixpath.dirname(path) in self.system_dirs:
             steps.append(Step("ld.so.cache", path, "ignored: DF_1_NODEFLIB and in a system dir"))
@@ -258,20 +300,30 @@ class GlibcModel:
         return Candidate(path, resolved, How.LD_CACHE, "/etc/ld.so.cache")
 
     def _in_dirs(self, name: str, dirs: tuple[str, ...], how: How, source: str, steps: list[Step]) -> Candidate | None:
-        for directory in dirs:
+        """The first acceptable ``name`` in ``dirs`` (each with its hwcaps subfolders).
+        Duplicate folders are tried once (glibc fillin_rpath), and a folder that does
+        not exist is known once per run, so a path list costs its length, not more."""
+        for directory in dict.fromkeys(dirs):
             for folder in self.hwcaps.candidates(directory, legacy_ok=self.legacy_ok):
-                path = f"{folder}/{name}" if folder != "/" else f"/{name}"
-                absolute = path if path.startswith("/") else posixpath.join(self.settings.cwd, path)
-                resolved = self.root.resolve(absolute)
+                absolute = folder if folder.startswith("/") else posixpath.join(self.settings.cwd, folder)
+                if not self._is_dir(absolute):
+                    continue
+                resolved = self.root.resolve(f"{absolute.rstrip('/')}/{name}")
                 if not resolved.exists:
                     continue
                 skip = self.check(resolved)
                 if skip:
-                    steps.append(Step(source, folder, skip))
+                    _step(steps, Step(source, folder, skip))
                     continue
-                return Candidate(absolute, resolved, how, directory)
-            steps.append(Step(source, directory, "not found"))
+                return Candidate(f"{absolute.rstrip('/')}/{name}", resolved, how, directory)
+            _step(steps, Step(source, directory, "not found"))
         return None
+
+    def _is_dir(self, folder: str) -> bool:
+        known = self._dirs.get(folder)
+        if known is None:
+            known = self._dirs[folder] = self.root.resolve(folder).is_dir
+        return known
 
     def check(self, resolved: Resolved) -> str | None:
         """glibc open_verify: None to accept, a reason to skip silently, or raise when

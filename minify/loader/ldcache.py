@@ -70,8 +70,21 @@ class LdCache:
         return best[1] if best is not None else plain
 
 
+#: glibc knows a handful of glibc-hwcaps subfolders; a path is at most PATH_MAX.
+MAX_HWCAPS_NAMES = 256
+MAX_STRING = 4096
+
+
 def parse(data: bytes) -> LdCache:
-    """Parse the bytes of an ld.so.cache file (any of the three formats)."""
+    """Parse the bytes of an ld.so.cache file (any of the three formats); anything
+    out of range is a ``CacheFormatError``, never a crash, and work is linear in size."""
+    try:
+        return _parse(data)
+    except struct.error as exc:
+        raise CacheFormatError(f"a field lies outside the file ({exc})") from None
+
+
+def _parse(data: bytes) -> LdCache:
     if data.startswith(NEW_MAGIC):
         return LdCache(_parse_new(data, 0), "new")
     if data.startswith(OLD_MAGIC):
@@ -86,22 +99,30 @@ def parse(data: bytes) -> LdCache:
     raise CacheFormatError("not an ld.so.cache (unknown magic)")
 
 
-def _string(data: bytes, offset: int) -> str:
+def _string(data: bytes, offset: int, memo: dict[int, str] | None = None) -> str:
+    """The NUL-terminated string at ``offset``: at most ``MAX_STRING`` bytes are looked
+    at, so a hostile file cannot make every entry scan the rest of it."""
+    if memo is not None and offset in memo:
+        return memo[offset]
     if offset >= len(data):
         raise CacheFormatError(f"string offset {offset} outside the file")
-    end = data.find(b"\0", offset)
+    end = data.find(b"\0", offset, offset + MAX_STRING)
     if end < 0:
-        raise CacheFormatError("unterminated string")
-    return data[offset:end].decode("utf-8", "surrogateescape")
+        raise CacheFormatError(f"no string of at most {MAX_STRING} bytes at offset {offset}")
+    text = data[offset:end].decode("utf-8", "surrogateescape")
+    if memo is not None:
+        memo[offset] = text
+    return text
 
 
 def _parse_old(data: bytes, nlibs: int, table_end: int) -> tuple[CacheEntry, ...]:
     if table_end > len(data):
         raise CacheFormatError("entry table runs past the end of the file")
     out = []
+    memo: dict[int, str] = {}
     for i in range(nlibs):
         flags, key, value = struct.unpack_from("<iII", data, 16 + i * 12)
-        out.append(CacheEntry(flags, _string(data, table_end + key), _string(data, table_end + value)))
+        out.append(CacheEntry(flags, _string(data, table_end + key, memo), _string(data, table_end + value, memo)))
     return tuple(out)
 
 
@@ -116,13 +137,15 @@ def _parse_new(data: bytes, base: int) -> tuple[CacheEntry, ...]:
         raise CacheFormatError("entry table runs past the end of the file")
     subdirs = _hwcaps_table(data, base, ext_offset, endian)
     out = []
+    memo: dict[int, str] = {}
     for i in range(nlibs):
         eflags, key, value, _os, hwcap = struct.unpack_from(endian + "iIIIQ", data, base + 48 + i * 24)
         subdir = None
         if hwcap & HWCAP_EXTENSION:
             index = hwcap & 0xFFFFFFFF
             subdir = subdirs[index] if index < len(subdirs) else f"#{index}"
-        out.append(CacheEntry(eflags, _string(data, base + key), _string(data, base + value), hwcap, subdir))
+        name, path = _string(data, base + key, memo), _string(data, base + value, memo)
+        out.append(CacheEntry(eflags, name, path, hwcap, subdir))
     return tuple(out)
 
 
@@ -133,12 +156,14 @@ def _hwcaps_table(data: bytes, base: int, ext_offset: int, endian: str) -> tuple
     magic, count = struct.unpack_from(endian + "II", data, base + ext_offset)
     if magic != EXTENSION_MAGIC:
         return ()
-    for i in range(count):
+    for i in range(min(count, MAX_HWCAPS_NAMES)):
         at = base + ext_offset + 8 + i * 16
         if at + 16 > len(data):
             break
         tag, _flags, offset, size = struct.unpack_from(endian + "IIII", data, at)
         if tag == EXTENSION_TAG_GLIBC_HWCAPS:
+            if size // 4 > MAX_HWCAPS_NAMES:
+                raise CacheFormatError(f"{size // 4} glibc-hwcaps subfolder names (glibc has a handful)")
             names = []
             for j in range(size // 4):
                 (string_at,) = struct.unpack_from(endian + "I", data, base + offset + j * 4)

@@ -14,6 +14,9 @@ import posixpath
 from minify.root import Root
 
 MAX_DEPTH = 16
+#: Paths one include pattern may match at any level; a glob through self-links
+#: (``d -> .``) would otherwise grow without end.
+MAX_MATCHES = 4096
 
 
 def directories(root: Root, conf: str = "/etc/ld.so.conf") -> tuple[str, ...]:
@@ -52,15 +55,21 @@ def _read(root: Root, path: str, out: list[str], seen: set[str], depth: int) -> 
 
 
 def _glob(root: Root, pattern: str) -> list[str]:
-    """Glob ``pattern`` inside the root, one path component at a time, sorted."""
+    """Glob ``pattern`` inside the root, one path component at a time, sorted. A folder
+    reached again by another name (a self-link) is walked once: it can only match the
+    same files, which are read once anyway."""
     matches = ["/"]
-    for part in [p for p in pattern.split("/") if p]:
-        nxt: list[str] = []
+    for part in [p for p in pattern.split("/") if p][: MAX_DEPTH * 4]:
+        nxt: dict[str, str] = {}
         for base in matches:
             if any(ch in part for ch in "*?["):
                 names = [n for n in root.listdir(base) if fnmatch.fnmatchcase(n, part)]
             else:
                 names = [part]
-            nxt.extend(posixpath.join(base, n) for n in names)
-        matches = nxt
+            for n in names:
+                path = posixpath.join(base, n)
+                nxt.setdefault(root.realpath(path), path)
+                if len(nxt) > MAX_MATCHES:
+                    break
+        matches = sorted(nxt.values())[:MAX_MATCHES]
     return sorted(m for m in matches if root.resolve(m).is_file)

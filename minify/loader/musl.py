@@ -14,7 +14,7 @@ import re
 
 from minify.errors import NotRegularFile
 from minify.loader.arch import Arch
-from minify.loader.glibc import Settings
+from minify.loader.glibc import Settings, _step
 from minify.loader.model import Candidate, How, Node, Reader, SearchResult, Step
 from minify.loader.tokens import musl_expand
 from minify.root import Resolved, Root
@@ -101,14 +101,14 @@ class MuslModel:
         return SearchResult(hit, tuple(steps))
 
     def _in_dirs(self, name: str, dirs: tuple[str, ...], how: How, source: str, steps: list[Step]) -> Candidate | None:
-        for directory in dirs:
+        for directory in dict.fromkeys(dirs):
             path = f"{directory.rstrip('/')}/{name}"
             absolute = path if path.startswith("/") else posixpath.join(self.settings.cwd, path)
             resolved = self.root.resolve(absolute)
             if resolved.exists:
                 self.check(resolved)
                 return Candidate(absolute, resolved, how, directory)
-            steps.append(Step(source, directory, "not found"))
+            _step(steps, Step(source, directory, "not found"))
         return None
 
     def check(self, resolved: Resolved) -> str | None:
