@@ -260,7 +260,8 @@ class _Planner:
     def add_file(self, realpath: str, private: bool, reason: str, image_path: str | None = None) -> str:
         resolved = self.root.resolve(realpath)
         if not resolved.is_file or resolved.ident is None or resolved.mode is None:
-            raise PlanError(f"{realpath}: not a regular file in the root")
+            what = f"a {kind_of(resolved.mode)}" if resolved.mode is not None else "missing"
+            raise PlanError(f"{realpath}: {what}, not a regular file (only regular files are copied)")
         image_path = clean_path(image_path or self.place(realpath, private), "image path")
         mode = stat.S_IMODE(resolved.mode)
         if mode & (stat.S_ISUID | stat.S_ISGID):

@@ -155,14 +155,14 @@ def _tzdata(req: _Request, out: _Collect) -> str | None:
         return None
     bad = [zone for zone in req.tz if not _ZONE.fullmatch(zone) or ".." in zone.split("/")]
     if bad:
-        return f"not time zone names: {', '.join(repr(z) for z in bad)} (like Europe/Paris or UTC)"
+        return f"--tz: not time zone names: {', '.join(repr(z) for z in bad)} (like Europe/Paris or UTC)"
     absent = []
     for zone in req.tz:
         found = req.root.resolve(f"{ZONEINFO}/{zone}")
         if not found.is_file or not found.path.startswith(zoneinfo.path + "/"):
             absent.append(zone)
     if absent:
-        return f"time zones not in {ZONEINFO}: {', '.join(absent)}"
+        return f"--tz: time zones not in {ZONEINFO}: {', '.join(absent)}"
     out.files.extend(f"{ZONEINFO}/{zone}" for zone in req.tz)
     return None
 

@@ -304,7 +304,7 @@ def strace_minify(args: list[str], log: Path, **kw: object) -> subprocess.Comple
     """Run ``minify ARGS`` under strace, every file call logged with the folder behind
     each descriptor (``-y``), since minify walks roots with ``dir_fd``."""
     need_tool("strace")
-    cmd = ["strace", "-f", "-qq", "-y", "-o", str(log), "-e", "trace=%file,%desc", sys.executable, "-m", "minify.cli"]
+    cmd = ["strace", "-f", "-qq", "-y", "-o", str(log), "-e", "trace=%file", sys.executable, "-m", "minify.cli"]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, **kw)  # type: ignore[call-overload,no-any-return]
 
 
