@@ -276,6 +276,9 @@ DT_AUXILIARY = 0x7FFFFFFD
 DT_FILTER = 0x7FFFFFFF
 #: LIEF stops reading a dynamic section after this many entries.
 LIEF_DYNAMIC_CAP = 1000
+#: Every tag the ELF gABI and the OS/processor ranges define is below 2**31; LIEF
+#: reports a tag it cannot name as UNKNOWN (2**64 - 1) or with its own high bits.
+MAX_KNOWN_TAG = 0x7FFFFFFF
 
 
 def _lief() -> Any:
@@ -538,7 +541,9 @@ def _facts(binary: Any, f: Opened, header: ElfHeader, size: int) -> ElfInfo:
         # LIEF logs "PT_DYNAMIC parsing failed" and returns an empty list; the loader
         # would refuse the file, so we must not report it as having no dependencies.
         raise CorruptElf(f.name, "its dynamic section cannot be read")
-    if len(entries) >= LIEF_DYNAMIC_CAP:
+    if len(entries) >= LIEF_DYNAMIC_CAP or any(t > MAX_KNOWN_TAG for t, _ in entries):
+        # LIEF stopped reading, or could not name a tag (0.15 turns DT_FILTER into
+        # UNKNOWN): read every entry from the file's own PT_DYNAMIC instead
         return _facts_from_raw(binary, f, header, size)
     needed: list[str] = []
     filters: list[str] = []
