@@ -136,7 +136,7 @@ def rootfs(
     ] = None,
     entrypoint: Annotated[str | None, typer.Option("--entrypoint", help="Image path of the program to run.")] = None,
     cmd: Annotated[list[str] | None, typer.Option("--cmd", help="A CMD argument (repeat for more).")] = None,
-    user: Annotated[str | None, typer.Option("--user", help="UID[:GID] to run as.")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="UID[:GID] to run as, or nonroot (65532:65532).")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="K=V for the image (repeat for more).")] = None,
     hwcaps: Annotated[
         str, typer.Option("--hwcaps", help="all (baseline + every glibc-hwcaps copy), baseline, or a level.")
@@ -157,7 +157,9 @@ def rootfs(
     check_only: Annotated[
         bool, typer.Option("--check", help="Write nothing; exit 1 if OUT is not what would be produced.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an OUT that minify did not write.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace OUT even if it holds files minify did not write (deleting them).")
+    ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Write exactly the closure as a root filesystem and a FROM scratch Dockerfile."""
