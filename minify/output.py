@@ -63,8 +63,9 @@ class Target:
 def target(output: str, *, root: str, inputs: tuple[str, ...], cwd: str) -> Target:
     """Check where OUT is before anything is analysed or written.
 
-    ``inputs`` are host paths of the inputs (files and folders); ``root`` the host path
-    of the analysed root.
+    ``inputs`` are host paths of the inputs (files and folders), already resolved inside
+    the root (never with the host's realpath, which would follow a hostile root's
+    symlinks out of it); ``root`` the host path of the analysed root.
     """
     if not output or "\0" in output:
         raise OutputError(f"{output!r}: not a folder name")
@@ -76,7 +77,6 @@ def target(output: str, *, root: str, inputs: tuple[str, ...], cwd: str) -> Targ
         raise OutputError(f"{output}: OUT cannot be the file system root")
 
     def holds(path: str) -> bool:
-        path = os.path.realpath(path)
         return path == real or path.startswith(real.rstrip("/") + "/")
 
     if holds(os.path.realpath(cwd)):

@@ -149,7 +149,7 @@ def prepare(options: RootfsOptions) -> Prepared:
     view = Root(options.root)
     if cwd is None:
         cwd = os.getcwd() if view.is_host else "/"
-    inputs = tuple(view.host_path(posixpath.join(cwd, p)) for p in options.paths)
+    inputs = tuple(view.host_path(view.resolve(posixpath.join(cwd, p)).path) for p in options.paths if p)
     out = output.target(options.output, root=view.directory, inputs=inputs, cwd=os.getcwd())
     skip = _skipped_folders(view, out)
     analysis_hwcaps = "baseline" if options.hwcaps in ("all", "baseline") else options.hwcaps

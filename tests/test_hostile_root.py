@@ -89,6 +89,16 @@ def test_strace_shows_no_read_outside_root(hostile_root: Path, tmp_path: Path) -
     assert str(hostile_root / "etc/shadow") in looked_at  # where the symlink really leads
 
 
+def test_rootfs_of_hostile_inputs_reads_nothing_outside_the_root(hostile_root: Path, tmp_path: Path) -> None:
+    log = tmp_path / "trace"
+    proc = _traced(["rootfs", "--root", str(hostile_root), "/bin/evil", "/bin/esc", "-o", str(tmp_path / "o")], log)
+    assert proc.returncode == 1, proc.stderr
+    looked_at = {path for _, paths in syscalls(log) for path in paths}
+    assert str(hostile_root / "bin/evil") in looked_at
+    assert "/etc/shadow" not in looked_at
+    assert str(tmp_path / "build/libesc.so.1") not in looked_at
+
+
 def test_rootfs_of_a_hostile_root_writes_only_out(hostile_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "work/out"
     out.parent.mkdir()
