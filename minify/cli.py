@@ -154,6 +154,16 @@ def rootfs(
         str | None,
         typer.Option("--trace", help="RUNS this command under strace on this machine and adds what it read."),
     ] = None,
+    trace_user: Annotated[
+        str | None, typer.Option("--trace-user", help="Run the --trace command as this user (initdb refuses root).")
+    ] = None,
+    trace_ok_exit: Annotated[
+        bool, typer.Option("--trace-ok-exit", help="Accept a non-zero exit of the --trace command (with a warning).")
+    ] = False,
+    trace_exclude: Annotated[
+        list[str] | None,
+        typer.Option("--trace-exclude", help="GLOB (or folder) of traced paths to leave out (repeat for more)."),
+    ] = None,
     check_only: Annotated[
         bool, typer.Option("--check", help="Write nothing; exit 1 if OUT is not what would be produced.")
     ] = False,
@@ -183,9 +193,12 @@ def rootfs(
         charsets=_commas(gconv),
         add=tuple(add or ()),
         trace=trace,
+        trace_user=trace_user,
+        trace_ok_exit=trace_ok_exit,
+        trace_exclude=tuple(trace_exclude or ()),
     )
-    if trace is not None:
-        typer.echo(f"minify: running `{trace}` on this machine under strace, to record what it reads", err=True)
+    if trace is not None and not check_only:
+        _say("note", f"running `{trace}` on this machine under strace, to record what it reads")
     if check_only:
         result = _guard(verbose, lambda: _print_differences(check, options))
         typer.echo(f"{output}: up to date ({len(result.plan.files)} files)")
@@ -221,24 +234,35 @@ def verify(
     raise typer.Exit(EXIT_OK if report.ok else EXIT_INCOMPLETE)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False}
+)
 def trace(
-    command: Annotated[list[str], typer.Argument(help="The command to run, after --.")],
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments (its options are its own).")],
     output: Annotated[str | None, typer.Option("--output", "-o", help="Save the record here (JSON).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds.")] = 300.0,
+    user: Annotated[str | None, typer.Option("--user", help="Run the command as this user.")] = None,
+    ok_exit: Annotated[bool, typer.Option("--ok-exit", help="Accept a non-zero exit (with a warning).")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """RUN a command on this machine under strace and list every file it loads or reads."""
+    """RUN a command on this machine under strace and list every file it loads or reads.
+
+    Everything after the command is the command's: `minify trace prog -v` passes -v to
+    prog. Its output goes to stderr; the record to stdout or -o FILE."""
     from minify.trace import run_trace
 
-    typer.echo(f"minify: running `{' '.join(command)}` on this machine under strace", err=True)
-    record = _guard(verbose, lambda: run_trace(command, timeout=timeout))
+    if command[:1] == ["--"]:
+        command = command[1:]
+    _say("note", f"running `{' '.join(command)}` on this machine under strace")
+    record = _guard(verbose, lambda: run_trace(command, timeout=timeout, user=user, ok_exit=ok_exit))
     if output:
         with open(output, "w", encoding="utf-8") as fh:
             fh.write(record.to_json())
     else:
         sys.stdout.write(record.to_json())
-    typer.echo(f"minify: {len(record.files)} files recorded", err=True)
+    if record.exit_status:
+        _say("warning", f"the command exited with status {record.exit_status}")
+    _say("note", f"{len(record.files)} files recorded")
 
 
 def _commas(text: str | None) -> tuple[str, ...]:

@@ -309,6 +309,12 @@ class _Planner:
                 self.warnings.append(f"{item.path}: a {kind_of(item.mode)} in {extra.path}, not copied")
 
     def add_generated(self, item: Generated) -> None:
+        """A file minify writes, unless the user's own file is there already (added,
+        traced): the user's file wins, and a note says so."""
+        old = self.entries.get(follow_links(self.entries, clean_path(item.path, "image path"), final=False))
+        if old is not None and old.type is EntryType.FILE and old.content is None:
+            self.warnings.append(f"note: {item.path} is the root's own ({old.reasons[0]}), not minify's {item.reason}")
+            return
         self.add(
             Entry(
                 item.path,

@@ -103,14 +103,36 @@ def parse_with(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def users_files() -> tuple[Generated, ...]:
-    """/etc/passwd and /etc/group with root, nobody (65534) and nonroot (65532)."""
-    passwd = "".join(f"{n}:x:{i}:{i}:{n}:{home}:/sbin/nologin\n" for n, i, home in USERS)
-    group = "".join(f"{n}:x:{i}:\n" for n, i, _ in USERS)
+def users_files(root: Root | None = None) -> tuple[Generated, ...]:
+    """/etc/passwd and /etc/group with root, nobody (65534) and nonroot (65532).
+
+    The names of ids the root's own files name are taken from them: group 65534 is
+    "nogroup" on Debian and Ubuntu, "nobody" elsewhere (nginx's `user nobody nogroup`)."""
+    users = {uid: name for name, uid, _ in USERS}
+    groups = dict(users)
+    if root is not None:
+        users.update(_names(root, "/etc/passwd", users.keys()))
+        groups.update(_names(root, "/etc/group", groups.keys()))
+    passwd = "".join(f"{users[i]}:x:{i}:{i}:{users[i]}:{home}:/sbin/nologin\n" for _, i, home in USERS)
+    group = "".join(f"{groups[i]}:x:{i}:\n" for _, i, _ in USERS)
+    why = "users: " + ", ".join(f"{users[i]} ({i})" for _, i, _ in USERS)
     return (
-        Generated("/etc/passwd", passwd.encode(), reason="users: root, nobody, nonroot"),
-        Generated("/etc/group", group.encode(), reason="users: root, nobody, nonroot"),
+        Generated("/etc/passwd", passwd.encode(), reason=why),
+        Generated("/etc/group", group.encode(), reason=why),
     )
+
+
+def _names(root: Root, path: str, ids: object) -> dict[int, str]:
+    """Names the root's passwd or group file gives the ``ids`` (first entry wins)."""
+    out: dict[int, str] = {}
+    text = (root.read_bytes(path, limit=1 << 20) or b"").decode("utf-8", "replace")
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit() and re.fullmatch(r"[a-z_][a-z0-9_.-]*", fields[0]):
+            number = int(fields[2])
+            if number in ids and number not in out:  # type: ignore[operator]
+                out[number] = fields[0]
+    return out
 
 
 def resolve(
@@ -215,7 +237,7 @@ def _glibc_version(req: _Request) -> tuple[int, int] | None:
 
 def _nss(req: _Request, out: _Collect) -> str | None:
     out.generated.append(Generated("/etc/nsswitch.conf", NSSWITCH.encode(), reason="--with nss"))
-    out.generated.extend(users_files())
+    out.generated.extend(users_files(req.root))
     out.generated.append(Generated("/etc/hosts", HOSTS.encode(), reason="--with nss"))
     out.dirs.append(("/home/nonroot", 0o755))
     version = _glibc_version(req)

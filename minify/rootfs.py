@@ -10,6 +10,7 @@ those bytes.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -73,6 +74,9 @@ class RootfsOptions:
     charsets: tuple[str, ...] = ()
     add: tuple[str, ...] = ()
     trace: str | None = None  # a command to run under strace (this runs it)
+    trace_user: str | None = None
+    trace_ok_exit: bool = False
+    trace_exclude: tuple[str, ...] = ()  # globs of traced paths to leave out
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def _load_trace(options: RootfsOptions, view: Root, out: output.Target) -> Trace
     if options.trace is not None:
         if not view.is_host:
             raise PlanError("--trace runs the command on this machine: it needs --root /")
-        return run_trace(options.trace, cwd=options.cwd)
+        return run_trace(options.trace, cwd=options.cwd, user=options.trace_user, ok_exit=options.trace_ok_exit)
     saved = os.path.join(out.path, TRACE_NAME)
     if not os.path.lexists(saved):
         return None
@@ -118,15 +122,20 @@ def _load_trace(options: RootfsOptions, view: Root, out: output.Target) -> Trace
     return Trace.from_json(text, saved)
 
 
-def _traced_files(trace: Trace, view: Root, out: output.Target, named: set[str]) -> tuple[list[str], list[str]]:
+def _traced_files(
+    trace: Trace, view: Root, out: output.Target, named: set[str], exclude: tuple[str, ...]
+) -> tuple[list[str], list[str]]:
     """The traced files that may join the image, and warnings about the others:
-    nothing under OUT, and no known secret unless the user named it with --add."""
+    nothing under OUT, nothing ``--trace-exclude`` names, and no known secret unless
+    the user named it with --add."""
     kept: list[str] = []
     warnings: list[str] = []
     secrets: list[str] = []
     out_inner = view.contains_host_path(out.path)
     for path in trace.files:
         if out_inner and (path == out_inner or path.startswith(out_inner.rstrip("/") + "/")):
+            continue
+        if any(fnmatch.fnmatchcase(path, glob) or path.startswith(glob.rstrip("/") + "/") for glob in exclude):
             continue
         why = why_secret(path)
         if why is not None and path not in named:
@@ -140,7 +149,18 @@ def _traced_files(trace: Trace, view: Root, out: output.Target, named: set[str])
             + ", ".join(secrets)
             + "; --add a file explicitly if the image must have it"
         )
+    if trace.exit_status != 0:
+        warnings.append(f"the traced command exited with status {trace.exit_status} (accepted: --trace-ok-exit)")
     return kept, warnings
+
+
+def _not_elf_note(view: Root, reader: Reader, traced: list[str]) -> list[str]:
+    """Say which traced files are not ELF objects: data a user may not expect."""
+    data = [p for p in traced if not _is_elf_file(view, reader, p)]
+    if not data:
+        return []
+    shown = ", ".join(data[:8]) + (f" and {len(data) - 8} more" if len(data) > 8 else "")
+    return [f'note: the trace adds {len(data)} file(s) that are not ELF objects: {shown} (why "traced" in {LOCK_NAME})']
 
 
 def prepare(options: RootfsOptions) -> Prepared:
@@ -163,6 +183,8 @@ def prepare(options: RootfsOptions) -> Prepared:
     reader = Reader(view)  # one parse per file for hints and dlopen notes
     hints = _hints(analysis, reader)
     names = presets.parse_with(options.with_)
+    # a subset of a preset asks for that preset
+    names += tuple(n for n, given in (("tzdata", options.tz), ("gconv", options.charsets)) if given and n not in names)
     if "auto" in names:
         names = tuple(dict.fromkeys([n for n in names if n != "auto"] + list(presets_called_for(hints))))
     locator = Locator(analysis)  # one set of loader models for every dlopen lookup
@@ -184,7 +206,8 @@ def prepare(options: RootfsOptions) -> Prepared:
     trace = _load_trace(options, view, out)
     trace_warnings: list[str] = []
     if trace is not None:
-        traced, trace_warnings = _traced_files(trace, view, out, named)
+        traced, trace_warnings = _traced_files(trace, view, out, named, options.trace_exclude)
+        trace_warnings.extend(_not_elf_note(view, reader, traced))
         for path in traced:
             extras.append(Extra(path, None, "traced"))
             if _is_elf_file(view, reader, path):
@@ -197,7 +220,7 @@ def prepare(options: RootfsOptions) -> Prepared:
     if trace is not None:
         dirs.extend((d, 0o755) for d in trace.dirs if view.resolve(d).path == d and view.resolve(d).is_dir)
     if options.user == "nonroot":
-        generated.extend(presets.users_files())
+        generated.extend(presets.users_files(view))
         dirs.append(("/home/nonroot", 0o755))
     extra: tuple[ProgramClosure, ...] = ()
     if options.hwcaps == "all":

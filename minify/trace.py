@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -25,13 +26,21 @@ from minify.errors import MinifyError
 TRACE_NAME = "minify.trace"
 #: Paths a saved trace may list at most.
 MAX_TRACE_PATHS = 1_000_000
-#: Syscalls whose first path argument names a file the program needs.
-SYSCALLS = "execve,open,openat,openat2,stat,lstat,newfstatat,statx,access,faccessat,faccessat2,readlink,readlinkat"
+#: Syscalls whose path arguments name a file the program needs, or one it makes.
+SYSCALLS = (
+    "execve,open,openat,openat2,creat,stat,lstat,newfstatat,statx,access,faccessat,faccessat2,readlink,readlinkat,"
+    "rename,renameat,renameat2,link,linkat,symlink,symlinkat,mkdir,mkdirat,truncate"
+)
 #: Never recorded: kernel interfaces, and the loader's own files (the closure covers
 #: libraries exactly; copying the host's cache would change how the image resolves).
 SKIP_PREFIXES = ("/proc/", "/sys/", "/dev/", "/run/")
 SKIP_FILES = ("/etc/ld.so.cache", "/etc/ld.so.preload")
-_LINE = re.compile(r'^(\w+)\((?:AT_FDCWD, )?"((?:[^"\\]|\\.)*)"(.*)\)\s+=\s+(-?\d+)')
+#: One traced call, as ``strace -y`` prints it: name, arguments, result.
+_CALL = re.compile(r"^(\w+)\((.*)\)\s+=\s+(-?\d+)")
+#: A path argument: ``"name"``, with the folder of its ``dir_fd`` when it has one.
+_PATH = re.compile(r'(?:(?:AT_FDCWD|-?\d+)<((?:[^>\\]|\\.)*)>, )?"((?:[^"\\]|\\.)*)"')
+_WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC")
+_MAKES_LAST = frozenset({"rename", "renameat", "renameat2", "link", "linkat", "symlink", "symlinkat"})
 
 
 class TraceFailed(MinifyError):
@@ -41,11 +50,17 @@ class TraceFailed(MinifyError):
 @dataclass(frozen=True)
 class Trace:
     command: tuple[str, ...]
-    files: tuple[str, ...]  # absolute paths of regular files, sorted
+    files: tuple[str, ...]  # absolute paths of regular files it read, sorted
     dirs: tuple[str, ...]  # folders the command listed
+    exit_status: int = 0
 
     def to_json(self) -> str:
-        data = {"command": list(self.command), "files": list(self.files), "dirs": list(self.dirs)}
+        data = {
+            "command": list(self.command),
+            "files": list(self.files),
+            "dirs": list(self.dirs),
+            "exit_status": self.exit_status,
+        }
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -84,57 +99,109 @@ def _paths(value: object, key: str, where: str) -> tuple[str, ...]:
     return tuple(sorted(set(out)))
 
 
-def run_trace(command: str | list[str], *, timeout: float = 300.0, cwd: str | None = None) -> Trace:
-    """Run ``command`` under ``strace -f`` and return what it touched."""
+def run_trace(
+    command: str | list[str],
+    *,
+    timeout: float = 300.0,
+    cwd: str | None = None,
+    user: str | None = None,
+    ok_exit: bool = False,
+    echo: bool = True,
+) -> Trace:
+    """Run ``command`` under ``strace -f`` and return what it read.
+
+    Files the run created or wrote (its output, a new data folder) are not part of
+    what it needs, and are left out. ``user`` runs the command as that user (strace
+    ``-u``: postgres' initdb refuses root). A non-zero exit fails the trace unless
+    ``ok_exit``. With ``echo``, the command's own output goes to this process's stderr,
+    as bytes (``gzip -c`` writes binary), leaving stdout to minify."""
     argv = shlex.split(command) if isinstance(command, str) else list(command)
     if not argv:
         raise TraceFailed("trace: no command given")
     strace = shutil.which("strace")
     if strace is None:
         raise TraceFailed("trace needs strace (apt-get install strace)")
+    as_user: list[str] = []
+    if user is not None:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise TraceFailed(f"--trace-user {user}: no such user on this machine") from None
+        as_user = ["-u", user]
     workdir = cwd or os.getcwd()
     with tempfile.TemporaryDirectory(prefix="minify-trace-") as tmp:
+        os.chmod(tmp, 0o755)
         prefix = os.path.join(tmp, "t")
-        cmd = [strace, "-f", "-ff", "-qq", "-s", "4096", "-e", f"trace={SYSCALLS}", "-o", prefix, *argv]
+        cmd = [strace, "-f", "-ff", "-qq", "-y", "-s", "4096", "-e", f"trace={SYSCALLS}", *as_user, "-o", prefix, *argv]
+        sink = 2 if echo else subprocess.PIPE
         try:
-            # the command's output is bytes (gzip -c, convert png:-): never decoded
-            proc = subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=workdir)
-        except subprocess.TimeoutExpired as exc:
-            err = (exc.stderr or b"").decode("utf-8", "replace")
-            raise TraceFailed(f"trace: `{shlex.join(argv)}` timed out after {timeout:.0f}s; {err}".strip()) from None
+            proc = subprocess.run(cmd, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, timeout=timeout, cwd=workdir)
+        except subprocess.TimeoutExpired:
+            raise TraceFailed(f"trace: `{shlex.join(argv)}` timed out after {timeout:.0f}s") from None
         except OSError as exc:
             raise TraceFailed(f"trace: cannot run strace: {exc.strerror}") from None
-        if proc.returncode != 0:
-            tail = " | ".join(proc.stderr.decode("utf-8", "replace").strip().splitlines()[-3:])
-            raise TraceFailed(f"trace: `{shlex.join(argv)}` exited with status {proc.returncode}: {tail}")
+        if proc.returncode != 0 and not ok_exit:
+            tail = " | ".join((proc.stderr or b"").decode("utf-8", "replace").strip().splitlines()[-3:])
+            raise TraceFailed(
+                f"trace: `{shlex.join(argv)}` exited with status {proc.returncode}"
+                + (f": {tail}" if tail else "")
+                + " (--trace-ok-exit accepts that)"
+            )
         files, dirs = _collect(tmp, workdir)
-    return Trace(tuple(argv), tuple(sorted(files)), tuple(sorted(dirs)))
+    return Trace(tuple(argv), tuple(sorted(files)), tuple(sorted(dirs)), proc.returncode)
 
 
 def _collect(folder: str, cwd: str) -> tuple[set[str], set[str]]:
-    files: set[str] = set()
-    dirs: set[str] = set()
-    for name in os.listdir(folder):
+    """What the traced processes read (regular files) and listed (folders), less
+    everything they created or wrote, and everything below folders they created."""
+    read: set[str] = set()
+    listed: set[str] = set()
+    made: set[str] = set()
+    made_dirs: set[str] = set()
+    for name in sorted(os.listdir(folder)):
         with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as fh:
             for line in fh:
-                match = _LINE.match(line)
-                if not match or int(match.group(4)) < 0:
+                match = _CALL.match(line)
+                if not match or int(match.group(3)) < 0:
                     continue
-                path = _unescape(match.group(2))
-                if not path.startswith("/"):
-                    path = os.path.join(cwd, path)
-                path = os.path.normpath(path)
-                if path.startswith(SKIP_PREFIXES) or path in SKIP_FILES:
+                call, args = match.group(1), match.group(2)
+                paths = [_absolute(d, n, cwd) for d, n in _PATH.findall(args)]
+                if not paths:
                     continue
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    files.add(path)
-                elif stat.S_ISDIR(st.st_mode) and "O_DIRECTORY" in match.group(3):
-                    dirs.add(path)
+                if call in _MAKES_LAST:
+                    made.add(paths[-1])
+                elif call in ("mkdir", "mkdirat"):
+                    made_dirs.add(paths[0])
+                elif call in ("creat", "truncate") or any(flag in args for flag in _WRITE_FLAGS):
+                    made.add(paths[0])
+                elif "O_DIRECTORY" in args:
+                    listed.add(paths[0])
+                else:
+                    read.add(paths[0])
+    files: set[str] = set()
+    dirs: set[str] = set()
+    below_made = tuple(d.rstrip("/") + "/" for d in made_dirs)
+    for path in read | listed:
+        if path in made or path in made_dirs or path.startswith(below_made):
+            continue
+        if path.startswith(SKIP_PREFIXES) or path in SKIP_FILES:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and path in read:
+            files.add(path)
+        elif stat.S_ISDIR(st.st_mode) and path in listed:
+            dirs.add(path)
     return files, dirs
+
+
+def _absolute(folder: str, name: str, cwd: str) -> str:
+    path = _unescape(name)
+    if not path.startswith("/"):
+        path = os.path.join(_unescape(folder) if folder else cwd, path)
+    return os.path.normpath(path)
 
 
 def _unescape(text: str) -> str:

@@ -297,20 +297,23 @@ def test_a_large_folder_with_one_corrupt_file_and_a_linker_script(tmp_path: Path
     assert proc.stdout.count("/many/prog") >= 70
 
 
-@pytest.mark.parametrize(
-    "args", [["--add", "/etc/hostname://y"], ["--map", "/x=//d"], ["--add", "/etc/hostname:/a//b"]]
-)
-def test_double_slashes_end(tmp_path: Path, built: dict[str, Path], args: list[str]) -> None:
+@pytest.mark.parametrize("kind", ["add", "map", "add-inner"])
+def test_double_slashes_end(tmp_path: Path, built: dict[str, Path], kind: str) -> None:
+    """posixpath.dirname("//") is "//": a plan walking up from //y must still end."""
+    args = {
+        "add": ["--add", "/etc/hostname://y"],
+        "map": ["--map", f"{built['hello'].parent}=//d"],
+        "add-inner": ["--add", "/etc/hostname:/a//b"],
+    }[kind]
     proc = subprocess.run(
         [*MINIFY, "rootfs", str(built["hello"]), "-o", str(tmp_path / "out"), *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert "Traceback" not in proc.stderr
-    if proc.returncode == 0 and args[0] == "--add":
-        dest = args[1].split(":", 1)[1]
-        assert (tmp_path / "out/rootfs" / dest.strip("/").replace("//", "/")).is_file()
+    assert proc.returncode == 0, proc.stderr
+    expected = {"add": "y", "map": "d/hello", "add-inner": "a/b"}[kind]
+    assert (tmp_path / "out/rootfs" / expected).is_file()
 
 
 def test_special_files_never_block(tmp_path: Path, built: dict[str, Path]) -> None:
@@ -369,17 +372,22 @@ def test_hostile_sizes_end_in_seconds(tmp_path: Path, builder: Builder) -> None:
 
 
 def test_a_long_rpath_is_linear(tmp_path: Path, builder: Builder) -> None:
-    dirs = ":".join(f"/nonexistent/{i}" for i in range(5000))
-    prog = builder.prog(tmp_path / "prog", src="hello.c", rpath=dirs, flags=["-lm", "-lz"])
+    """5,000 RPATH folders that exist: each is looked at once per run, not once per
+    name and hwcaps subfolder, and a search trail is not kept for names found."""
+    for i in range(5000):
+        (tmp_path / "r" / str(i)).mkdir(parents=True)
+    dirs = ":".join(f"$ORIGIN/r/{i}" for i in range(5000))  # 70 KB: one argument may be 128 KB
+    libs = ["-lm", "-lz", "-lpthread", "-ldl", "-lrt", "-lutil", "-lresolv", "-lcrypt"]
+    prog = builder.prog(tmp_path / "prog", src="hello.c", rpath=dirs, flags=["-Wl,--no-as-needed", *libs])
     script = (
         "import resource, minify;"
         f"p = minify.analyze([{str(prog)!r}]).programs[0];"
         "print(p.ok, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     ok, rss_kb = proc.stdout.split()
-    assert ok == "True" and int(rss_kb) < 400_000
+    assert ok == "True" and int(rss_kb) < 300_000
     assert time.monotonic() - started < 20
 
 

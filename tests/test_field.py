@@ -1,0 +1,137 @@
+"""The tools beyond the closure as people use them on real programs (issue: trace,
+presets, --add): binary output, written files and secrets, trace controls, --check that
+runs nothing, the user's own files, the root's own user names, subsets that imply
+their preset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.conftest import MINIFY, Builder, chroot_run, cli, need_tool
+
+
+def test_trace_passes_binary_output_through(tmp_path: Path) -> None:
+    need_tool("strace", "gzip")
+    gzip = shutil.which("gzip")
+    proc = subprocess.run([*MINIFY, "trace", "--", gzip, "-c", "/etc/hostname"], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert b"Traceback" not in proc.stderr
+    assert b"\x1f\x8b" in proc.stderr  # gzip's own bytes, shown, never decoded
+    assert "/etc/hostname" in json.loads(proc.stdout)["files"]
+
+
+def test_options_after_the_command_are_the_commands(tmp_path: Path) -> None:
+    need_tool("strace")
+    echo = shutil.which("echo")
+    assert echo
+    proc = subprocess.run([*MINIFY, "trace", echo, "-v", "hi"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "-v hi" in proc.stderr
+    assert json.loads(proc.stdout)["command"] == [echo, "-v", "hi"]
+
+
+def test_a_trace_leaves_out_what_the_command_wrote(tmp_path: Path) -> None:
+    need_tool("strace")
+    cp = shutil.which("cp")
+    assert cp
+    (tmp_path / "made").mkdir()
+    out = tmp_path / "out"
+    proc = cli("rootfs", cp, "-o", str(out), "--trace", f"{cp} -r /etc/hostname {tmp_path}/copy")
+    assert proc.returncode == 0, proc.stderr
+    traced = json.loads((out / "minify.trace").read_text())["files"]
+    assert "/etc/hostname" in traced and f"{tmp_path}/copy" not in traced
+    assert (out / "rootfs/etc/hostname").is_file() and not (out / f"rootfs{tmp_path}/copy").exists()
+    assert "not ELF objects: /etc/hostname" in proc.stderr
+
+
+def test_trace_exclude(tmp_path: Path) -> None:
+    need_tool("strace")
+    cat = shutil.which("cat")
+    assert cat
+    out = tmp_path / "out"
+    command = f"{cat} /etc/hostname /etc/os-release"
+    proc = cli("rootfs", cat, "-o", str(out), "--trace", command, "--trace-exclude", "/etc/os-*")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "rootfs/etc/hostname").is_file() and not (out / "rootfs/etc/os-release").exists()
+
+
+def test_trace_user_and_ok_exit(tmp_path: Path, builder: Builder) -> None:
+    need_tool("strace")
+    shared = Path(tempfile.mkdtemp(prefix="minify-trace-user-", dir="/tmp"))  # pytest's folders are 0700
+    try:
+        _trace_user_and_ok_exit(shared, tmp_path, builder)
+    finally:
+        shutil.rmtree(shared)
+
+
+def _trace_user_and_ok_exit(shared: Path, tmp_path: Path, builder: Builder) -> None:
+    shared.chmod(0o755)
+    prog = builder.prog(shared / "notroot", src="runtime/notroot.c")
+    (shared / "data.txt").write_text("data")
+    (shared / "data.txt").chmod(0o644)
+    out = tmp_path / "out"
+    refused = cli("rootfs", str(prog), "-o", str(out), "--trace", f"{prog} {shared}/data.txt")
+    assert refused.returncode == 2 and "exited with status 1" in refused.stderr and "--trace-ok-exit" in refused.stderr
+    assert "refuses to run as root" in refused.stderr  # the command's own output is shown
+    proc = cli("rootfs", str(prog), "-o", str(out), "--trace", f"{prog} {shared}/data.txt", "--trace-user", "nobody")
+    assert proc.returncode == 0, proc.stderr
+    assert "ran as 65534" in proc.stderr
+    assert (out / f"rootfs{shared}/data.txt").read_text() == "data"
+    accepted = cli("rootfs", str(prog), "-o", str(tmp_path / "o2"), "--trace", f"{prog} x", "--trace-ok-exit")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "exited with status 1" in accepted.stderr
+    unknown = cli("rootfs", str(prog), "-o", str(tmp_path / "o3"), "--trace", str(prog), "--trace-user", "no-such-user")
+    assert unknown.returncode == 2 and "no such user" in unknown.stderr
+
+
+def test_check_with_trace_runs_nothing(tmp_path: Path) -> None:
+    need_tool("strace")
+    sh, cat = shutil.which("sh"), shutil.which("cat")
+    assert sh and cat
+    log = tmp_path / "runs.log"
+    command = f"{sh} -c 'echo ran >> {log}; {cat} /etc/hostname'"
+    out = tmp_path / "out"
+    assert cli("rootfs", cat, "-o", str(out), "--trace", command).returncode == 0
+    assert log.read_text() == "ran\n"
+    proc = cli("rootfs", cat, "-o", str(out), "--trace", command, "--check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert log.read_text() == "ran\n"
+    assert "running" not in proc.stderr
+
+
+def test_the_users_own_files_win_over_generated_ones(tmp_path: Path, builder: Builder) -> None:
+    prog = builder.prog(tmp_path / "getpwnam", src="runtime/getpwnam.c")
+    out = tmp_path / "out"
+    proc = cli("rootfs", str(prog), "-o", str(out), "--with", "nss", "--add", "/etc/passwd", "--add", "/etc/group")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "rootfs/etc/passwd").read_bytes() == Path("/etc/passwd").read_bytes()
+    assert "is the root's own" in proc.stderr
+    assert (out / "rootfs/etc/nsswitch.conf").is_file()  # the rest of the preset stays
+
+
+def test_generated_users_take_the_roots_names(tmp_path: Path, builder: Builder) -> None:
+    names = {}
+    for line in Path("/etc/group").read_text().splitlines():
+        fields = line.split(":")
+        names.setdefault(fields[2], fields[0])
+    prog = builder.prog(tmp_path / "prog", src="hello.c")
+    out = tmp_path / "out"
+    assert cli("rootfs", str(prog), "-o", str(out), "--user", "nonroot").returncode == 0
+    group = (out / "rootfs/etc/group").read_text()
+    assert f"{names.get('65534', 'nobody')}:x:65534:" in group  # nogroup on Debian
+    assert "nonroot:x:65532:" in group
+
+
+def test_tz_and_gconv_subsets_imply_their_preset(tmp_path: Path, builder: Builder) -> None:
+    prog = builder.prog(tmp_path / "localtime", src="runtime/localtime.c")
+    out = tmp_path / "out"
+    proc = cli("rootfs", str(prog), "-o", str(out), "--tz", "Europe/Paris", "--gconv", "ISO-8859-1")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "rootfs/usr/share/zoneinfo/Europe/Paris").is_file()
+    assert any(p.name.startswith("ISO8859-1") for p in out.glob("rootfs/usr/lib/*/gconv/*"))
+    run = chroot_run(out / "rootfs", str(prog))
+    assert run.returncode == 0, run.stderr
