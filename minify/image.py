@@ -131,10 +131,15 @@ class IncompleteClosure(PlanError):
 
 @dataclass(frozen=True)
 class Mapping:
-    """``--map SRC=DEST``: host paths under SRC go under DEST in the image."""
+    """``--map SRC=DEST``: host paths under SRC go under DEST in the image.
+
+    An explicit mapping moves everything under SRC that is not a system library: the
+    program's own files, and every added, traced or preset file. The implicit one of a
+    relative input (its folder becomes /) moves only the program's own files."""
 
     source: str
     dest: str
+    explicit: bool = True
 
     @classmethod
     def parse(cls, text: str) -> Mapping:
@@ -193,17 +198,20 @@ class _Planner:
     by_inode: dict[tuple[int, int], list[str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     skip: tuple[str, ...] = ()  # folders of the root never copied (OUT)
+    _followed: set[str] = field(default_factory=set)  # added paths (realpaths) already taken in
 
-    def place(self, path: str, private: bool) -> str:
+    def place(self, path: str, private: bool, *, added: bool = False) -> str:
         """Where a path inside the root goes in the image.
 
-        Only the program's own files (inputs, and libraries it finds through its own
-        RPATH/RUNPATH or by path) move with a mapping; system libraries stay where the
-        loader expects them.
+        The program's own files (inputs, and libraries it finds through its own
+        RPATH/RUNPATH or by path) move with a mapping, and added files move with an
+        explicit one; system libraries stay where the loader expects them.
         """
-        if private:
+        if private or added:
             best: tuple[int, str] | None = None
             for m in self.maps:
+                if not private and not m.explicit:
+                    continue
                 moved = m.apply(path)
                 if moved is not None and (best is None or len(m.source) > best[0]):
                     best = (len(m.source), moved)
@@ -251,10 +259,16 @@ class _Planner:
                 raise PlanError(f"{path}: its folder {parent} is a {old.type.value} in the image ({_describe(old)})")
             parent = posixpath.dirname(parent)
 
-    def add_links(self, links: tuple[Link, ...], private: bool, reason: str) -> None:
+    def add_links(self, links: tuple[Link, ...], private: bool, reason: str, *, added: bool = False) -> None:
         for link in links:
             self.add(
-                Entry(self.place(link.path, private), EntryType.SYMLINK, 0o777, target=link.target, reasons=(reason,))
+                Entry(
+                    self.place(link.path, private, added=added),
+                    EntryType.SYMLINK,
+                    0o777,
+                    target=link.target,
+                    reasons=(reason,),
+                )
             )
 
     def add_file(self, realpath: str, private: bool, reason: str, image_path: str | None = None) -> str:
@@ -285,13 +299,20 @@ class _Planner:
         return placed
 
     def add_extra(self, extra: Extra) -> None:
-        """A file or folder of the root, with the symlinks on its way (unless moved)."""
+        """A file or folder of the root, with the symlinks on its way (unless moved).
+
+        In a folder, a symlink whose target lies outside the folder brings its target
+        (``/etc/ssl/certs/*.pem -> /usr/share/ca-certificates/...``), so the image has
+        no link the source does not resolve."""
         resolved = self.root.resolve(extra.path)
         if not resolved.exists:
             raise PlanError(f"{extra.path}: no such file or folder in the root")
+        if resolved.path in self._followed:
+            return
+        self._followed.add(resolved.path)
         if extra.dest is None:
-            self.add_links(resolved.links, extra.private, extra.reason)
-        top = extra.dest or self.place(resolved.path, extra.private)
+            self.add_links(resolved.links, extra.private, extra.reason, added=True)
+        top = extra.dest or self.place(resolved.path, extra.private, added=True)
         if not resolved.is_dir:
             self.add_file(resolved.path, extra.private, extra.reason, image_path=top)
             return
@@ -301,12 +322,24 @@ class _Planner:
             image = top.rstrip("/") + item.path[len(base) :]
             if item.target is not None:
                 self.add(Entry(image, EntryType.SYMLINK, 0o777, target=item.target, reasons=(extra.reason,)))
+                self._follow(item.path, base, extra)
             elif stat.S_ISDIR(item.mode):
                 self.add(Entry(image, EntryType.DIR, 0o755, reasons=(extra.reason,)))
             elif stat.S_ISREG(item.mode):
                 self.add_file(item.path, False, extra.reason, image_path=image)
             else:
                 self.warnings.append(f"{item.path}: a {kind_of(item.mode)} in {extra.path}, not copied")
+
+    def _follow(self, link: str, base: str, extra: Extra) -> None:
+        """Bring the target of a link in an added folder when it lies outside it."""
+        target = self.root.resolve(link)
+        inside = target.path == base or target.path.startswith(base + "/")
+        if not target.exists or inside:
+            return  # dangling in the source too (verify says so), or already copied
+        if target.is_dir and (target.path == "/" or base.startswith(target.path.rstrip("/") + "/")):
+            self.warnings.append(f"{link}: links to {target.path}, a folder above it; not followed")
+            return
+        self.add_extra(Extra(link, None, f"{extra.reason} (target of {link})", extra.private))
 
     def add_generated(self, item: Generated) -> None:
         """A file minify writes, unless the user's own file is there already (added,
@@ -403,19 +436,27 @@ def plan_image(
     root = Root(analysis.root)
     planner = _Planner(root, maps, skip=skip)
     closures = (*analysis.programs, *extra)
-    placed = [(program, obj, _private(program, obj)) for program in closures for obj in program.objects]
+    # an input's own files move with every mapping; an added file's (a plugin and the
+    # libraries beside it) only with the explicit ones, as the added file itself does
+    inputs = set(analysis.programs)
+    placed = [
+        (program, obj, _private(program, obj), program in inputs) for program in closures for obj in program.objects
+    ]
     for private_pass in (False, True):
-        for program, obj, private in placed:
+        for program, obj, private, given in placed:
             if private is private_pass:
-                planner.add_links(obj.links, private, _reason(program, obj))
-    for program, obj, private in placed:
-        planner.add_file(obj.realpath, private, _reason(program, obj))
+                planner.add_links(obj.links, private and given, _reason(program, obj), added=private)
+    for program, obj, private, given in placed:
+        image = planner.place(obj.realpath, private and given, added=private)
+        planner.add_file(obj.realpath, False, _reason(program, obj), image_path=image)
     for program in closures:
         for dep in program.dependencies:
             if dep.opened is not None:  # the same file under another name
                 private = dep.opened.how.value in PRIVATE_HOWS
-                planner.add_links(dep.opened.links, private, f"{dep.kind} {dep.name}")
-                planner.add_file(dep.opened.path, private, f"{dep.kind} {dep.name}")
+                given = program in inputs
+                planner.add_links(dep.opened.links, private and given, f"{dep.kind} {dep.name}", added=private)
+                image = planner.place(dep.opened.path, private and given, added=private)
+                planner.add_file(dep.opened.path, False, f"{dep.kind} {dep.name}", image_path=image)
     programs = [planner.place(p.path, True) for p in analysis.programs]
     script_paths: list[str] = []
     input_bytes = sum(p.objects[0].size for p in analysis.programs if p.objects)

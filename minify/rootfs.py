@@ -27,7 +27,7 @@ from minify import __version__, output, presets
 from minify.closure import Analysis, Locator, ProgramClosure, analyze
 from minify.dockerfile import DockerfileError
 from minify.dockerfile import render as render_dockerfile
-from minify.elf import is_elf, script_interpreter
+from minify.elf import ET_DYN, ET_EXEC, is_elf, script_interpreter
 from minify.errors import BadInput, OutOfDate, OutputError, VerificationFailed
 from minify.hints import Hint, for_analysis, presets_called_for
 from minify.image import (
@@ -179,7 +179,7 @@ def prepare(options: RootfsOptions) -> Prepared:
     maps = tuple(Mapping.parse(m) for m in options.maps)
     if any(not p.startswith("/") for p in options.paths) and cwd != "/":
         # a relative input keeps its path relative to the current folder, rooted at /
-        maps += (Mapping(clean_path(cwd, "--cwd"), "/"),)
+        maps += (Mapping(clean_path(cwd, "--cwd"), "/", explicit=False),)
     reader = Reader(view)  # one parse per file for hints and dlopen notes
     hints = _hints(analysis, reader)
     names = presets.parse_with(options.with_)
@@ -195,6 +195,7 @@ def prepare(options: RootfsOptions) -> Prepared:
         Extra(s.path, None, "symlink in an input folder", private=True) for s in analysis.skipped if s.symlink
     )
     elf_extras = list(additions.elf)
+    tree_elves: list[str] = []  # ELF files inside --add folders: plugins, extension modules
     named: set[str] = set()
     for spec in options.add:
         added = _parse_add(spec, view, cwd)
@@ -203,6 +204,8 @@ def prepare(options: RootfsOptions) -> Prepared:
         named.add(added.path)
         if _is_elf_file(view, reader, added.path):
             elf_extras.append(added.path)
+        elif view.resolve(added.path).is_dir:
+            tree_elves.extend(_loadable_below(view, reader, added.path, skip))
     trace = _load_trace(options, view, out)
     trace_warnings: list[str] = []
     if trace is not None:
@@ -227,6 +230,10 @@ def prepare(options: RootfsOptions) -> Prepared:
         extra = _hwcaps_variants(analysis, view, cwd)
     if elf_extras:
         extra += _closures_of(sorted(set(elf_extras)), analysis.root, cwd)
+    tree_warnings: list[str] = []
+    if tree_elves:
+        closures, tree_warnings = _closures_of_tree(sorted(set(tree_elves) - set(elf_extras)), analysis.root, cwd)
+        extra += closures
     config = _config(options, analysis, maps, additions.env)
     plan = plan_image(
         analysis,
@@ -242,7 +249,14 @@ def prepare(options: RootfsOptions) -> Prepared:
     if config.entrypoint and plan.lookup(config.entrypoint[0]) is None:
         raise PlanError(f"--entrypoint {config.entrypoint[0]} is not in the image")
     warnings = list(plan.warnings)
-    warnings.extend(f"skipped {s.path}: {s.reason}" for s in analysis.skipped if not s.symlink)
+    added_paths = [e.path for e in extras if e.reason.startswith("--add")]
+    under_added = tuple(p.rstrip("/") + "/" for p in added_paths)
+    warnings.extend(
+        f"skipped {s.path}: {s.reason}"
+        for s in analysis.skipped
+        if not s.symlink and s.path not in added_paths and not s.path.startswith(under_added)
+    )
+    warnings.extend(tree_warnings)
     if not config.entrypoint:
         warnings.append("no ENTRYPOINT: several inputs and no --entrypoint")
     warnings.extend(
@@ -347,6 +361,41 @@ def _closures_of(paths: list[str], root: str, cwd: str) -> tuple[ProgramClosure,
         if program.error or program.missing:
             raise PlanError(program.error or f"{program.path}: needs {', '.join(program.missing)}, not found")
     return extra.programs
+
+
+def _loadable_below(view: Root, reader: Reader, folder: str, skip: tuple[str, ...]) -> list[str]:
+    """Loadable ELF files below a folder of the root (a runtime's extension modules)."""
+    out = []
+    for entry in view.walk(folder, skip=skip):
+        if not stat.S_ISREG(entry.mode):
+            continue
+        resolved = view.resolve(entry.path)
+        try:
+            with reader.open(resolved) as opened:
+                if not is_elf(opened):
+                    continue
+            if reader.header(resolved).file_type in (ET_DYN, ET_EXEC):
+                out.append(entry.path)
+        except BadInput:
+            continue  # copied as a file; nothing to resolve
+    return out
+
+
+def _closures_of_tree(paths: list[str], root: str, cwd: str) -> tuple[tuple[ProgramClosure, ...], list[str]]:
+    """The closures of the ELF files of an added folder. One whose libraries are not in
+    the source root either is still copied, with a warning: minify is no stricter
+    than the system it reads."""
+    extra = analyze(paths, root=root, cwd=cwd, hwcaps="baseline", cpuinfo="")
+    kept, warnings = [], []
+    for program in extra.programs:
+        if program.error or program.missing:
+            warnings.append(
+                f"{program.path}: {program.error or 'needs ' + ', '.join(program.missing) + ', not found in the root'};"
+                " copied without its closure"
+            )
+        else:
+            kept.append(program)
+    return tuple(kept), warnings
 
 
 def _split_scripts(analysis: Analysis) -> tuple[tuple[ProgramClosure, ...], tuple[tuple[str, str], ...]]:
@@ -491,7 +540,7 @@ def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None
             _write_text(os.path.join(tmp, LOCK_NAME), _dump(lock_data(plan, prepared.dockerfile, hashes)))
             if prepared.trace is not None:
                 _write_text(os.path.join(tmp, TRACE_NAME), prepared.trace.to_json())
-            verify_rootfs(rootfs)
+            warnings.extend(verify_rootfs(rootfs, plan))
             os.chmod(tmp, 0o755)
             output.refuse_foreign(out.path, force=options.force)  # again, under the lock
             old = output.swap_into_place(tmp, out)
@@ -639,18 +688,42 @@ def _sha256_fd(fd: int) -> str:
 # -- verification and --check --------------------------------------------------------
 
 
-def verify_rootfs(rootfs: str) -> None:
+def verify_rootfs(rootfs: str, plan: ImagePlan) -> list[str]:
     """The finished rootfs, checked with itself as the root (no cache, no host files):
-    libraries, versions and symbols, as ``minify verify`` does."""
-    from minify.verify import verify
+    libraries, versions, symbols and links, as ``minify verify`` does.
+
+    minify is no stricter than the system it reads: a problem the source root has as
+    well (an ImageMagick coder with an undefined symbol on the host too, a link that
+    dangles there too) is returned as a warning; only what the image lost fails."""
+    from minify.verify import check_files, dangling_links, verify
 
     report = verify(rootfs)
-    if not report.ok:
-        raise VerificationFailed(tuple(_in_image(str(p)) for p in report.problems))
+    if report.ok:
+        return []
+    source_of = {e.path: e.source or e.path for e in plan.entries}
+    objects = sorted({source_of.get(p.path, p.path) for p in report.problems if p.kind != "dangling-link"})
+    links = sorted({source_of.get(p.path, p.path) for p in report.problems if p.kind == "dangling-link"})
+    try:
+        at_source = set(check_files(plan.root, objects) if objects else []) | set(dangling_links(plan.root, links))
+    except BadInput:
+        at_source = set()
+    inherited = {(p.path, p.kind, _in_image(p.detail)) for p in at_source}
+    lost, warnings = [], []
+    for problem in report.problems:
+        key = (source_of.get(problem.path, problem.path), problem.kind, _in_image(problem.detail))
+        if key in inherited:
+            warnings.append(f"{problem.path}: {_in_image(problem.detail)} (in the source root too)")
+        else:
+            lost.append(_in_image(str(problem)))
+    if lost:
+        raise VerificationFailed(tuple(lost))
+    return warnings
 
 
 def _in_image(problem: str) -> str:
-    return problem.replace(" not found in the rootfs", " not found in the image")
+    return problem.replace(" not found in the rootfs", " not found in the image").replace(
+        " is not in the rootfs", " is not in the image"
+    )
 
 
 def check(options: RootfsOptions) -> RootfsResult:

@@ -78,17 +78,28 @@ def elf_files(rootfs: str) -> list[str]:
     return out
 
 
-def verify(directory: str) -> VerifyReport:
-    """Resolve every ELF file of the rootfs with the rootfs as the root.
+#: A link into these is resolved by the container runtime's mounts, not the image.
+RUNTIME_MOUNTS = ("/proc", "/sys", "/dev", "/run")
 
-    A library that a program of the image loads is checked as part of that program,
-    as the loader will load it (its own search paths alone may not find what the
-    program brought in first: systemd's private libraries). A library no program
-    loads (a plugin) may use what the programs have loaded: glibc reuses a loaded
-    object by its soname."""
+
+def verify(directory: str) -> VerifyReport:
+    """Resolve every ELF file of the rootfs with the rootfs as the root, and every
+    symlink of it."""
     rootfs = os.path.realpath(rootfs_of(directory))
     files = elf_files(rootfs)
-    analysis = analyze(files, root=rootfs, cwd="/", hwcaps="baseline", cpuinfo="")
+    problems = check_files(rootfs, files) + dangling_links(rootfs)
+    return VerifyReport(rootfs, tuple(files), tuple(dict.fromkeys(problems)))
+
+
+def check_files(root: str, files: list[str]) -> list[Problem]:
+    """Libraries, versions and symbols of ``files`` (paths inside ``root``).
+
+    A library that a program among them loads is checked as part of that program, as
+    the loader will load it (its own search paths alone may not find what the program
+    brought in first: systemd's private libraries). A library no program loads (a
+    plugin) may use what the programs have loaded: glibc reuses a loaded object by
+    its soname."""
+    analysis = analyze(files, root=root, cwd="/", hwcaps="baseline", cpuinfo="")
     programs = [p for p in analysis.programs if not p.library_input]
     loaded = {o.realpath for p in programs for o in p.objects}
     names = {n for p in programs for o in p.objects for n in (o.soname, posixpath.basename(o.path)) if n}
@@ -103,9 +114,25 @@ def verify(directory: str) -> VerifyReport:
             Problem(program.path, "missing-library", f"{name}: not found in the rootfs") for name in missing
         )
         problems.extend(Problem(program.path, "version", e) for e in program.version_errors)
-    problems.extend(_symbol_problems(rootfs, analysis))
-    unique = tuple(dict.fromkeys(problems))
-    return VerifyReport(rootfs, tuple(files), unique)
+    problems.extend(_symbol_problems(root, analysis))
+    return problems
+
+
+def dangling_links(root: str, paths: list[str] | None = None) -> list[Problem]:
+    """Symlinks of the root (all, or ``paths``) that lead nowhere inside it."""
+    view = Root(root)
+    if paths is None:
+        paths = [e.path for e in view.walk("/") if e.target is not None]
+    problems = []
+    for path in paths:
+        try:
+            target = view.resolve(path)
+        except PathError as exc:
+            problems.append(Problem(path, "dangling-link", exc.problem))
+            continue
+        if not target.exists and not target.path.startswith(tuple(m + "/" for m in RUNTIME_MOUNTS)):
+            problems.append(Problem(path, "dangling-link", f"dangling symlink: {target.path} is not in the rootfs"))
+    return problems
 
 
 def _symbol_problems(rootfs: str, analysis: Analysis) -> list[Problem]:

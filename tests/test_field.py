@@ -6,6 +6,7 @@ their preset."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -135,3 +136,97 @@ def test_tz_and_gconv_subsets_imply_their_preset(tmp_path: Path, builder: Builde
     assert any(p.name.startswith("ISO8859-1") for p in out.glob("rootfs/usr/lib/*/gconv/*"))
     run = chroot_run(out / "rootfs", str(prog))
     assert run.returncode == 0, run.stderr
+
+
+def test_map_moves_every_entry_under_its_source(tmp_path: Path, builder: Builder) -> None:
+    app = tmp_path / "app"
+    builder.prog(app / "bin/prog", src="hello.c")
+    (app / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    out = tmp_path / "out"
+    proc = cli(
+        "rootfs", str(app / "bin/prog"), "-o", str(out), "--add", str(app / "pyvenv.cfg"), "--map", f"{app}=/app"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "rootfs/app/pyvenv.cfg").read_text() == "home = /usr/bin\n"
+    assert (out / "rootfs/app/bin/prog").is_file() and not (out / f"rootfs{app}").exists()
+    assert chroot_run(out / "rootfs", "/app/bin/prog").stdout == "hello from minify\n"
+
+
+def test_add_of_a_runtime_tree_brings_its_extension_modules_closures(tmp_path: Path) -> None:
+    """python3's standard library in one flag: its extension modules (lib-dynload)
+    need libssl, libsqlite3, libffi... which come with them."""
+    python = "/usr/bin/python3"
+    stdlib = Path(os.path.realpath(python)).name  # python3.11
+    out = tmp_path / "out"
+    proc = cli("rootfs", python, "-o", str(out), "--add", f"/usr/lib/{stdlib}")
+    assert proc.returncode == 0, proc.stderr
+    script = "import ssl, sqlite3, decimal, ctypes, json; print(ssl.OPENSSL_VERSION.split()[0], 42)"
+    run = chroot_run(out / "rootfs", python, "-c", script)
+    assert run.returncode == 0 and run.stdout == "OpenSSL 42\n", run.stderr
+
+
+def test_add_of_ruby_library_tree(tmp_path: Path) -> None:
+    need_tool("ruby")
+    ruby = os.path.realpath(shutil.which("ruby") or "")
+    version = subprocess.run([ruby, "-e", "print RbConfig::CONFIG['ruby_version']"], capture_output=True, text=True)
+    libdir = subprocess.run([ruby, "-e", "print RbConfig::CONFIG['rubylibdir']"], capture_output=True, text=True)
+    archdir = subprocess.run([ruby, "-e", "print RbConfig::CONFIG['archdir']"], capture_output=True, text=True)
+    assert version.returncode == 0
+    out = tmp_path / "out"
+    args = ["rootfs", ruby, "-o", str(out), "--add", libdir.stdout, "--add", archdir.stdout]
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    run = chroot_run(out / "rootfs", ruby, "-e", 'require "date"; require "fiddle"; puts Date.new(2026, 11, 28).yday')
+    assert run.returncode == 0 and run.stdout == "332\n", run.stderr
+
+
+def test_links_in_an_added_tree_bring_their_targets(tmp_path: Path, builder: Builder) -> None:
+    prog = builder.prog(tmp_path / "prog", src="hello.c")
+    out = tmp_path / "out"
+    proc = cli("rootfs", str(prog), "-o", str(out), "--add", "/etc/ssl/certs")
+    assert proc.returncode == 0, proc.stderr
+    links = [p for p in (out / "rootfs/etc/ssl/certs").iterdir() if p.is_symlink()]
+    assert links and all(p.resolve().is_relative_to(out / "rootfs") or p.exists() for p in links)
+    assert cli("verify", str(out)).returncode == 0
+
+
+def test_verify_reports_a_dangling_link(tmp_path: Path, builder: Builder) -> None:
+    prog = builder.prog(tmp_path / "prog", src="hello.c")
+    out = tmp_path / "out"
+    assert cli("rootfs", str(prog), "-o", str(out)).returncode == 0
+    (out / "rootfs/dangling").symlink_to("/nowhere")
+    (out / "rootfs/mounts").symlink_to("/proc/self/mounts")  # the runtime provides /proc
+    proc = cli("verify", str(out))
+    assert proc.returncode == 1 and "/dangling: dangling symlink" in proc.stdout and "/mounts" not in proc.stdout
+
+
+def test_a_problem_the_source_has_too_is_a_warning(tmp_path: Path, builder: Builder) -> None:
+    """An ImageMagick coder has an undefined symbol on the host too (ldd -r shows it):
+    the image cannot be stricter than the source. What the image lost still fails."""
+    plugins = tmp_path / "coders"
+    (tmp_path / "undefined.c").write_text(
+        "int not_defined_anywhere(void);\nint coder(void) { return not_defined_anywhere(); }\n"
+    )
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            str(tmp_path / "undefined.c"),
+            "-Wl,--no-as-needed",
+            "-lc",
+            "-o",
+            str(tmp_path / "mat.so"),
+        ],
+        check=True,
+    )
+    plugins.mkdir()
+    shutil.move(tmp_path / "mat.so", plugins / "mat.so")
+    (plugins / "dangling.xml").symlink_to("/nowhere/at/all")
+    prog = builder.prog(tmp_path / "prog", src="hello.c")
+    out = tmp_path / "out"
+    proc = cli("rootfs", str(prog), "-o", str(out), "--add", str(plugins))
+    assert proc.returncode == 0, proc.stderr
+    assert "undefined symbol: not_defined_anywhere (in the source root too)" in proc.stderr
+    assert "dangling symlink" in proc.stderr and "(in the source root too)" in proc.stderr
+    assert cli("verify", str(out)).returncode == 1  # verify alone still reports it
