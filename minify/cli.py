@@ -68,12 +68,15 @@ def _say(kind: str, message: str) -> None:
     typer.echo(f"minify: {kind}: {escape(message)}", err=True)
 
 
-RootOpt = Annotated[str, typer.Option("--root", help="The target root filesystem (default /).")]
+RootOpt = Annotated[str, typer.Option("--root", help="The target root filesystem.", metavar="DIR")]
 CwdOpt = Annotated[
-    str | None, typer.Option("--cwd", help="Working directory assumed for relative names and empty path elements.")
+    str | None,
+    typer.Option("--cwd", help="Working directory assumed for relative names and empty path elements.", metavar="DIR"),
 ]
-LibPathOpt = Annotated[str | None, typer.Option("--library-path", help="Model this LD_LIBRARY_PATH.")]
-PreloadOpt = Annotated[str | None, typer.Option("--preload", help="Model this LD_PRELOAD (':' or space separated).")]
+LibPathOpt = Annotated[str | None, typer.Option("--library-path", help="Model this LD_LIBRARY_PATH.", metavar="PATHS")]
+PreloadOpt = Annotated[
+    str | None, typer.Option("--preload", help="Model this LD_PRELOAD (':' or space separated).", metavar="PATHS")
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
 
 
@@ -83,19 +86,28 @@ def _split_preload(text: str | None) -> tuple[str, ...]:
 
 @app.command()
 def analyze(
-    paths: Annotated[list[str], typer.Argument(help="Programs, libraries or folders to analyse.")],
+    paths: Annotated[list[str], typer.Argument(help="Programs, libraries or folders to analyse.", metavar="PATH...")],
     root: RootOpt = "/",
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.tree,
     cwd: CwdOpt = None,
     library_path: LibPathOpt = None,
     preload: PreloadOpt = None,
     hwcaps: Annotated[
-        str, typer.Option("--hwcaps", help="host, baseline or a level such as x86-64-v3 (default: host when native).")
+        str,
+        typer.Option(
+            "--hwcaps",
+            help="host, baseline or a level such as x86-64-v3.  [default: host for this machine's architecture]",
+            metavar="MODE",
+            show_default=False,
+        ),
     ] = "default",
     hints: Annotated[
         bool | None,
         typer.Option("--hints/--no-hints", help="Hints from imported symbols (default: on for up to 20 inputs)."),
     ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Tree: also every request for a library already loaded (ldd -v style).")
+    ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Show what the dynamic loader would load for each program, without running it."""
@@ -116,7 +128,7 @@ def analyze(
     )
     shown = hints if hints is not None else len(result.programs) <= HINTS_AUTO_MAX
     found = _guard(verbose, lambda: for_analysis(result)) if shown and fmt.value in ("tree", "json") else {}
-    sys.stdout.write(render(result, fmt.value, found))
+    sys.stdout.write(render(result, fmt.value, found, everything=show_all))
     for program in result.programs:
         if program.error:
             _say("error", program.error)
@@ -127,42 +139,91 @@ def analyze(
 
 @app.command()
 def rootfs(
-    paths: Annotated[list[str], typer.Argument(help="Programs (or folders of them) to ship.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Output folder: rootfs/, Dockerfile, lock file.")],
+    paths: Annotated[list[str], typer.Argument(help="Programs (or folders of them) to ship.", metavar="PATH...")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Output folder: rootfs/, Dockerfile, lock file.", metavar="OUT")
+    ],
     root: RootOpt = "/",
     cwd: CwdOpt = None,
     map_: Annotated[
-        list[str] | None, typer.Option("--map", help="SRC=DEST: put the tree SRC at DEST in the image.")
+        list[str] | None,
+        typer.Option("--map", help="Put the tree SRC at DEST in the image (repeat for more).", metavar="SRC=DEST"),
     ] = None,
-    entrypoint: Annotated[str | None, typer.Option("--entrypoint", help="Image path of the program to run.")] = None,
-    cmd: Annotated[list[str] | None, typer.Option("--cmd", help="A CMD argument (repeat for more).")] = None,
-    user: Annotated[str | None, typer.Option("--user", help="UID[:GID] to run as, or nonroot (65532:65532).")] = None,
-    env: Annotated[list[str] | None, typer.Option("--env", help="K=V for the image (repeat for more).")] = None,
+    entrypoint: Annotated[
+        str | None, typer.Option("--entrypoint", help="Image path of the program to run.", metavar="PATH")
+    ] = None,
+    cmd: Annotated[
+        list[str] | None, typer.Option("--cmd", help="A CMD argument (repeat for more).", metavar="ARG")
+    ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="UID[:GID] to run as, or nonroot (65532:65532).", metavar="UID[:GID]|nonroot"),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", help="An environment variable of the image (repeat for more).", metavar="K=V"),
+    ] = None,
     hwcaps: Annotated[
-        str, typer.Option("--hwcaps", help="all (baseline + every glibc-hwcaps copy), baseline, or a level.")
+        str,
+        typer.Option(
+            "--hwcaps", help="all (baseline + every glibc-hwcaps copy), baseline, or a level.", metavar="MODE"
+        ),
     ] = "all",
     with_: Annotated[
         list[str] | None,
-        typer.Option("--with", help="Presets: nss, certs, tzdata, gconv, locale, libgcc_s, tmp, auto (comma list)."),
+        typer.Option(
+            "--with",
+            help="Presets: nss, certs, tzdata, gconv, locale, libgcc_s, terminfo, tmp, auto (comma list).",
+            metavar="PRESET,...",
+        ),
     ] = None,
-    tz: Annotated[str | None, typer.Option("--tz", help="With tzdata: only these zones (comma list).")] = None,
-    gconv: Annotated[str | None, typer.Option("--gconv", help="With gconv: only these charsets (comma list).")] = None,
+    tz: Annotated[
+        str | None,
+        typer.Option("--tz", help="Only these time zones (comma list; implies --with tzdata).", metavar="ZONES"),
+    ] = None,
+    gconv: Annotated[
+        str | None,
+        typer.Option("--gconv", help="Only these charsets (comma list; implies --with gconv).", metavar="CHARSETS"),
+    ] = None,
+    term: Annotated[
+        str | None,
+        typer.Option(
+            "--term",
+            help="Only these terminfo entries (comma list; implies --with terminfo).  "
+            "[default: xterm,xterm-256color,screen,tmux-256color,linux]",
+            metavar="TERMS",
+        ),
+    ] = None,
     add: Annotated[
-        list[str] | None, typer.Option("--add", help="PATH[:DEST] of the root to add; ELF files bring their closures.")
+        list[str] | None,
+        typer.Option(
+            "--add",
+            help="A file or folder of the root to add; its ELF files bring their closures.",
+            metavar="PATH[:DEST]",
+        ),
     ] = None,
     trace: Annotated[
         str | None,
-        typer.Option("--trace", help="RUNS this command under strace on this machine and adds what it read."),
+        typer.Option(
+            "--trace",
+            help="RUNS this command under strace on this machine and adds what it read.",
+            metavar='"CMD ARG..."',
+        ),
     ] = None,
     trace_user: Annotated[
-        str | None, typer.Option("--trace-user", help="Run the --trace command as this user (initdb refuses root).")
+        str | None,
+        typer.Option(
+            "--trace-user", help="Run the --trace command as this user (initdb refuses root).", metavar="USER"
+        ),
     ] = None,
     trace_ok_exit: Annotated[
         bool, typer.Option("--trace-ok-exit", help="Accept a non-zero exit of the --trace command (with a warning).")
     ] = False,
     trace_exclude: Annotated[
         list[str] | None,
-        typer.Option("--trace-exclude", help="GLOB (or folder) of traced paths to leave out (repeat for more)."),
+        typer.Option(
+            "--trace-exclude", help="Traced paths to leave out: a glob or a folder (repeat for more).", metavar="GLOB"
+        ),
     ] = None,
     check_only: Annotated[
         bool, typer.Option("--check", help="Write nothing; exit 1 if OUT is not what would be produced.")
@@ -191,6 +252,7 @@ def rootfs(
         with_=tuple(with_ or ()),
         tz=_commas(tz),
         charsets=_commas(gconv),
+        terms=_commas(term),
         add=tuple(add or ()),
         trace=trace,
         trace_user=trace_user,
@@ -205,7 +267,11 @@ def rootfs(
         raise typer.Exit(EXIT_OK)
     result = _guard(verbose, lambda: _with_progress(build, options))
     for warning in result.warnings:
-        _say("warning", warning)
+        kind, _, rest = warning.partition(": ")
+        if kind in ("note", "hint"):
+            _say(kind, rest)
+        else:
+            _say("warning", warning)
     files = len(result.plan.files)
     typer.echo(
         f"{result.output}: {files} files, {human_size(result.plan.total_size)}; "
@@ -217,7 +283,9 @@ def rootfs(
 
 @app.command()
 def verify(
-    directory: Annotated[str, typer.Argument(help="OUT (as written by minify rootfs) or a root filesystem folder.")],
+    directory: Annotated[
+        str, typer.Argument(help="OUT (as written by minify rootfs) or a root filesystem folder.", metavar="OUT|ROOTFS")
+    ],
     verbose: VerboseOpt = False,
 ) -> None:
     """Check a rootfs as the loader would, without running anything: libraries,
@@ -238,10 +306,16 @@ def verify(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False}
 )
 def trace(
-    command: Annotated[list[str], typer.Argument(help="The command and its arguments (its options are its own).")],
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Save the record here (JSON).")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds.")] = 300.0,
-    user: Annotated[str | None, typer.Option("--user", help="Run the command as this user.")] = None,
+    command: Annotated[
+        list[str], typer.Argument(help="The command and its arguments (its options are its own).", metavar="CMD ARG...")
+    ],
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Save the record here (JSON).", metavar="FILE")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Give up after this many seconds.", metavar="SECONDS")
+    ] = 300.0,
+    user: Annotated[str | None, typer.Option("--user", help="Run the command as this user.", metavar="USER")] = None,
     ok_exit: Annotated[bool, typer.Option("--ok-exit", help="Accept a non-zero exit (with a warning).")] = False,
     verbose: VerboseOpt = False,
 ) -> None:

@@ -70,11 +70,23 @@ SYMBOL_RULES: tuple[tuple[str | None, frozenset[str], str], ...] = (
     ),
     ("locale", frozenset({"setlocale", "newlocale"}), "locales are read from /usr/lib/locale"),
     (
+        "terminfo",
+        frozenset({"setupterm", "tgetent", "initscr", "newterm", "tigetstr", "tigetflag", "tigetnum"}),
+        "the terminal's capabilities are read from a terminfo entry (xterm, screen, ...)",
+    ),
+    (
         None,
         frozenset({"dlopen", "dlmopen"}),
         "may load plugins at run time (dlopen): add them with --add, or record a run with --trace",
     ),
 )
+#: Presets that weigh megabytes or change behaviour: hinted only when the program's own
+#: code (the input, and libraries it finds through its own RPATH/RUNPATH) imports the
+#: symbol. libstdc++ imports iconv_open, setlocale and localtime for every C++ program,
+#: libidn2 and libunistring import iconv_open for every curl: UTF-8, UCS-4 and ASCII
+#: conversions need no gconv module, and a container's C locale needs no locale data.
+#: The configuration presets (nss, certs) weigh a few KB and are hinted from any object.
+NEEDS_OWN_CODE = frozenset({"gconv", "locale", "tzdata", "libgcc_s"})
 TLS_LIBRARIES = ("libssl.so", "libgnutls.so", "libnss3.so", "libmbedtls.so", "libwolfssl.so", "libcurl")
 
 
@@ -98,12 +110,19 @@ def hints_for(
     if program.kind != "dynamic" or program.error:
         return ()
     imported: dict[str, list[str]] = {}
+    own = _own_objects(program)
     for obj in program.objects:
         for ref in symbols(obj.realpath).imports:
             imported.setdefault(ref.name, []).append(obj.path)
     out: list[Hint] = []
     for preset, names, reason in SYMBOL_RULES:
-        users = sorted({f"{posixpath.basename(p)} ({n})" for n in names & imported.keys() for p in imported[n]})
+        by_object: dict[str, list[str]] = {}
+        for name in sorted(names & imported.keys()):
+            for path in imported[name]:
+                if preset in NEEDS_OWN_CODE and path not in own:
+                    continue  # a library every such program links is no evidence
+                by_object.setdefault(posixpath.basename(path), []).append(name)
+        users = [f"{obj} ({', '.join(dict.fromkeys(syms))})" for obj, syms in sorted(by_object.items())]
         if users:
             out.append(Hint(preset, reason, tuple(users[:4]) + (("...",) if len(users) > 4 else ())))
     sonames = {posixpath.basename(o.path) for o in program.objects} | {o.soname or "" for o in program.objects}
@@ -123,6 +142,16 @@ def hints_for(
         if key not in merged:
             merged[key] = hint
     return tuple(merged.values())
+
+
+def _own_objects(program: ProgramClosure) -> set[str]:
+    """The program's own code: the input, and what it finds through its own search
+    paths (rpath, runpath, a path), not what the system's cache or folders give."""
+    own = {program.objects[0].path} if program.objects else set()
+    for dep in program.dependencies:
+        if dep.target is not None and dep.how is not None and dep.how.value in ("rpath", "runpath", "direct path"):
+            own.update(o.path for o in program.objects if o.realpath == dep.target)
+    return own
 
 
 def for_analysis(analysis: Analysis, reader: Reader | None = None) -> dict[str, tuple[Hint, ...]]:

@@ -439,16 +439,17 @@ def plan_image(
     # an input's own files move with every mapping; an added file's (a plugin and the
     # libraries beside it) only with the explicit ones, as the added file itself does
     inputs = set(analysis.programs)
+    why_added = {e.path: e.reason for e in extras}
     placed = [
         (program, obj, _private(program, obj), program in inputs) for program in closures for obj in program.objects
     ]
     for private_pass in (False, True):
         for program, obj, private, given in placed:
             if private is private_pass:
-                planner.add_links(obj.links, private and given, _reason(program, obj), added=private)
+                planner.add_links(obj.links, private and given, _reason(program, obj, why_added), added=private)
     for program, obj, private, given in placed:
         image = planner.place(obj.realpath, private and given, added=private)
-        planner.add_file(obj.realpath, False, _reason(program, obj), image_path=image)
+        planner.add_file(obj.realpath, False, _reason(program, obj, why_added), image_path=image)
     for program in closures:
         for dep in program.dependencies:
             if dep.opened is not None:  # the same file under another name
@@ -483,9 +484,11 @@ def plan_image(
     )
 
 
-def _reason(program: ProgramClosure, obj: LoadedObject) -> str:
+def _reason(program: ProgramClosure, obj: LoadedObject, why_added: dict[str, str]) -> str:
+    """Why an object is in the image: an input, an added or traced file (and what
+    added it), or needed by which object."""
     if obj.role is Role.INPUT:
-        return "input"
+        return why_added.get(program.path, "input")
     if obj.role is Role.INTERPRETER:
         return f"interpreter of {program.path}"
     for dep in program.dependencies:

@@ -223,10 +223,10 @@ def _tidy(out: Target) -> list[str]:
             continue
         if name.startswith(".minify-old-") and not os.path.lexists(out.path):
             os.rename(path, out.path)
-            notes.append(f"put back {out.path}, which an interrupted run had left as {name}")
+            notes.append(f"note: put back {out.path}, which an interrupted run had left as {name}")
             continue
         shutil.rmtree(path)
-        notes.append(f"removed {path}, left by an interrupted run")
+        notes.append(f"note: removed {path}, left by an interrupted run")
     return notes
 
 

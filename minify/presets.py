@@ -17,7 +17,11 @@ from minify.loader.arch import arch_for
 from minify.loader.glibc import ldso_facts
 from minify.root import Root
 
-PRESETS = ("nss", "certs", "tzdata", "gconv", "locale", "libgcc_s", "tmp")
+PRESETS = ("nss", "certs", "tzdata", "gconv", "locale", "libgcc_s", "terminfo", "tmp")
+#: ncurses' search order for compiled terminfo entries (after $TERMINFO and ~/.terminfo).
+TERMINFO_DIRS = ("/etc/terminfo", "/lib/terminfo", "/usr/share/terminfo")
+#: The terminals a container is most often run from: `docker run -t` sets xterm.
+DEFAULT_TERMS = ("xterm", "xterm-256color", "screen", "tmux-256color", "linux")
 CA_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
     "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
@@ -55,6 +59,7 @@ class Additions:
     """Everything the presets add to an image."""
 
     files: tuple[str, ...] = ()  # paths in the root: files, or folders copied whole
+    preset_of: tuple[tuple[str, str], ...] = ()  # (file, the preset that added it)
     elf: tuple[str, ...] = ()  # ELF files among them whose closures are needed too
     generated: tuple[Generated, ...] = ()
     dirs: tuple[tuple[str, int], ...] = ()  # (path, mode) of empty folders
@@ -71,11 +76,13 @@ class _Request:
     locator: Locator
     tz: tuple[str, ...]
     charsets: tuple[str, ...]
+    terms: tuple[str, ...] = ()
 
 
 @dataclass
 class _Collect:
     files: list[str] = field(default_factory=list)
+    preset_of: dict[str, str] = field(default_factory=dict)
     elf: list[str] = field(default_factory=list)
     generated: list[Generated] = field(default_factory=list)
     dirs: list[tuple[str, int]] = field(default_factory=list)
@@ -86,6 +93,7 @@ class _Collect:
         gen = {g.path: g for g in self.generated}
         return Additions(
             tuple(dict.fromkeys(self.files)),
+            tuple(self.preset_of.items()),
             tuple(dict.fromkeys(self.elf)),
             tuple(gen.values()),
             tuple(dict.fromkeys(self.dirs)),
@@ -142,13 +150,17 @@ def resolve(
     locator: Locator | None = None,
     tz: tuple[str, ...] = (),
     charsets: tuple[str, ...] = (),
+    terms: tuple[str, ...] = (),
 ) -> Additions:
     """The files, folders, generated files and environment the presets call for."""
-    req = _Request(Root(analysis.root), analysis, locator or Locator(analysis), tz, charsets)
+    req = _Request(Root(analysis.root), analysis, locator or Locator(analysis), tz, charsets, terms)
     out = _Collect()
     missing: list[str] = []
     for name in names:
+        before = len(out.files)
         problem = _PRESET_FUNCS[name](req, out)
+        for path in out.files[before:]:
+            out.preset_of.setdefault(path, name)
         if problem:
             missing.append(f"--with {name}: {problem}")
     if missing:
@@ -186,6 +198,34 @@ def _tzdata(req: _Request, out: _Collect) -> str | None:
     if absent:
         return f"--tz: time zones not in {ZONEINFO}: {', '.join(absent)}"
     out.files.extend(f"{ZONEINFO}/{zone}" for zone in req.tz)
+    return None
+
+
+_TERM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def _terminfo(req: _Request, out: _Collect) -> str | None:
+    """The compiled terminfo entries of the terminals asked for (``--term``), where
+    ncurses looks for them; by default the common ones this root has."""
+    wanted = req.terms or DEFAULT_TERMS
+    bad = [t for t in wanted if not _TERM.fullmatch(t)]
+    if bad:
+        return f"--term: not terminal names: {', '.join(repr(t) for t in bad)}"
+    absent = []
+    for term in wanted:
+        found = next(
+            (f"{d}/{term[0]}/{term}" for d in TERMINFO_DIRS if req.root.resolve(f"{d}/{term[0]}/{term}").is_file), None
+        )
+        if found is None:
+            absent.append(term)
+        else:
+            out.files.append(found)
+    if req.terms and absent:
+        return f"--term: no terminfo entry in the root for {', '.join(absent)} (looked in {', '.join(TERMINFO_DIRS)})"
+    if len(absent) == len(wanted):
+        return f"no terminfo entries in the root (looked in {', '.join(TERMINFO_DIRS)})"
+    if absent:
+        out.notes.append(f"note: terminfo: the root has no entry for {', '.join(absent)}")
     return None
 
 
@@ -244,7 +284,7 @@ def _nss(req: _Request, out: _Collect) -> str | None:
     if version is not None and version < (2, 34):
         # before glibc 2.34 the files and dns services were modules, not part of libc
         return _dlopened(req, out, ("libnss_files.so.2", "libnss_dns.so.2", "libresolv.so.2"))
-    out.notes.append("nss: files and dns are built into this glibc (>= 2.34); no libnss_* modules needed")
+    out.notes.append("note: nss: files and dns are built into this glibc (>= 2.34); no libnss_* modules needed")
     return None
 
 
@@ -322,5 +362,6 @@ _PRESET_FUNCS = {
     "gconv": _gconv,
     "locale": _locale,
     "libgcc_s": _libgcc_s,
+    "terminfo": _terminfo,
     "tmp": _tmp,
 }

@@ -26,9 +26,9 @@ TAR_BLOCK = 512
 Hints = dict[str, tuple[Hint, ...]]
 
 
-def render(analysis: Analysis, fmt: str, hints: Hints | None = None) -> str:
+def render(analysis: Analysis, fmt: str, hints: Hints | None = None, *, everything: bool = False) -> str:
     if fmt == "tree":
-        return printable(tree(analysis, hints or {}))
+        return printable(tree(analysis, hints or {}, everything=everything))
     if fmt == "list":
         return printable(ldd_list(analysis))
     if fmt == "json":
@@ -86,10 +86,13 @@ def _tag(dep: Dependency) -> str:
     return dep.how.value
 
 
-def tree(analysis: Analysis, hints: Hints | None = None) -> str:
+def tree(analysis: Analysis, hints: Hints | None = None, *, everything: bool = False) -> str:
+    """Each program's dependency tree. Like libtree, a library and its subtree are
+    shown once, where the loader first loads it; ``everything`` also shows every later
+    request for an already loaded library (ldd -v style)."""
     out: list[str] = []
     for program in analysis.programs:
-        out.extend(_program_tree(program))
+        out.extend(_program_tree(program, everything=everything))
         out.extend(f"hint: {h}" for h in (hints or {}).get(program.path, ()))
         out.append("")
     if analysis.skipped:
@@ -108,7 +111,7 @@ def tree(analysis: Analysis, hints: Hints | None = None) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def _program_tree(p: ProgramClosure) -> list[str]:
+def _program_tree(p: ProgramClosure, *, everything: bool = False) -> list[str]:
     if p.error:
         return [f"{p.path}: error: {p.error}"]
     if p.kind == "static":
@@ -118,9 +121,14 @@ def _program_tree(p: ProgramClosure) -> list[str]:
         head += f" -> {p.realpath}"
     lines = [head]
     children: dict[str, list[Dependency]] = {}
+    hidden = 0
     for dep in p.dependencies:
-        if dep.kind != "interpreter":
-            children.setdefault(dep.requester, []).append(dep)
+        if dep.kind == "interpreter":
+            continue
+        if not everything and dep.how in (How.ALREADY_LOADED, How.INTERPRETER) and dep.requester != p.realpath:
+            hidden += 1  # shown where it was first loaded
+            continue
+        children.setdefault(dep.requester, []).append(dep)
     paths = {o.realpath: o.path for o in p.objects}
     expanded: set[str] = {p.realpath}
 
@@ -144,7 +152,10 @@ def _program_tree(p: ProgramClosure) -> list[str]:
     walk(p.realpath, "")
     if p.vdso:
         lines.append(f"└── {p.vdso} [kernel: mapped by the kernel, not a file]")
-    lines.append(f"    interpreter {p.interpreter} [PT_INTERP]" if p.interpreter else "")
+    if p.interpreter:
+        lines.append(f"interpreter: {p.interpreter} [PT_INTERP]")
+    if hidden:
+        lines.append(f"({hidden} more requests for libraries already loaded: --all shows them)")
     for dep in p.dependencies:
         if dep.target is None and dep.kind not in ("auxiliary", "preload"):
             lines.append(f"missing: {dep.name} (needed by {paths.get(dep.requester, dep.requester)}); searched:")

@@ -72,6 +72,7 @@ class RootfsOptions:
     with_: tuple[str, ...] = ()
     tz: tuple[str, ...] = ()
     charsets: tuple[str, ...] = ()
+    terms: tuple[str, ...] = ()
     add: tuple[str, ...] = ()
     trace: str | None = None  # a command to run under strace (this runs it)
     trace_user: str | None = None
@@ -184,12 +185,16 @@ def prepare(options: RootfsOptions) -> Prepared:
     hints = _hints(analysis, reader)
     names = presets.parse_with(options.with_)
     # a subset of a preset asks for that preset
-    names += tuple(n for n, given in (("tzdata", options.tz), ("gconv", options.charsets)) if given and n not in names)
+    subsets = (("tzdata", options.tz), ("gconv", options.charsets), ("terminfo", options.terms))
+    names += tuple(n for n, given in subsets if given and n not in names)
     if "auto" in names:
         names = tuple(dict.fromkeys([n for n in names if n != "auto"] + list(presets_called_for(hints))))
     locator = Locator(analysis)  # one set of loader models for every dlopen lookup
-    additions = presets.resolve(names, analysis, locator=locator, tz=options.tz, charsets=options.charsets)
-    extras = [Extra(path, None, "--with preset") for path in additions.files]
+    additions = presets.resolve(
+        names, analysis, locator=locator, tz=options.tz, charsets=options.charsets, terms=options.terms
+    )
+    preset_of = dict(additions.preset_of)
+    extras = [Extra(path, None, f"--with {preset_of.get(path, 'preset')}") for path in additions.files]
     # symlinks inside an input folder (bin/app -> app-1.2) belong to the folder too
     extras.extend(
         Extra(s.path, None, "symlink in an input folder", private=True) for s in analysis.skipped if s.symlink

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -175,6 +176,52 @@ MINIFY = [sys.executable, "-m", "minify.cli"]
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MINIFY, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def chroot_pty(rootfs: Path, *argv: str, keys: bytes = b"q", term: str = "xterm") -> str:
+    """Run ``argv`` chrooted into a copy of ``rootfs`` on a pseudo-terminal (as
+    ``podman run -t`` would), type ``keys`` once it has drawn, and return what it
+    wrote to the terminal."""
+    import pty
+    import select
+
+    need_tool("unshare", "chroot")
+    box = Path(tempfile.mkdtemp(prefix="chroot-pty-"))
+    try:
+        top = box / "root"
+        shutil.copytree(rootfs, top, symlinks=True)
+        for folder in ("proc", "dev"):
+            (top / folder).mkdir(exist_ok=True)
+        (top / "dev/null").touch()
+        script = 'mount -t proc proc "$0/proc" && mount --bind /dev/null "$0/dev/null" && exec chroot "$0" "$@"'
+        pid, fd = pty.fork()
+        if pid == 0:  # pragma: no cover - the child
+            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TERM": term, "LINES": "24", "COLUMNS": "80"}
+            os.execvpe("unshare", ["unshare", "--mount", "--pid", "--fork", "sh", "-c", script, str(top), *argv], env)
+        output = b""
+        deadline = time.monotonic() + 30
+        typed = False
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                if not typed:
+                    os.write(fd, keys)
+                    typed = True
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        else:
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(fd)
+        return output.decode("utf-8", "replace")
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
 
 
 def tree_listing(top: Path) -> dict[str, str]:

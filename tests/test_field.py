@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.conftest import MINIFY, Builder, chroot_run, cli, need_tool
+from tests.conftest import MINIFY, Builder, chroot_pty, chroot_run, cli, need_tool
 
 
 def test_trace_passes_binary_output_through(tmp_path: Path) -> None:
@@ -230,3 +230,71 @@ def test_a_problem_the_source_has_too_is_a_warning(tmp_path: Path, builder: Buil
     assert "undefined symbol: not_defined_anywhere (in the source root too)" in proc.stderr
     assert "dangling symlink" in proc.stderr and "(in the source root too)" in proc.stderr
     assert cli("verify", str(out)).returncode == 1  # verify alone still reports it
+
+
+def test_terminfo_lets_less_use_the_terminal(tmp_path: Path) -> None:
+    need_tool("less")
+    less = shutil.which("less")
+    assert less
+    hint = cli("analyze", less)
+    assert "--with terminfo" in hint.stdout
+    bare = tmp_path / "bare"
+    assert cli("rootfs", less, "-o", str(bare), "--add", "/etc/hostname").returncode == 0
+    assert "terminal is not fully functional" in chroot_pty(bare / "rootfs", less, "/etc/hostname", keys=b"\nq")
+    out = tmp_path / "out"
+    proc = cli("rootfs", less, "-o", str(out), "--add", "/etc/hostname", "--with", "terminfo")
+    assert proc.returncode == 0, proc.stderr
+    shown = chroot_pty(out / "rootfs", less, "/etc/hostname")
+    assert "not fully functional" not in shown and Path("/etc/hostname").read_text().strip() in shown
+    subset = cli("rootfs", less, "-o", str(tmp_path / "o2"), "--term", "xterm")
+    assert subset.returncode == 0, subset.stderr
+    assert [p.name for p in (tmp_path / "o2/rootfs").rglob("terminfo/*/*")] == ["xterm"]
+    missing = cli("rootfs", less, "-o", str(tmp_path / "o3"), "--term", "no-such-terminal")
+    assert missing.returncode == 1 and "no terminfo entry" in missing.stderr
+
+
+def test_auto_adds_no_gconv_or_locale_to_a_cxx_hello(tmp_path: Path, builder: Builder) -> None:
+    """libstdc++ imports iconv_open, setlocale and localtime for every C++ program: no
+    evidence that this one converts charsets or needs a locale."""
+    prog = builder.prog(tmp_path / "hello", src="cxx_hello.cc")
+    out = tmp_path / "out"
+    proc = cli("rootfs", str(prog), "-o", str(out), "--with", "auto")
+    assert proc.returncode == 0, proc.stderr
+    assert not list(out.glob("rootfs/usr/lib/*/gconv")) and not (out / "rootfs/usr/lib/locale").exists()
+    assert not (out / "rootfs/usr/share/zoneinfo").exists()
+    assert chroot_run(out / "rootfs", str(prog)).returncode == 0
+    curl = cli("analyze", shutil.which("curl") or "/usr/bin/curl")
+    assert "--with gconv" not in curl.stdout and "--with certs" in curl.stdout and "--with nss" in curl.stdout
+    git = cli("analyze", shutil.which("git") or "/usr/bin/git")
+    assert "git (iconv_open)" in git.stdout  # git itself re-encodes commit messages
+
+
+def test_the_tree_shows_each_library_once(tmp_path: Path) -> None:
+    curl = shutil.which("curl") or "/usr/bin/curl"
+    short = cli("analyze", curl).stdout
+    full = cli("analyze", "--all", curl).stdout
+    assert "[already loaded]" not in short and "--all shows them" in short
+    assert full.count("[already loaded]") > 10
+    assert len(full.splitlines()) > len(short.splitlines())
+    assert "\ninterpreter: /lib64/ld-linux-x86-64.so.2 [PT_INTERP]" in short
+    assert "(getaddrinfo, gethostbyname, getnameinfo)" in short or "(getaddrinfo" in short
+    help_text = cli("rootfs", "--help").stdout
+    assert "nonroot" in help_text and "[default: default]" not in cli("analyze", "--help").stdout
+    assert "--map SRC=DEST" in help_text and "<list[str]> " not in help_text.split("Options")[-1]
+
+
+def test_the_lock_file_says_which_preset_and_what_traced_a_library(tmp_path: Path, builder: Builder) -> None:
+    need_tool("strace")
+    prog = builder.prog(tmp_path / "localtime", src="runtime/localtime.c")
+    out = tmp_path / "out"
+    proc = cli("rootfs", str(prog), "-o", str(out), "--with", "tzdata", "--tz", "UTC", "--with", "nss")
+    assert proc.returncode == 0, proc.stderr
+    entries = {e["path"]: e for e in json.loads((out / "minify.lock.json").read_text())["entries"]}
+    assert entries["/usr/share/zoneinfo/UTC"]["why"] == ["--with tzdata"]
+    assert "minify: note: nss: files and dns are built into this glibc" in proc.stderr
+    python = "/usr/bin/python3"
+    traced = cli("rootfs", python, "-o", str(tmp_path / "py"), "--trace", f"{python} -c 'import _ssl'")
+    assert traced.returncode == 0, traced.stderr
+    entries = {e["path"]: e for e in json.loads((tmp_path / "py/minify.lock.json").read_text())["entries"]}
+    ssl = [p for p in entries if "lib-dynload/_ssl" in p]
+    assert ssl and entries[ssl[0]]["why"] == ["traced"]
