@@ -333,8 +333,13 @@ class _Planner:
     def _follow(self, link: str, base: str, extra: Extra) -> None:
         """Bring the target of a link in an added folder when it lies outside it."""
         target = self.root.resolve(link)
-        inside = target.path == base or target.path.startswith(base + "/")
-        if not target.exists or inside:
+
+        def inside(path: str) -> bool:
+            return path == base or path.startswith(base + "/")
+
+        # every hop must land in the image: a link may leave the folder and come back
+        # (zoneinfo/localtime -> /etc/localtime -> zoneinfo/Etc/UTC)
+        if not target.exists or (inside(target.path) and all(inside(hop.path) for hop in target.links)):
             return  # dangling in the source too (verify says so), or already copied
         if target.is_dir and (target.path == "/" or base.startswith(target.path.rstrip("/") + "/")):
             self.warnings.append(f"{link}: links to {target.path}, a folder above it; not followed")

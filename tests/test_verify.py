@@ -36,14 +36,17 @@ def test_a_symbol_the_libraries_do_not_define(tmp_path: Path, builder: Builder) 
     assert f"{prog}: undefined symbol: sym_b" in cli.stdout
 
 
-def test_rootfs_refuses_to_finish_when_a_symbol_is_missing(tmp_path: Path, builder: Builder) -> None:
+def test_a_symbol_the_source_lacks_too_is_a_warning(tmp_path: Path, builder: Builder) -> None:
     lib = builder.lib(tmp_path / "lib/libsym.so.1", "sym", src="sym.c", flags=["-DWITH_B"])
     prog = builder.prog(tmp_path / "prog", src="usesym.c", links=[lib], runpath="$ORIGIN/lib")
     builder.lib(lib, "sym", src="sym.c")
     proc = subprocess.run([*MINIFY, "rootfs", str(prog), "-o", str(tmp_path / "out")], capture_output=True, text=True)
-    assert proc.returncode == 1
-    assert "undefined symbol: sym_b" in proc.stderr
-    assert not (tmp_path / "out").exists()
+    # the source has the same problem: minify is no stricter than it (a warning)
+    assert proc.returncode == 0, proc.stderr
+    assert "undefined symbol: sym_b (in the source root too)" in proc.stderr
+    check = subprocess.run([*MINIFY, "verify", str(tmp_path / "out")], capture_output=True, text=True)
+    assert check.returncode == 1 and "undefined symbol: sym_b" in check.stdout
+    # what the image loses stays an error: test_rootfs.py's map that breaks $ORIGIN
 
 
 def test_versioned_symbols_are_matched_by_version(tmp_path: Path, builder: Builder) -> None:
