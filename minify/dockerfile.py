@@ -10,9 +10,10 @@ ENTRYPOINT and CMD use the JSON (exec) form, written as UTF-8.
 from __future__ import annotations
 
 import json
+import posixpath
 
 from minify.errors import MinifyError
-from minify.image import ImagePlan
+from minify.image import Entry, ImagePlan
 
 
 class DockerfileError(MinifyError):
@@ -28,6 +29,7 @@ def render(plan: ImagePlan) -> str:
         "FROM scratch",
         "COPY rootfs/ /",
     ]
+    lines.extend(f"COPY --chown={e.owner[0]}:{e.owner[1]} owned{e.path} {e.path}" for e in _owned_tops(plan))
     lines.extend(f"ENV {key}={quote(value, f'--env {key}')}" for key, value in config.env)
     lines.extend(f"LABEL {key}={quote(value, f'label {key}')}" for key, value in config.labels)
     if config.user:
@@ -58,3 +60,17 @@ def quote(value: str, what: str) -> str:
 
 def exec_form(args: tuple[str, ...], what: str) -> str:
     return json.dumps([_text(a, what) for a in args], ensure_ascii=False)
+
+
+def _owned_tops(plan: ImagePlan) -> list[Entry]:
+    """Owned entries whose folder is not owned too (one COPY brings their children)."""
+    owned = {e.path for e in plan.entries if e.owned}
+    return [e for e in plan.entries if e.owned and posixpath.dirname(e.path) not in owned]
+
+
+def render_dockerignore(plan: ImagePlan) -> str:
+    """Keep owned entries out of ``COPY rootfs/ /``: a folder it creates as 0:0 would
+    not be given away by the later ``COPY --chown``."""
+    lines = ["# Written by minify: these are copied with their owner from owned/ (see Dockerfile)."]
+    lines.extend(f"rootfs{e.path}" for e in _owned_tops(plan))
+    return "\n".join(lines) + "\n"

@@ -40,6 +40,12 @@ class Entry:
     reasons: tuple[str, ...] = ()
     content: bytes | None = None  # a generated file's bytes (passwd, nsswitch.conf)
     ident: tuple[int, int] | None = None  # device and inode the analysis saw at source
+    owner: tuple[int, int] = (0, 0)  # uid and gid in the image
+
+    @property
+    def owned(self) -> bool:
+        """Owned by someone else than root (every other entry is 0:0)."""
+        return self.owner != (0, 0)
 
 
 def clean_path(path: str, what: str) -> str:
@@ -233,8 +239,9 @@ class _Planner:
             self._parents(path)
             self.entries[path] = entry
             return
-        if old.type is EntryType.DIR and entry.type is EntryType.DIR and entry.mode != 0o755:
-            old = replace(old, mode=entry.mode)  # an explicit mode (/tmp 1777) wins over a parent's default
+        if old.type is EntryType.DIR and entry.type is EntryType.DIR and (entry.mode != 0o755 or entry.owned):
+            # an explicit mode (/tmp 1777) or owner (/home/nonroot) wins over a parent's default
+            old = replace(old, mode=entry.mode, owner=entry.owner)
         same = (old.type, old.target, old.source, old.content) == (
             entry.type,
             entry.target,
@@ -415,7 +422,7 @@ def plan_image(
     scripts: tuple[tuple[str, str], ...] = (),
     extras: tuple[Extra, ...] = (),
     generated: tuple[Generated, ...] = (),
-    dirs: tuple[tuple[str, int], ...] = (),
+    dirs: tuple[tuple[str, int, tuple[int, int]], ...] = (),
     skip: tuple[str, ...] = (),
 ) -> ImagePlan:
     """Lay out every program's closure as image entries.
@@ -476,8 +483,8 @@ def plan_image(
         planner.add_extra(extra_item)
     for item in generated:
         planner.add_generated(item)
-    for path, mode in dirs:
-        planner.add(Entry(path, EntryType.DIR, mode, reasons=("preset",)))
+    for path, mode, owner in dirs:
+        planner.add(Entry(path, EntryType.DIR, mode, reasons=("preset",), owner=owner))
     return ImagePlan(
         planner.finish(),
         config,

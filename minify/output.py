@@ -37,7 +37,7 @@ from minify.errors import OutputError
 LOCK_NAME = "minify.lock.json"
 LOCK_SCHEMA = 1
 #: What minify writes at the top of OUT; anything else there is the user's.
-OWN_NAMES = frozenset({"rootfs", "Dockerfile", LOCK_NAME, "minify.trace"})
+OWN_NAMES = frozenset({"rootfs", "owned", "Dockerfile", ".dockerignore", LOCK_NAME, "minify.trace"})
 #: How long a run waits for another one writing beside the same OUT.
 LOCK_WAIT_SECONDS = 600.0
 

@@ -46,6 +46,8 @@ rpc:        files
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 USERS = (("root", 0, "/root"), ("nobody", 65534, "/nonexistent"), ("nonroot", 65532, "/home/nonroot"))
 NONROOT = "65532:65532"
+#: distroless's nonroot home: owned by nonroot, so the program can write there.
+NONROOT_HOME = ("/home/nonroot", 0o755, (65532, 65532))
 
 
 class PresetUnavailable(MinifyError):
@@ -62,7 +64,7 @@ class Additions:
     preset_of: tuple[tuple[str, str], ...] = ()  # (file, the preset that added it)
     elf: tuple[str, ...] = ()  # ELF files among them whose closures are needed too
     generated: tuple[Generated, ...] = ()
-    dirs: tuple[tuple[str, int], ...] = ()  # (path, mode) of empty folders
+    dirs: tuple[tuple[str, int, tuple[int, int]], ...] = ()  # (path, mode, owner) of empty folders
     env: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -85,7 +87,7 @@ class _Collect:
     preset_of: dict[str, str] = field(default_factory=dict)
     elf: list[str] = field(default_factory=list)
     generated: list[Generated] = field(default_factory=list)
-    dirs: list[tuple[str, int]] = field(default_factory=list)
+    dirs: list[tuple[str, int, tuple[int, int]]] = field(default_factory=list)
     env: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -240,7 +242,7 @@ def _locale(req: _Request, out: _Collect) -> str | None:
 
 def _tmp(req: _Request, out: _Collect) -> str | None:
     del req  # /tmp needs nothing from the root
-    out.dirs.append(("/tmp", 0o1777))
+    out.dirs.append(("/tmp", 0o1777, (0, 0)))
     return None
 
 
@@ -279,7 +281,7 @@ def _nss(req: _Request, out: _Collect) -> str | None:
     out.generated.append(Generated("/etc/nsswitch.conf", NSSWITCH.encode(), reason="--with nss"))
     out.generated.extend(users_files(req.root))
     out.generated.append(Generated("/etc/hosts", HOSTS.encode(), reason="--with nss"))
-    out.dirs.append(("/home/nonroot", 0o755))
+    out.dirs.append(NONROOT_HOME)
     version = _glibc_version(req)
     if version is not None and version < (2, 34):
         # before glibc 2.34 the files and dns services were modules, not part of libc

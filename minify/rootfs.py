@@ -25,7 +25,7 @@ from typing import Any
 
 from minify import __version__, output, presets
 from minify.closure import Analysis, Locator, ProgramClosure, analyze
-from minify.dockerfile import DockerfileError
+from minify.dockerfile import DockerfileError, render_dockerignore
 from minify.dockerfile import render as render_dockerfile
 from minify.elf import ET_DYN, ET_EXEC, is_elf, script_interpreter
 from minify.errors import BadInput, OutOfDate, OutputError, VerificationFailed
@@ -226,10 +226,10 @@ def prepare(options: RootfsOptions) -> Prepared:
     generated = list(additions.generated)
     dirs = list(additions.dirs)
     if trace is not None:
-        dirs.extend((d, 0o755) for d in trace.dirs if view.resolve(d).path == d and view.resolve(d).is_dir)
+        dirs.extend((d, 0o755, (0, 0)) for d in trace.dirs if view.resolve(d).path == d and view.resolve(d).is_dir)
     if options.user == "nonroot":
         generated.extend(presets.users_files(view))
-        dirs.append(("/home/nonroot", 0o755))
+        dirs.append(presets.NONROOT_HOME)
     extra: tuple[ProgramClosure, ...] = ()
     if options.hwcaps == "all":
         extra = _hwcaps_variants(analysis, view, cwd)
@@ -490,7 +490,9 @@ def _config(
 
 
 def _entry_data(entry: Entry, sha: str | None) -> dict[str, Any]:
+    owner = {"owner": f"{entry.owner[0]}:{entry.owner[1]}"} if entry.owned else {}
     return {
+        **owner,
         "path": entry.path,
         "type": entry.type.value,
         "mode": f"{entry.mode:04o}",
@@ -541,7 +543,10 @@ def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None
             rootfs = os.path.join(tmp, "rootfs")
             hashes, copy_warnings = materialise(plan, rootfs, progress=progress)
             warnings.extend(copy_warnings)
+            write_owned(plan, os.path.join(tmp, "owned"))
             _write_text(os.path.join(tmp, "Dockerfile"), prepared.dockerfile)
+            if any(e.owned for e in plan.entries):
+                _write_text(os.path.join(tmp, ".dockerignore"), render_dockerignore(plan))
             _write_text(os.path.join(tmp, LOCK_NAME), _dump(lock_data(plan, prepared.dockerfile, hashes)))
             if prepared.trace is not None:
                 _write_text(os.path.join(tmp, TRACE_NAME), prepared.trace.to_json())
@@ -618,10 +623,37 @@ def materialise(
                 warnings.append(f"{entry.path}: file capabilities (security.capability) dropped")
         if progress is not None:
             progress(done, total)
+    if os.geteuid() == 0:  # only root may give files away; the Dockerfile does it anyway
+        for entry in plan.entries:
+            if entry.owned:
+                os.lchown(base + entry.path, *entry.owner)
     for entry in reversed(plan.entries):  # children first, so folder times stick
         os.utime(base + entry.path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
     os.utime(base, (FIXED_MTIME, FIXED_MTIME))
     return hashes, warnings
+
+
+def write_owned(plan: ImagePlan, directory: str) -> None:
+    """``owned/``: the entries whose owner is not root, for the Dockerfile's
+    ``COPY --chown`` (a COPY makes everything 0:0, and ``--chown`` changes a folder only
+    when it creates it, so ``.dockerignore`` keeps them out of ``COPY rootfs/ /``)."""
+    owned = [e for e in plan.entries if e.owned]
+    if not owned:
+        return
+    os.mkdir(directory, 0o755)
+    base = os.path.realpath(directory)
+    for entry in owned:
+        dest = _inside(base, entry.path)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if entry.type is EntryType.DIR:
+            os.mkdir(dest, entry.mode)
+            os.chmod(dest, entry.mode)
+        elif entry.content is not None:
+            _write(entry.content, dest, entry.mode)
+    for dirpath, dirnames, filenames in os.walk(base, topdown=False):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
+    os.utime(base, (FIXED_MTIME, FIXED_MTIME))
 
 
 def _write(content: bytes, dest: str, mode: int) -> None:

@@ -298,3 +298,27 @@ def test_the_lock_file_says_which_preset_and_what_traced_a_library(tmp_path: Pat
     entries = {e["path"]: e for e in json.loads((tmp_path / "py/minify.lock.json").read_text())["entries"]}
     ssl = [p for p in entries if "lib-dynload/_ssl" in p]
     assert ssl and entries[ssl[0]]["why"] == ["traced"]
+
+
+def test_nonroot_can_write_its_home(tmp_path: Path, podman: object) -> None:
+    from tests.conftest import image_from
+
+    touch = shutil.which("touch")
+    assert touch
+    out = tmp_path / "out"
+    proc = cli("rootfs", touch, "-o", str(out), "--user", "nonroot", "--cmd", "/home/nonroot/written")
+    assert proc.returncode == 0, proc.stderr
+    home = out / "rootfs/home/nonroot"
+    assert (home.stat().st_uid, home.stat().st_gid) == (65532, 65532)
+    entries = {e["path"]: e for e in json.loads((out / "minify.lock.json").read_text())["entries"]}
+    assert entries["/home/nonroot"]["owner"] == "65532:65532" and "owner" not in entries["/home"]
+    assert "COPY --chown=65532:65532 owned/home/nonroot /home/nonroot" in (out / "Dockerfile").read_text()
+    tag = image_from(podman, out)  # type: ignore[arg-type]
+    run = podman("run", "--rm", tag, check=False)  # type: ignore[operator]
+    assert run.returncode == 0, run.stderr
+    assert (
+        cli(
+            "rootfs", touch, "-o", str(out), "--user", "nonroot", "--cmd", "/home/nonroot/written", "--check"
+        ).returncode
+        == 0
+    )
