@@ -356,6 +356,8 @@ def _parse_add(spec: str, view: Root, cwd: str) -> Extra:
     inner = posixpath.normpath(path if path.startswith("/") else posixpath.join(cwd, path))
     if not view.resolve(inner).exists:
         raise PlanError(f"--add {spec}: {inner} does not exist" + ("" if view.is_host else f" in {view.directory}"))
+    if not dest and not path.startswith("/"):
+        dest = "/" + posixpath.normpath(path)  # relative, as a relative input: rooted at /
     return Extra(inner, clean_path(dest, "--add DEST") if dest else None, f"--add {spec}")
 
 

@@ -15,7 +15,7 @@ packages=(
     strace util-linux coreutils dash
     pax-utils libtree
     xz-utils openssl git sqlite3 curl gdb
-    python3 python3-venv tzdata ca-certificates libzstd1 libc-bin libcap2-bin systemd ruby less
+    python3 python3-venv tzdata ca-certificates libzstd1 libc-bin libcap2-bin systemd ruby less postgresql
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import MINIFY, Builder, chroot_pty, chroot_run, cli, need_tool
 
 
@@ -322,3 +324,40 @@ def test_nonroot_can_write_its_home(tmp_path: Path, podman: object) -> None:
         ).returncode
         == 0
     )
+
+
+def test_initdb_traced_as_postgres_ships_no_data_folder(tmp_path: Path) -> None:
+    """postgres' initdb refuses root (--trace-user), and writes a new data folder of
+    about a thousand files: none of them is part of what it needs."""
+    need_tool("strace")
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        pytest.fail("initdb is missing: the test command installs postgresql")
+    initdb = str(found[-1])
+    shared = Path(tempfile.mkdtemp(prefix="minify-initdb-", dir="/tmp"))
+    try:
+        shared.chmod(0o777)
+        data = shared / "data"
+        out = tmp_path / "out"
+        as_root = cli("rootfs", initdb, "-o", str(out), "--trace", f"{initdb} -D {data}")
+        assert as_root.returncode == 2 and "exited with status 1" in as_root.stderr
+        proc = cli("rootfs", initdb, "-o", str(out), "--trace", f"{initdb} -D {data}", "--trace-user", "postgres")
+        assert proc.returncode == 0, proc.stderr
+        assert len(list(data.rglob("*"))) > 500  # initdb really ran
+        entries = [e["path"] for e in json.loads((out / "minify.lock.json").read_text())["entries"]]
+        traced = json.loads((out / "minify.trace").read_text())["files"]
+        assert not [p for p in entries + traced if p.startswith(str(data))]
+        assert any(p.startswith("/usr/share/postgresql") for p in entries)  # what it read: its templates
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_folder_input_does_not_warn_about_files_also_added(tmp_path: Path, builder: Builder) -> None:
+    app = tmp_path / "app"
+    builder.prog(app / "prog", src="hello.c")
+    (app / "config.txt").write_text("x")
+    (app / "notes.txt").write_text("y")
+    proc = cli("rootfs", "./app", "-o", "out", "--entrypoint", "/app/prog", "--add", "./app/config.txt", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "config.txt" not in proc.stderr and "skipped /" in proc.stderr and "notes.txt" in proc.stderr
+    assert (tmp_path / "out/rootfs/app/config.txt").read_text() == "x"
