@@ -265,6 +265,29 @@ def _worth_analysing(run: _Run, path: str, resolved: Resolved, skipped: list[Ski
     return True
 
 
+def loadable_files(
+    view: Root, reader: Reader, folder: str, *, skip: tuple[str, ...] = (), unreadable: bool = False
+) -> list[str]:
+    """Loadable ELF files below a folder of the root (a rootfs, a runtime's tree of
+    extension modules), symlinks not followed; with ``unreadable``, also the ELF files
+    that cannot be read, so that a caller reports them."""
+    out = []
+    for entry in view.walk(folder, skip=skip):
+        if not stat.S_ISREG(entry.mode):
+            continue
+        resolved = view.resolve(entry.path)
+        try:
+            with reader.open(resolved) as opened:
+                if not is_elf(opened):
+                    continue
+            if reader.header(resolved).file_type in (ET_EXEC, ET_DYN):
+                out.append(entry.path)
+        except BadInput:
+            if unreadable:
+                out.append(entry.path)
+    return out
+
+
 def _inputs(
     view: Root, given: str, cwd: str, skipped: list[Skipped], exclude: tuple[str, ...]
 ) -> list[tuple[str, Resolved, bool]]:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from minify.errors import OutputError
+from minify.root import read_host_file
 
 LOCK_NAME = "minify.lock.json"
 LOCK_SCHEMA = 1
@@ -119,20 +120,13 @@ def foreign_entries(out: str) -> list[str]:
 def _own_lock(out: str) -> dict[str, Any] | None:
     """OUT's lock file when it is one of minify's: a regular file (not a link), JSON
     with minify's schema number and a list of entries with a path and a type each."""
-    path = os.path.join(out, LOCK_NAME)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    text = read_host_file(os.path.join(out, LOCK_NAME))
+    if text is None:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = json.loads(fh.read(256 << 20))
-    except (OSError, ValueError):
+        data = json.loads(text)
+    except ValueError:
         return None
-    finally:
-        os.close(fd)
     if not isinstance(data, dict) or data.get("schema") != LOCK_SCHEMA or "minify" not in data:
         return None
     entries = data.get("entries")

@@ -307,6 +307,21 @@ class Root:
         return None
 
 
+def read_host_file(path: str, limit: int = 256 << 20) -> bytes | None:
+    """A regular file of the host (a file in OUT), or None: opened without following a
+    final symlink and without blocking on a FIFO, checked on the open descriptor."""
+    try:
+        fd = os.open(path, _FILE_FLAGS)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return read_all(fd, limit)
+    finally:
+        os.close(fd)
+
+
 def read_all(fd: int, limit: int) -> bytes:
     """Up to ``limit`` bytes of an open file, from its start."""
     chunks = []

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from minify import __version__, output, presets
-from minify.closure import Analysis, Locator, ProgramClosure, analyze
+from minify.closure import Analysis, Locator, ProgramClosure, analyze, loadable_files
 from minify.dockerfile import DockerfileError, render_dockerignore
 from minify.dockerfile import render as render_dockerfile
-from minify.elf import ET_DYN, ET_EXEC, is_elf, script_interpreter
+from minify.elf import is_elf, script_interpreter
 from minify.errors import BadInput, OutOfDate, OutputError, VerificationFailed
 from minify.hints import Hint, for_analysis, presets_called_for
 from minify.image import (
@@ -45,7 +45,7 @@ from minify.image import (
 from minify.loader.model import Reader
 from minify.output import LOCK_NAME, LOCK_SCHEMA
 from minify.presets import NONROOT
-from minify.root import Root, read_all
+from minify.root import Root, read_host_file
 from minify.sensitive import why_secret
 from minify.trace import TRACE_NAME, Trace, TraceFailed, run_trace
 
@@ -110,16 +110,10 @@ def _load_trace(options: RootfsOptions, view: Root, out: output.Target) -> Trace
     saved = os.path.join(out.path, TRACE_NAME)
     if not os.path.lexists(saved):
         return None
-    try:
-        fd = os.open(saved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise TraceFailed(f"{saved}: cannot be read ({exc.strerror})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise TraceFailed(f"{saved}: not a regular file")
-        text = read_all(fd, 256 << 20).decode("utf-8", "surrogateescape")
-    finally:
-        os.close(fd)
+    data = read_host_file(saved)
+    if data is None:
+        raise TraceFailed(f"{saved}: not a regular file that can be read")
+    text = data.decode("utf-8", "surrogateescape")
     return Trace.from_json(text, saved)
 
 
@@ -210,7 +204,7 @@ def prepare(options: RootfsOptions) -> Prepared:
         if _is_elf_file(view, reader, added.path):
             elf_extras.append(added.path)
         elif view.resolve(added.path).is_dir:
-            tree_elves.extend(_loadable_below(view, reader, added.path, skip))
+            tree_elves.extend(loadable_files(view, reader, added.path, skip=skip))
     trace = _load_trace(options, view, out)
     trace_warnings: list[str] = []
     if trace is not None:
@@ -368,24 +362,6 @@ def _closures_of(paths: list[str], root: str, cwd: str) -> tuple[ProgramClosure,
         if program.error or program.missing:
             raise PlanError(program.error or f"{program.path}: needs {', '.join(program.missing)}, not found")
     return extra.programs
-
-
-def _loadable_below(view: Root, reader: Reader, folder: str, skip: tuple[str, ...]) -> list[str]:
-    """Loadable ELF files below a folder of the root (a runtime's extension modules)."""
-    out = []
-    for entry in view.walk(folder, skip=skip):
-        if not stat.S_ISREG(entry.mode):
-            continue
-        resolved = view.resolve(entry.path)
-        try:
-            with reader.open(resolved) as opened:
-                if not is_elf(opened):
-                    continue
-            if reader.header(resolved).file_type in (ET_DYN, ET_EXEC):
-                out.append(entry.path)
-        except BadInput:
-            continue  # copied as a file; nothing to resolve
-    return out
 
 
 def _closures_of_tree(paths: list[str], root: str, cwd: str) -> tuple[tuple[ProgramClosure, ...], list[str]]:
@@ -781,7 +757,7 @@ def check(options: RootfsOptions) -> RootfsResult:
     hashes.update({e.path: hashlib.sha256(e.content).hexdigest() for e in plan.files if e.content is not None})
     lock = lock_data(plan, dockerfile, hashes)
     for name, want in (("Dockerfile", dockerfile), (LOCK_NAME, _dump(lock))):
-        have = _read_regular(os.path.join(out, name))
+        have = read_host_file(os.path.join(out, name))
         if have is None:
             differences.append(f"{name} is missing")
         elif have != want.encode("utf-8", "surrogateescape"):
@@ -791,19 +767,6 @@ def check(options: RootfsOptions) -> RootfsResult:
     if differences:
         raise OutOfDate(tuple(differences))
     return result
-
-
-def _read_regular(path: str) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return read_all(fd, 256 << 20)
-    finally:
-        os.close(fd)
 
 
 def _tree_differences(rootfs: str, wanted: list[dict[str, Any]]) -> list[str]:

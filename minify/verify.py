@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import posixpath
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from minify.closure import Analysis, LoadedObject, ProgramClosure, analyze
-from minify.elf import ET_DYN, ET_EXEC, Symbols, is_elf
-from minify.errors import BadInput, PathError
+from minify.closure import Analysis, LoadedObject, ProgramClosure, analyze, loadable_files
+from minify.elf import Symbols
+from minify.errors import PathError
 from minify.loader.model import Reader
 from minify.root import Root
 
@@ -57,25 +56,10 @@ def rootfs_of(directory: str) -> str:
 
 
 def elf_files(rootfs: str) -> list[str]:
-    """Loadable ELF files of the rootfs (paths inside it), symlinks not followed."""
+    """Loadable ELF files of the rootfs (paths inside it), symlinks not followed; an
+    unreadable one is listed too, and reported as that file's error."""
     root = Root(rootfs)
-    reader = Reader(root)
-    out = []
-    for entry in root.walk("/"):
-        if not stat.S_ISREG(entry.mode):
-            continue
-        resolved = root.resolve(entry.path)
-        try:
-            with reader.open(resolved) as opened:
-                if not is_elf(opened):
-                    continue
-            header = reader.header(resolved)
-        except BadInput:
-            out.append(entry.path)  # reported as this file's error
-            continue
-        if header.file_type in (ET_EXEC, ET_DYN):
-            out.append(entry.path)
-    return out
+    return loadable_files(root, Reader(root), "/", unreadable=True)
 
 
 #: A link into these is resolved by the container runtime's mounts, not the image.
