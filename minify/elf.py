@@ -231,8 +231,10 @@ def _read_header(f: Opened) -> tuple[ElfHeader, int]:
                 has_dynamic = True
                 dynamic = (p_offset, p_filesz)
             else:
-                # PATH_MAX bounds what the kernel would accept as an interpreter
-                raw = f.pread(min(p_filesz, 4096), p_offset)
+                # fs/binfmt_elf.c: an interpreter name longer than PATH_MAX is ENOEXEC
+                if p_filesz > 4096:
+                    raise CorruptElf(path, f"PT_INTERP of {p_filesz} bytes (the kernel refuses more than 4096)")
+                raw = f.pread(p_filesz, p_offset)
                 interpreter = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
                 if not interpreter:
                     raise CorruptElf(path, "empty PT_INTERP")

@@ -147,6 +147,8 @@ class Root:
         res = self.resolve(inner)
         if not res.exists:
             raise PathError(inner, "no such file" + ("" if self.is_host else f" in {self.directory}"))
+        if res.is_dir:
+            raise NotRegularFile(self.host_path(res.path), "is a directory, not a file")
         parent = self._dirfd(posixpath.dirname(res.path))
         try:
             fd = os.open(posixpath.basename(res.path), _FILE_FLAGS, dir_fd=parent)

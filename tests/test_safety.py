@@ -515,3 +515,18 @@ def test_file_capabilities_dropped_with_a_warning(tmp_path: Path, built: dict[st
     proc = cli("rootfs", str(prog), "-o", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     assert "file capabilities (security.capability) dropped" in proc.stderr
+
+
+def test_a_huge_pt_interp_is_refused_as_the_kernel_does(tmp_path: Path, built: dict[str, Path]) -> None:
+    import lief  # a fixture-making step: the loader and the kernel judge the result
+
+    big = tmp_path / "big"
+    binary = lief.ELF.parse(str(built["hello"]))
+    binary.interpreter = "/" * 200_000
+    binary.write(str(big))
+    big.chmod(0o755)
+    with pytest.raises(OSError, match="Exec format error"):  # ENOEXEC: the kernel refuses it
+        subprocess.run([str(big)], capture_output=True)
+    started = time.monotonic()
+    line = one_error_line(subprocess.run([*MINIFY, "analyze", str(big)], capture_output=True, text=True, timeout=60))
+    assert "PT_INTERP of 200001 bytes" in line and time.monotonic() - started < 20
