@@ -22,6 +22,15 @@ T = TypeVar("T")
 HINTS_AUTO_MAX = 20
 Opts = TypeVar("Opts")
 
+
+def _argument_type(self: typer.core.TyperArgument, ctx: object) -> str | None:
+    """An argument with a metavar (PATH...) needs no Python type beside it in --help
+    (typer would print `PATH... <list[str]>`)."""
+    return None if self.metavar else str(self.display_type(ctx))  # type: ignore[arg-type]
+
+
+typer.core.TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign,assignment]
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -86,7 +95,7 @@ def _split_preload(text: str | None) -> tuple[str, ...]:
 
 @app.command()
 def analyze(
-    paths: Annotated[list[str], typer.Argument(help="Programs, libraries or folders to analyse.", metavar="PATH...")],
+    paths: Annotated[list[str], typer.Argument(help="Programs, libraries or folders to analyse.", metavar="PATH")],
     root: RootOpt = "/",
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.tree,
     cwd: CwdOpt = None,
@@ -139,7 +148,7 @@ def analyze(
 
 @app.command()
 def rootfs(
-    paths: Annotated[list[str], typer.Argument(help="Programs (or folders of them) to ship.", metavar="PATH...")],
+    paths: Annotated[list[str], typer.Argument(help="Programs (or folders of them) to ship.", metavar="PATH")],
     output: Annotated[
         str, typer.Option("--output", "-o", help="Output folder: rootfs/, Dockerfile, lock file.", metavar="OUT")
     ],
@@ -307,7 +316,7 @@ def verify(
 )
 def trace(
     command: Annotated[
-        list[str], typer.Argument(help="The command and its arguments (its options are its own).", metavar="CMD ARG...")
+        list[str], typer.Argument(help="The command and its arguments (its options are its own).", metavar="CMD")
     ],
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Save the record here (JSON).", metavar="FILE")
