@@ -155,7 +155,8 @@ def _program_tree(p: ProgramClosure, *, everything: bool = False) -> list[str]:
     if p.interpreter:
         lines.append(f"interpreter: {p.interpreter} [PT_INTERP]")
     if hidden:
-        lines.append(f"({hidden} more requests for libraries already loaded: --all shows them)")
+        what = "request for a library" if hidden == 1 else "requests for libraries"
+        lines.append(f"({hidden} more {what} already loaded: --all shows them)")
     for dep in p.dependencies:
         if dep.target is None and dep.kind not in ("auxiliary", "preload"):
             lines.append(f"missing: {dep.name} (needed by {paths.get(dep.requester, dep.requester)}); searched:")

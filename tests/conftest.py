@@ -25,6 +25,24 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 IN_CI = os.environ.get("CI") == "true"
 
 
+def _host_loader_facts() -> tuple[str, str]:
+    """The host's PT_INTERP and the libc.so.6 its loader picks, as the loader itself
+    says (LD_TRACE_LOADED_OBJECTS), so tests never assume x86-64 Debian paths."""
+    sh = os.path.realpath("/bin/sh")
+    interp = read_elf(sh).interpreter or ""
+    out = subprocess.run([sh, "-c", ":"], capture_output=True, text=True, env={"LD_TRACE_LOADED_OBJECTS": "1"}).stdout
+    libc = next((line.split()[2] for line in out.splitlines() if line.split()[:2] == ["libc.so.6", "=>"]), "")
+    return interp, libc
+
+
+#: The host's interpreter (/lib64/ld-linux-x86-64.so.2 on x86-64) and libc as its loader
+#: finds it (/lib/x86_64-linux-gnu/libc.so.6 on Debian), and libc's folder.
+HOST_INTERP, HOST_LIBC = _host_loader_facts()
+HOST_LIBDIR = os.path.dirname(HOST_LIBC)
+#: The multiarch triplet ($LIB is lib/TRIPLET on Debian-like systems).
+TRIPLET = os.path.basename(HOST_LIBDIR)
+
+
 def need_tool(*tools: str) -> None:
     """Skip locally when a tool is missing; in CI a missing tool is a failure, since
     the test command installs every tool the tests use."""

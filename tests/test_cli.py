@@ -14,6 +14,7 @@ import pydot
 from typer.testing import CliRunner
 
 from minify.cli import app
+from tests.conftest import HOST_INTERP, HOST_LIBC
 
 runner = CliRunner()
 
@@ -84,9 +85,9 @@ def test_dot_and_graphml(built: dict[str, Path]) -> None:
 
 def test_tree_names_interpreter_vdso_and_summary(built: dict[str, Path]) -> None:
     result = runner.invoke(app, ["analyze", str(built["pausle"])])
-    assert "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 [ld.so.cache]" in result.output
+    assert f"libc.so.6 => {HOST_LIBC} [ld.so.cache]" in result.output
     assert "linux-vdso.so.1 [kernel" in result.output
-    assert "interpreter /lib64/ld-linux-x86-64.so.2" in result.output
+    assert f"interpreter {HOST_INTERP}" in result.output
     assert "summary: 1 input(s), 3 file(s)" in result.output
 
 

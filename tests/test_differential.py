@@ -11,8 +11,9 @@ import pytest
 
 import minify
 from minify.closure import ProgramClosure
+from tests.conftest import TRIPLET
 
-CORPUS = ["/usr/bin", "/usr/sbin", "/usr/lib/x86_64-linux-gnu"]
+CORPUS = ["/usr/bin", "/usr/sbin", f"/usr/lib/{TRIPLET}"]
 _LINE = re.compile(r"^(?:(\S+) => )?(\S+?)(?: \(0x[0-9a-f]+\))?$")
 _CANNOT_OPEN = re.compile(r"error while loading shared libraries: (\S+): cannot open shared object file")
 

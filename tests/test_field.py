@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MINIFY, Builder, chroot_pty, chroot_run, cli, need_tool
+from tests.conftest import HOST_INTERP, MINIFY, Builder, chroot_pty, chroot_run, cli, need_tool
 
 
 def test_trace_passes_binary_output_through(tmp_path: Path) -> None:
@@ -278,7 +278,7 @@ def test_the_tree_shows_each_library_once(tmp_path: Path) -> None:
     assert "[already loaded]" not in short and "--all shows them" in short
     assert full.count("[already loaded]") > 10
     assert len(full.splitlines()) > len(short.splitlines())
-    assert "\ninterpreter: /lib64/ld-linux-x86-64.so.2 [PT_INTERP]" in short
+    assert f"\ninterpreter: {HOST_INTERP} [PT_INTERP]" in short
     assert "(getaddrinfo, gethostbyname, getnameinfo)" in short or "(getaddrinfo" in short
     help_text = cli("rootfs", "--help").stdout
     assert "nonroot" in help_text and "[default: default]" not in cli("analyze", "--help").stdout

@@ -21,9 +21,22 @@ from pathlib import Path
 import pytest
 
 from minify.loader import ldcache
-from tests.conftest import MINIFY, Builder, chroot_run, cli, need_tool, strace_minify, syscalls, written_paths
+from tests.conftest import (
+    HOST_INTERP,
+    HOST_LIBC,
+    HOST_LIBDIR,
+    MINIFY,
+    Builder,
+    chroot_run,
+    cli,
+    need_tool,
+    strace_minify,
+    syscalls,
+    written_paths,
+)
 
-LIBDIR = "lib/x86_64-linux-gnu"
+LIBDIR = HOST_LIBDIR.lstrip("/")
+LDSO = os.path.basename(os.path.realpath(HOST_INTERP))
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -163,10 +176,12 @@ def small_root(tmp_path: Path, builder: Builder) -> Path:
     """A root with its own libc and ld.so, and /bin/prog needing /opt/d/libd.so.1."""
     root = tmp_path / "root"
     (root / LIBDIR).mkdir(parents=True)
-    (root / "lib64").mkdir()
-    for name in ("libc.so.6", "ld-linux-x86-64.so.2"):
-        shutil.copy(os.path.realpath(f"/lib/x86_64-linux-gnu/{name}"), root / LIBDIR / name)
-    (root / "lib64/ld-linux-x86-64.so.2").symlink_to(f"../{LIBDIR}/ld-linux-x86-64.so.2")
+    shutil.copy(os.path.realpath(HOST_LIBC), root / LIBDIR / "libc.so.6")
+    shutil.copy(os.path.realpath(HOST_INTERP), root / LIBDIR / LDSO)
+    interp = root / HOST_INTERP.lstrip("/")
+    if not interp.exists():
+        interp.parent.mkdir(parents=True, exist_ok=True)
+        interp.symlink_to(f"/{LIBDIR}/{LDSO}")
     lib = builder.lib(root / "opt/d/libd.so.1", "inroot")
     builder.prog(root / "bin/prog", links=[lib], runpath="/opt/d")
     return root
@@ -353,9 +368,9 @@ def test_a_folder_given_with_add_warns_about_what_it_cannot_copy(tmp_path: Path,
 
 def test_hostile_sizes_end_in_seconds(tmp_path: Path, builder: Builder) -> None:
     root = tmp_path / "root"
-    (root / "lib64").mkdir(parents=True)
+    (root / HOST_INTERP.lstrip("/")).parent.mkdir(parents=True)
     (root / "bin").mkdir()
-    (root / "lib64/ld-linux-x86-64.so.2").write_bytes(b"/" * 200_000 + b"\0" + b"/\0" * 500_000)
+    (root / HOST_INTERP.lstrip("/")).write_bytes(b"/" * 200_000 + b"\0" + b"/\0" * 500_000)
     builder.prog(root / "bin/prog", src="hello.c")
     conf = root / "etc/ld.so.conf.d"
     conf.mkdir(parents=True)

@@ -12,9 +12,10 @@ import pytest
 
 import minify
 from minify.loader.model import How
-from tests.conftest import Builder, loader_truth, need_tool
+from tests.conftest import HOST_INTERP, HOST_LIBC, HOST_LIBDIR, Builder, loader_truth, need_tool
 
-LIBDIR = "lib/x86_64-linux-gnu"
+LIBDIR = HOST_LIBDIR.lstrip("/")
+LDSO = os.path.basename(os.path.realpath(HOST_INTERP))
 
 
 @pytest.fixture()
@@ -22,11 +23,13 @@ def sysroot(tmp_path: Path, builder: Builder) -> Path:
     need_tool("chroot")
     root = tmp_path / "root"
     (root / LIBDIR).mkdir(parents=True)
-    (root / "lib64").mkdir()
     (root / "etc").mkdir()
-    shutil.copy(os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6"), root / LIBDIR / "libc.so.6")
-    shutil.copy(os.path.realpath("/lib64/ld-linux-x86-64.so.2"), root / LIBDIR / "ld-linux-x86-64.so.2")
-    (root / "lib64/ld-linux-x86-64.so.2").symlink_to(f"/{LIBDIR}/ld-linux-x86-64.so.2")
+    shutil.copy(os.path.realpath(HOST_LIBC), root / LIBDIR / "libc.so.6")
+    shutil.copy(os.path.realpath(HOST_INTERP), root / LIBDIR / LDSO)
+    interp = root / HOST_INTERP.lstrip("/")
+    if not interp.exists():
+        interp.parent.mkdir(parents=True, exist_ok=True)
+        interp.symlink_to(f"/{LIBDIR}/{LDSO}")
     lib = builder.lib(root / "opt/lib/libcache.so.1", "cache")
     builder.prog(root / "bin/prog", links=[lib])
     (root / "etc/ld.so.conf").write_text("/opt/lib\n")
@@ -39,7 +42,7 @@ def test_cache_of_the_root_is_used(sysroot: Path) -> None:
     truth = loader_truth("/bin/prog", chroot=str(sysroot))
     (program,) = minify.analyze(["/bin/prog"], root=str(sysroot)).programs
     assert program.ok, program
-    assert set(program.closure) == truth.closure | {f"/{LIBDIR}/ld-linux-x86-64.so.2"}, truth.output
+    assert set(program.closure) == truth.closure | {f"/{LIBDIR}/{LDSO}"}, truth.output
     hows = {d.name: d.how for d in program.dependencies}
     assert hows["libcache.so.1"] is How.LD_CACHE
 
@@ -50,7 +53,7 @@ def test_ld_so_preload_of_the_root(sysroot: Path, builder: Builder) -> None:
     truth = loader_truth("/bin/prog", chroot=str(sysroot))
     assert "/opt/lib/libpre.so.1" in truth.closure
     (program,) = minify.analyze(["/bin/prog"], root=str(sysroot)).programs
-    assert set(program.closure) == truth.closure | {f"/{LIBDIR}/ld-linux-x86-64.so.2"}
+    assert set(program.closure) == truth.closure | {f"/{LIBDIR}/{LDSO}"}
     assert any("ld.so.preload" in n for n in program.notes)
 
 
