@@ -1,108 +1,186 @@
 #!/usr/bin/env python3
-"""minify against ldd, lddtree and libtree on one corpus, in one run.
+"""minify against libtree, ldd and lddtree: paired, interleaved runs, exit codes checked.
 
-Corpus: every regular ELF file under /usr/bin, /usr/sbin and /usr/lib/<triplet>.
-minify analyses the whole corpus in one call; the others are run once per file, as a
-user of them would. Prints wall times and the ratios, `minify --help` start-up, and
-minify's peak memory against the largest single file.
+Batch: the regular ELF files at the top level of /usr/bin, /usr/sbin and
+/usr/lib/<triplet> (no recursion). minify analyses them in one call (tree output, no
+hints); the others run once per file, as a user of them would (`libtree -vv`, which
+prints every dependency as minify does, not plain `libtree`, which skips the libc and
+ld.so subtrees). One program: `minify analyze PROG` (tree with hints) against `ldd PROG`.
+Every round runs every tool once, in a shuffled order; the figures are the median of
+the rounds, with the spread, and the ratio is the median of the per-round ratios.
+A tool whose runs fail is reported as failing, never timed as if it had worked.
 
-    python3 benchmarks/compare.py [--sample N] [--tools libtree,lddtree,ldd]
+    python3 benchmarks/compare.py [--rounds 5] [--sample N] [--markdown FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import random
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
-CORPUS = ["/usr/bin", "/usr/sbin", f"/usr/lib/{os.uname().machine}-linux-gnu"]
+TRIPLET = f"{os.uname().machine}-linux-gnu"
+CORPUS = ["/usr/bin", "/usr/sbin", f"/usr/lib/{TRIPLET}"]
+PROGRAMS = ["/usr/bin/curl", "/usr/bin/python3", "/usr/bin/git"]
 
 
 def corpus_files() -> list[str]:
+    """Regular ELF files at the top level of the corpus folders, sorted."""
     files = []
     for top in CORPUS:
-        for dirpath, _, names in os.walk(top):
-            for name in names:
-                path = os.path.join(dirpath, name)
-                if os.path.islink(path) or not os.path.isfile(path):
-                    continue
-                try:
-                    with open(path, "rb") as fh:
-                        if fh.read(4) == b"\x7fELF":
-                            files.append(path)
-                except OSError:
-                    continue
-    return sorted(files)
+        for entry in sorted(os.scandir(top), key=lambda e: e.name):
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                with open(entry.path, "rb") as fh:
+                    if fh.read(4) == b"\x7fELF":
+                        files.append(entry.path)
+            except OSError:
+                continue
+    return files
 
 
-def per_file(cmd: list[str], files: list[str]) -> float:
-    start = time.perf_counter()
-    for path in files:
-        subprocess.run([*cmd, path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    return time.perf_counter() - start
-
-
-def minify_once(files: list[str] | None) -> tuple[float, int]:
-    """Wall time and peak RSS (KiB) of one `minify analyze` over the corpus."""
-    args = files if files is not None else [d for d in CORPUS if os.path.isdir(d)]
-    cmd = [sys.executable, "-m", "minify.cli", "analyze", "--format", "json", *args]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return elapsed, max(peak, before)
-
-
-def help_time() -> float:
-    # the console script beside this interpreter (a version manager's shim on PATH
-    # would add its own start-up to the figure)
+def minify_exe() -> str:
     exe = os.path.join(os.path.dirname(sys.executable), "minify")
-    if not os.path.exists(exe):
-        exe = shutil.which("minify") or ""
-    cmd = [exe, "--help"] if exe else [sys.executable, "-m", "minify.cli", "--help"]
-    samples = []
-    for _ in range(10):
-        start = time.perf_counter()
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return exe if os.path.exists(exe) else shutil.which("minify") or "minify"
+
+
+@dataclass
+class Timed:
+    seconds: list[float] = field(default_factory=list)
+    failures: int = 0  # runs (or files) whose exit status says the tool failed
+    peak_kib: int = 0
+
+
+def run_once(argv: list[str], ok: tuple[int, ...]) -> tuple[float, bool, int]:
+    """Wall time, whether the exit status is one the tool gives on success, peak RSS."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    return elapsed, code in ok, usage.ru_maxrss
+
+
+def per_file(tool: list[str], files: list[str], ok: tuple[int, ...]) -> tuple[float, int]:
+    """One run of ``tool FILE`` per file: total wall time, and how many failed."""
+    total = 0.0
+    failed = 0
+    for path in files:
+        elapsed, good, _ = run_once([*tool, path], ok)
+        total += elapsed
+        failed += not good
+    return total, failed
+
+
+def works(tool: list[str], probe: str) -> bool:
+    """A tool that fails on a plain program (lddtree without pyelftools) is not timed."""
+    return shutil.which(tool[0]) is not None and run_once([*tool, probe], (0,))[1]
+
+
+def batch(files: list[str], rounds: int) -> dict[str, Timed]:
+    minify = minify_exe()
+    tools: dict[str, list[str]] = {"minify": [minify, "analyze", "--no-hints"]}
+    for name, argv in (("libtree -vv", ["libtree", "-vv"]), ("ldd", ["ldd"]), ("lddtree", ["lddtree"])):
+        if works(argv, "/bin/true"):
+            tools[name] = argv
+        else:
+            print(f"  {name}: not timed (missing, or fails on /bin/true)")
+    results = {name: Timed() for name in tools}
+    for _ in range(rounds):
+        order = list(tools)
+        random.shuffle(order)
+        for name in order:
+            if name == "minify":
+                # exit 1 means the analysis worked and some library is missing
+                elapsed, good, peak = run_once([*tools[name], *files], (0, 1))
+                results[name].failures += not good
+                results[name].peak_kib = max(results[name].peak_kib, peak)
+            else:
+                # libtree and ldd exit non-zero for files they cannot resolve
+                elapsed, failed = per_file(tools[name], files, (0,))
+                results[name].failures = failed
+            results[name].seconds.append(elapsed)
+    return results
+
+
+def program(path: str, rounds: int) -> dict[str, Timed]:
+    minify = minify_exe()
+    tools = {"minify": [minify, "analyze", path], "ldd": ["ldd", path]}
+    results = {name: Timed() for name in tools}
+    for _ in range(rounds):
+        order = list(tools)
+        random.shuffle(order)
+        for name in order:
+            elapsed, good, peak = run_once(tools[name], (0, 1) if name == "minify" else (0,))
+            results[name].seconds.append(elapsed)
+            results[name].failures += not good
+            results[name].peak_kib = max(results[name].peak_kib, peak)
+    return results
+
+
+def spread(values: list[float]) -> str:
+    med = statistics.median(values)
+    return f"{med:.3f} s ({min(values):.3f}-{max(values):.3f})"
+
+
+def ratio(mine: list[float], theirs: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
+
+
+def report(results: dict[str, Timed], lines: list[str], label: str) -> None:
+    mine = results["minify"]
+    for name, timed in results.items():
+        failed = f"; {timed.failures} failed" if timed.failures else ""
+        relative = "" if name == "minify" else f"; minify / {name} = {ratio(mine.seconds, timed.seconds):.2f}"
+        line = f"| {label} | {name} | {spread(timed.seconds)}{relative}{failed} |"
+        lines.append(line)
+        print(line)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sample", type=int, default=0, help="only N random files (0: all)")
-    parser.add_argument("--tools", default="libtree,lddtree,ldd")
+    parser.add_argument("--rounds", type=int, default=5, help="paired rounds (median shown)")
+    parser.add_argument("--sample", type=int, default=0, help="only N random files of the batch (0: all)")
+    parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args()
     files = corpus_files()
-    whole = args.sample == 0
-    if not whole:
+    if args.sample:
         files = sorted(random.Random(1).sample(files, min(args.sample, len(files))))
+    size = sum(os.path.getsize(f) for f in files)
     largest = max(os.path.getsize(f) for f in files)
-    print(f"corpus: {len(files)} ELF files, {sum(os.path.getsize(f) for f in files) / 1e6:.0f} MB,")
-    print(f"        largest {largest / 1e6:.1f} MB ({', '.join(CORPUS)})")
-    elapsed, peak_kib = minify_once(None if whole else files)
-    print(f"minify   one call, whole corpus: {elapsed:8.2f} s   peak RSS {peak_kib / 1024:.0f} MiB")
-    tools = {
-        "libtree": ["libtree"],
-        "lddtree": ["lddtree"],
-        "ldd": ["ldd"],
-    }
-    for name in args.tools.split(","):
-        cmd = tools.get(name)
-        if cmd is None or shutil.which(cmd[0]) is None:
-            print(f"{name:8} not installed")
-            continue
-        took = per_file(cmd, files)
-        print(f"{name:8} once per file:          {took:8.2f} s   minify is {took / elapsed:5.1f}x faster")
-    print(f"minify --help (median of 10):     {help_time() * 1000:6.0f} ms  (goal < 150 ms)")
-    print(f"peak RSS / largest file:          {peak_kib * 1024 / largest:6.2f}")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    header = [
+        f"machine: {cpu}, {os.cpu_count()} cores; {platform.platform()}; {time.strftime('%Y-%m-%d')}",
+        f"batch: {len(files)} ELF files, {size / 1e6:.0f} MB, largest {largest / 1e6:.1f} MB "
+        f"(top level of {', '.join(CORPUS)}); {args.rounds} paired rounds",
+        "",
+        "| what | tool | median (min-max), ratio |",
+        "|---|---|---|",
+    ]
+    print("\n".join(header))
+    lines = list(header)
+    results = batch(files, args.rounds)
+    report(results, lines, "batch")
+    peak = results["minify"].peak_kib / 1024
+    lines.append(f"| batch | minify peak RSS | {peak:.0f} MiB ({peak * 1024 * 1024 / largest:.2f}x the largest file) |")
+    print(lines[-1])
+    for prog in PROGRAMS:
+        if os.path.exists(prog):
+            report(program(prog, args.rounds), lines, os.path.basename(prog))
+    help_times = [run_once([minify_exe(), "--help"], (0,))[0] for _ in range(max(10, args.rounds))]
+    lines.append(f"| start-up | minify --help | {spread(help_times)} |")
+    print(lines[-1])
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
