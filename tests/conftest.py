@@ -41,6 +41,23 @@ HOST_INTERP, HOST_LIBC = _host_loader_facts()
 HOST_LIBDIR = os.path.dirname(HOST_LIBC)
 #: The multiarch triplet ($LIB is lib/TRIPLET on Debian-like systems).
 TRIPLET = os.path.basename(HOST_LIBDIR)
+#: The file name of the host's ld.so (its PT_INTERP is usually a link to it).
+HOST_LDSO = os.path.basename(os.path.realpath(HOST_INTERP)) if HOST_INTERP else ""
+
+
+def host_libc_into(root: Path, *, interp_link: str | None = None) -> Path:
+    """Give ``root`` the host's libc and ld.so in the folder where the host has libc,
+    and its PT_INTERP path as a link to that ld.so (``interp_link`` as its text);
+    returns that folder. Programs gcc builds here then load inside ``root``."""
+    libdir = root / HOST_LIBDIR.lstrip("/")
+    libdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(os.path.realpath(HOST_LIBC), libdir / "libc.so.6")
+    shutil.copy(os.path.realpath(HOST_INTERP), libdir / HOST_LDSO)
+    interp = root / HOST_INTERP.lstrip("/")
+    if not interp.exists():
+        interp.parent.mkdir(parents=True, exist_ok=True)
+        interp.symlink_to(interp_link or f"{HOST_LIBDIR}/{HOST_LDSO}")
+    return libdir
 
 
 def need_tool(*tools: str) -> None:

@@ -4,8 +4,6 @@ root and OUT; strace is the witness."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,24 +12,28 @@ import pytest
 
 import minify
 from minify.root import Root
-from tests.conftest import HOST_INTERP, HOST_LIBC, HOST_LIBDIR, Builder, strace_minify, syscalls, written_paths
+from tests.conftest import (
+    HOST_INTERP,
+    HOST_LDSO,
+    HOST_LIBDIR,
+    Builder,
+    host_libc_into,
+    strace_minify,
+    syscalls,
+    written_paths,
+)
 
 LIBDIR = HOST_LIBDIR.lstrip("/")
-LDSO = os.path.basename(os.path.realpath(HOST_INTERP))
+LDSO = HOST_LDSO
 
 
 @pytest.fixture()
 def hostile_root(tmp_path: Path, builder: Builder) -> Path:
     root = tmp_path / "root"
-    (root / LIBDIR).mkdir(parents=True)
+    # `..` far past the top: inside the root it stops at the root
+    host_libc_into(root, interp_link="../../../../../../../../" + LIBDIR + "/" + LDSO)
     (root / "bin").mkdir()
     (root / "etc").mkdir()
-    shutil.copy(os.path.realpath(HOST_LIBC), root / LIBDIR / "libc.so.6")
-    shutil.copy(os.path.realpath(HOST_INTERP), root / LIBDIR / LDSO)
-    # `..` far past the top: inside the root it stops at the root
-    interp = root / HOST_INTERP.lstrip("/")
-    interp.parent.mkdir(parents=True, exist_ok=True)
-    interp.symlink_to("../../../../../../../../" + LIBDIR + "/" + LDSO)
     evil = builder.lib(tmp_path / "build/libevil.so.1", "evil")
     loop = builder.lib(tmp_path / "build/libloop.so.1", "loop")
     esc = builder.lib(tmp_path / "build/libesc.so.1", "esc")

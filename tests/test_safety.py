@@ -23,20 +23,16 @@ import pytest
 from minify.loader import ldcache
 from tests.conftest import (
     HOST_INTERP,
-    HOST_LIBC,
-    HOST_LIBDIR,
     MINIFY,
     Builder,
     chroot_run,
     cli,
+    host_libc_into,
     need_tool,
     strace_minify,
     syscalls,
     written_paths,
 )
-
-LIBDIR = HOST_LIBDIR.lstrip("/")
-LDSO = os.path.basename(os.path.realpath(HOST_INTERP))
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -175,13 +171,7 @@ def test_two_runs_at_once_on_one_out(tmp_path: Path, built: dict[str, Path]) -> 
 def small_root(tmp_path: Path, builder: Builder) -> Path:
     """A root with its own libc and ld.so, and /bin/prog needing /opt/d/libd.so.1."""
     root = tmp_path / "root"
-    (root / LIBDIR).mkdir(parents=True)
-    shutil.copy(os.path.realpath(HOST_LIBC), root / LIBDIR / "libc.so.6")
-    shutil.copy(os.path.realpath(HOST_INTERP), root / LIBDIR / LDSO)
-    interp = root / HOST_INTERP.lstrip("/")
-    if not interp.exists():
-        interp.parent.mkdir(parents=True, exist_ok=True)
-        interp.symlink_to(f"/{LIBDIR}/{LDSO}")
+    host_libc_into(root)
     lib = builder.lib(root / "opt/d/libd.so.1", "inroot")
     builder.prog(root / "bin/prog", links=[lib], runpath="/opt/d")
     return root

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,24 +10,18 @@ import pytest
 
 import minify
 from minify.loader.model import How
-from tests.conftest import HOST_INTERP, HOST_LIBC, HOST_LIBDIR, Builder, loader_truth, need_tool
+from tests.conftest import HOST_LDSO, HOST_LIBDIR, Builder, host_libc_into, loader_truth, need_tool
 
 LIBDIR = HOST_LIBDIR.lstrip("/")
-LDSO = os.path.basename(os.path.realpath(HOST_INTERP))
+LDSO = HOST_LDSO
 
 
 @pytest.fixture()
 def sysroot(tmp_path: Path, builder: Builder) -> Path:
     need_tool("chroot")
     root = tmp_path / "root"
-    (root / LIBDIR).mkdir(parents=True)
+    host_libc_into(root)
     (root / "etc").mkdir()
-    shutil.copy(os.path.realpath(HOST_LIBC), root / LIBDIR / "libc.so.6")
-    shutil.copy(os.path.realpath(HOST_INTERP), root / LIBDIR / LDSO)
-    interp = root / HOST_INTERP.lstrip("/")
-    if not interp.exists():
-        interp.parent.mkdir(parents=True, exist_ok=True)
-        interp.symlink_to(f"/{LIBDIR}/{LDSO}")
     lib = builder.lib(root / "opt/lib/libcache.so.1", "cache")
     builder.prog(root / "bin/prog", links=[lib])
     (root / "etc/ld.so.conf").write_text("/opt/lib\n")
