@@ -27,8 +27,6 @@ _VERSION = re.compile(rb"release version ([0-9]+)\.([0-9]+)")
 #: A system directory is a short printable string; ld.so has a handful of them.
 MAX_DIR_LENGTH = 256
 MAX_SYSTEM_DIRS = 64
-#: Search folders tried for one name at most (RPATH, LD_LIBRARY_PATH, RUNPATH, system).
-MAX_SEARCH_DIRS = 4096
 #: Steps of a failed search kept for the report.
 MAX_STEPS = 256
 
