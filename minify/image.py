@@ -17,7 +17,7 @@ from functools import cached_property
 from minify.closure import Analysis, LoadedObject, ProgramClosure
 from minify.errors import EXIT_INCOMPLETE, MinifyError
 from minify.loader.model import Role
-from minify.root import Link, Root, kind_of
+from minify.root import Link, Root, kind_of, within
 
 
 class EntryType(StrEnum):
@@ -340,13 +340,9 @@ class _Planner:
     def _follow(self, link: str, base: str, extra: Extra) -> None:
         """Bring the target of a link in an added folder when it lies outside it."""
         target = self.root.resolve(link)
-
-        def inside(path: str) -> bool:
-            return path == base or path.startswith(base + "/")
-
         # every hop must land in the image: a link may leave the folder and come back
         # (zoneinfo/localtime -> /etc/localtime -> zoneinfo/Etc/UTC)
-        if not target.exists or (inside(target.path) and all(inside(hop.path) for hop in target.links)):
+        if not target.exists or (within(target.path, base) and all(within(hop.path, base) for hop in target.links)):
             return  # dangling in the source too (verify says so), or already copied
         if target.is_dir and (target.path == "/" or base.startswith(target.path.rstrip("/") + "/")):
             self.warnings.append(f"{link}: links to {target.path}, a folder above it; not followed")

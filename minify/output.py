@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from minify.errors import OutputError
-from minify.root import read_host_file
+from minify.root import read_host_file, within
 
 LOCK_NAME = "minify.lock.json"
 LOCK_SCHEMA = 1
@@ -78,7 +78,7 @@ def target(output: str, *, root: str, inputs: tuple[str, ...], cwd: str) -> Targ
         raise OutputError(f"{output}: OUT cannot be the file system root")
 
     def holds(path: str) -> bool:
-        return path == real or path.startswith(real.rstrip("/") + "/")
+        return within(path, real)
 
     if holds(os.path.realpath(cwd)):
         raise OutputError(f"{output}: OUT cannot be the current folder or one of its parents")

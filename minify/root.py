@@ -309,6 +309,12 @@ class Root:
         return None
 
 
+def within(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or lies below it (lexically; both absolute, normalised)."""
+    folder = folder.rstrip("/")
+    return path == folder or path.startswith(folder + "/")
+
+
 def read_host_file(path: str, limit: int = 256 << 20) -> bytes | None:
     """A regular file of the host (a file in OUT), or None: opened without following a
     final symlink and without blocking on a FIFO, checked on the open descriptor."""

@@ -45,7 +45,7 @@ from minify.image import (
 from minify.loader.model import Reader
 from minify.output import LOCK_NAME, LOCK_SCHEMA
 from minify.presets import NONROOT
-from minify.root import Root, read_host_file
+from minify.root import Root, read_host_file, within
 from minify.sensitive import why_secret
 from minify.trace import TRACE_NAME, Trace, TraceFailed, run_trace
 
@@ -128,9 +128,9 @@ def _traced_files(
     secrets: list[str] = []
     out_inner = view.contains_host_path(out.path)
     for path in trace.files:
-        if out_inner and (path == out_inner or path.startswith(out_inner.rstrip("/") + "/")):
+        if out_inner and within(path, out_inner):
             continue
-        if any(fnmatch.fnmatchcase(path, glob) or path.startswith(glob.rstrip("/") + "/") for glob in exclude):
+        if any(fnmatch.fnmatchcase(path, glob) or within(path, glob) for glob in exclude):
             continue
         why = why_secret(path)
         if why is not None and path not in named:
@@ -249,11 +249,10 @@ def prepare(options: RootfsOptions) -> Prepared:
         raise PlanError(f"--entrypoint {config.entrypoint[0]} is not in the image")
     warnings = list(plan.warnings)
     added_paths = [e.path for e in extras if e.reason.startswith("--add")]
-    under_added = tuple(p.rstrip("/") + "/" for p in added_paths)
     warnings.extend(
         f"skipped {s.path}: {s.reason}"
         for s in analysis.skipped
-        if not s.symlink and s.path not in added_paths and not s.path.startswith(under_added)
+        if not s.symlink and not any(within(s.path, added) for added in added_paths)
     )
     warnings.extend(tree_warnings)
     if not config.entrypoint:

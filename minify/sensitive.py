@@ -10,6 +10,8 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 
+from minify.root import within
+
 #: Exact paths.
 SECRET_FILES = frozenset(
     {
@@ -49,7 +51,7 @@ def why_secret(path: str) -> str | None:
     """Why ``path`` (absolute, normalised) is a known secret location, or None."""
     if path in SECRET_FILES:
         return "a password or host key file"
-    if any(path == d or path.startswith(d + "/") for d in SECRET_DIRS):
+    if any(within(path, d) for d in SECRET_DIRS):
         return "in a folder of secrets"
     parts = path.split("/")
     joined = ["/".join(parts[i : i + 2]) for i in range(len(parts) - 1)]
