@@ -316,7 +316,7 @@ def _analyze_program(run: _Run, path: str, resolved: Resolved, skipped: list[Ski
     try:
         info = run.reader.info(resolved)
     except NotElf as exc:
-        interp = _script_interpreter(run, resolved)
+        interp = run.reader.script_interpreter(resolved)
         if interp:
             skipped.append(Skipped(path, f"script for {interp} (the interpreter is not included unless given)"))
         else:
@@ -358,14 +358,6 @@ def _analyze_program(run: _Run, path: str, resolved: Resolved, skipped: list[Ski
         return ProgramClosure(path, resolved.path, "dynamic", kind, interp, machine, objects=(own,), error=str(exc))
     except ValueError as exc:  # an unknown hwcaps level
         return ProgramClosure(path, resolved.path, "dynamic", kind, interp, machine, objects=(own,), error=str(exc))
-
-
-def _script_interpreter(run: _Run, resolved: Resolved) -> str | None:
-    try:
-        with run.reader.open(resolved) as opened:
-            return script_interpreter(opened)
-    except BadInput:
-        return None
 
 
 def _object(path: str, resolved: Resolved, info: ElfInfo, role: Role) -> LoadedObject:

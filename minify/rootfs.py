@@ -27,7 +27,6 @@ from minify import __version__, output, presets
 from minify.closure import Analysis, Locator, ProgramClosure, analyze, loadable_files
 from minify.dockerfile import DockerfileError, render_dockerignore
 from minify.dockerfile import render as render_dockerfile
-from minify.elf import is_elf, script_interpreter
 from minify.errors import BadInput, OutOfDate, OutputError, VerificationFailed
 from minify.hints import Hint, for_analysis, presets_called_for
 from minify.image import (
@@ -284,14 +283,7 @@ def _skipped_folders(view: Root, out: output.Target) -> tuple[str, ...]:
 
 
 def _is_elf_file(view: Root, reader: Reader, path: str) -> bool:
-    resolved = view.resolve(path)
-    if not resolved.is_file:
-        return False
-    try:
-        with reader.open(resolved) as opened:
-            return is_elf(opened)
-    except BadInput:
-        return False
+    return reader.is_elf(view.resolve(path))
 
 
 def _hints(analysis: Analysis, reader: Reader) -> tuple[Hint, ...]:
@@ -392,11 +384,7 @@ def _split_scripts(analysis: Analysis) -> tuple[tuple[ProgramClosure, ...], tupl
         if program.kind != "not-elf":
             programs.append(program)
             continue
-        try:
-            with reader.open(view.resolve(program.realpath)) as opened:
-                interp = script_interpreter(opened)
-        except BadInput:
-            interp = None
+        interp = reader.script_interpreter(view.resolve(program.realpath))
         if interp is None:
             raise PlanError(program.error or f"{program.path}: not an ELF file")
         if interp not in given and view.realpath(interp) not in given:

@@ -17,10 +17,12 @@ from minify.elf import (
     ElfInfo,
     Opened,
     Symbols,
+    is_elf,
     read_dlopen_notes,
     read_elf,
     read_header,
     read_symbols,
+    script_interpreter,
 )
 from minify.errors import BadInput, PathError
 
@@ -147,6 +149,25 @@ class Reader:
         if isinstance(hit, BadInput):
             raise hit
         return hit
+
+    def is_elf(self, resolved: Resolved) -> bool:
+        """A regular file of the root that starts with the ELF magic (False for
+        anything that cannot be opened as one)."""
+        if not resolved.is_file:
+            return False
+        try:
+            with self.open(resolved) as opened:
+                return is_elf(opened)
+        except BadInput:
+            return False
+
+    def script_interpreter(self, resolved: Resolved) -> str | None:
+        """The interpreter a ``#!`` file of the root names, or None."""
+        try:
+            with self.open(resolved) as opened:
+                return script_interpreter(opened)
+        except BadInput:
+            return None
 
     def open(self, resolved: Resolved) -> Opened:
         """The file a resolution names, opened safely inside the root (close it)."""
