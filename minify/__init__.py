@@ -13,10 +13,17 @@ __version__ = "0.1.0"
 __all__ = [
     "Analysis",
     "Dependency",
+    "How",
     "LoadedObject",
+    "LoaderKind",
     "MinifyError",
     "ProgramClosure",
+    "ProgramKind",
+    "Request",
+    "Role",
     "Skipped",
+    "Step",
+    "Target",
     "__version__",
     "analyze",
 ]
@@ -24,6 +31,8 @@ __all__ = [
 if TYPE_CHECKING:
     from minify.closure import Analysis, Dependency, LoadedObject, ProgramClosure, Skipped, analyze
     from minify.errors import MinifyError
+    from minify.loader.model import How, LoaderKind, ProgramKind, Request, Role, Step
+    from minify.target import Target
 
 _WHERE = {
     "Analysis": "minify.closure",
@@ -33,6 +42,13 @@ _WHERE = {
     "Skipped": "minify.closure",
     "analyze": "minify.closure",
     "MinifyError": "minify.errors",
+    "How": "minify.loader.model",
+    "LoaderKind": "minify.loader.model",
+    "ProgramKind": "minify.loader.model",
+    "Request": "minify.loader.model",
+    "Role": "minify.loader.model",
+    "Step": "minify.loader.model",
+    "Target": "minify.target",
 }
 
 

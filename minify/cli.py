@@ -7,29 +7,25 @@ here; ``--verbose`` shows the traceback as well.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from minify.errors import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, MinifyError
+
+if TYPE_CHECKING:
+    from minify.rootfs import RootfsResult
 
 T = TypeVar("T")
 #: Hints read every object's symbol table; beyond this many inputs they are opt-in.
 HINTS_AUTO_MAX = 20
 Opts = TypeVar("Opts")
 
-
-def _argument_type(self: typer.core.TyperArgument, ctx: object) -> str | None:
-    """An argument with a metavar (PATH...) needs no Python type beside it in --help
-    (typer would print `PATH... <list[str]>`)."""
-    return None if self.metavar else str(self.display_type(ctx))  # type: ignore[arg-type]
-
-
-typer.core.TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign,assignment]
 
 app = typer.Typer(
     add_completion=False,
@@ -87,6 +83,10 @@ PreloadOpt = Annotated[
     str | None, typer.Option("--preload", help="Model this LD_PRELOAD (':' or space separated).", metavar="PATHS")
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
+NoCacheOpt = Annotated[
+    bool,
+    typer.Option("--no-cache", help="Parse every file again; do not use or fill the cache in ~/.cache/minify."),
+]
 
 
 def _split_preload(text: str | None) -> tuple[str, ...]:
@@ -117,6 +117,7 @@ def analyze(
     show_all: Annotated[
         bool, typer.Option("--all", help="Tree: also every request for a library already loaded (ldd -v style).")
     ] = False,
+    no_cache: NoCacheOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Show what the dynamic loader would load for each program, without running it."""
@@ -133,6 +134,7 @@ def analyze(
             library_path=library_path,
             preload=_split_preload(preload),
             hwcaps=hwcaps,
+            cache=not no_cache,
         ),
     )
     shown = hints if hints is not None else len(result.programs) <= HINTS_AUTO_MAX
@@ -146,148 +148,172 @@ def analyze(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_INCOMPLETE)
 
 
+# the options of `minify rootfs`
+_RootfsPaths = Annotated[list[str], typer.Argument(help="Programs (or folders of them) to ship.", metavar="PATH")]
+
+_OutputOpt = Annotated[
+    str, typer.Option("--output", "-o", help="Output folder: rootfs/, Dockerfile, lock file.", metavar="OUT")
+]
+
+_MapOpt = Annotated[
+    list[str] | None,
+    typer.Option("--map", help="Put the tree SRC at DEST in the image (repeat for more).", metavar="SRC=DEST"),
+]
+
+_EntrypointOpt = Annotated[
+    str | None, typer.Option("--entrypoint", help="Image path of the program to run.", metavar="PATH")
+]
+
+_CmdOpt = Annotated[list[str] | None, typer.Option("--cmd", help="A CMD argument (repeat for more).", metavar="ARG")]
+
+_UserOpt = Annotated[
+    str | None,
+    typer.Option("--user", help="UID[:GID] to run as, or nonroot (65532:65532).", metavar="UID[:GID]|nonroot"),
+]
+
+_EnvOpt = Annotated[
+    list[str] | None,
+    typer.Option("--env", help="An environment variable of the image (repeat for more).", metavar="K=V"),
+]
+
+_HwcapsOpt = Annotated[
+    str,
+    typer.Option("--hwcaps", help="all (baseline + every glibc-hwcaps copy), baseline, or a level.", metavar="MODE"),
+]
+
+_WithOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--with",
+        help="Presets: nss, certs, tzdata, gconv, locale, libgcc_s, terminfo, tmp, auto (comma list).",
+        metavar="PRESET,...",
+    ),
+]
+
+_TzOpt = Annotated[
+    str | None,
+    typer.Option("--tz", help="Only these time zones (comma list; implies --with tzdata).", metavar="ZONES"),
+]
+
+_GconvOpt = Annotated[
+    str | None,
+    typer.Option("--gconv", help="Only these charsets (comma list; implies --with gconv).", metavar="CHARSETS"),
+]
+
+_TermOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--term",
+        help="Only these terminfo entries (comma list; implies --with terminfo).  "
+        "[default: xterm,xterm-256color,screen,tmux-256color,linux]",
+        metavar="TERMS",
+    ),
+]
+
+_AddOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--add",
+        help="A file or folder of the root to add; its ELF files bring their closures.",
+        metavar="PATH[:DEST]",
+    ),
+]
+
+_TraceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--trace",
+        help="RUNS this command under strace on this machine and adds what it read.",
+        metavar='"CMD ARG..."',
+    ),
+]
+
+_TraceUserOpt = Annotated[
+    str | None,
+    typer.Option("--trace-user", help="Run the --trace command as this user (initdb refuses root).", metavar="USER"),
+]
+
+_TraceOkExitOpt = Annotated[
+    bool, typer.Option("--trace-ok-exit", help="Accept a non-zero exit of the --trace command (with a warning).")
+]
+
+_TraceExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trace-exclude", help="Traced paths to leave out: a glob or a folder (repeat for more).", metavar="GLOB"
+    ),
+]
+
+_CheckOnlyOpt = Annotated[
+    bool, typer.Option("--check", help="Write nothing; exit 1 if OUT is not what would be produced.")
+]
+
+_ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace OUT even if it holds files minify did not write (deleting them).")
+]
+
+
 @app.command()
 def rootfs(
-    paths: Annotated[list[str], typer.Argument(help="Programs (or folders of them) to ship.", metavar="PATH")],
-    output: Annotated[
-        str, typer.Option("--output", "-o", help="Output folder: rootfs/, Dockerfile, lock file.", metavar="OUT")
-    ],
+    paths: _RootfsPaths,
+    output: _OutputOpt,
     root: RootOpt = "/",
     cwd: CwdOpt = None,
-    map_: Annotated[
-        list[str] | None,
-        typer.Option("--map", help="Put the tree SRC at DEST in the image (repeat for more).", metavar="SRC=DEST"),
-    ] = None,
-    entrypoint: Annotated[
-        str | None, typer.Option("--entrypoint", help="Image path of the program to run.", metavar="PATH")
-    ] = None,
-    cmd: Annotated[
-        list[str] | None, typer.Option("--cmd", help="A CMD argument (repeat for more).", metavar="ARG")
-    ] = None,
-    user: Annotated[
-        str | None,
-        typer.Option("--user", help="UID[:GID] to run as, or nonroot (65532:65532).", metavar="UID[:GID]|nonroot"),
-    ] = None,
-    env: Annotated[
-        list[str] | None,
-        typer.Option("--env", help="An environment variable of the image (repeat for more).", metavar="K=V"),
-    ] = None,
-    hwcaps: Annotated[
-        str,
-        typer.Option(
-            "--hwcaps", help="all (baseline + every glibc-hwcaps copy), baseline, or a level.", metavar="MODE"
-        ),
-    ] = "all",
-    with_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--with",
-            help="Presets: nss, certs, tzdata, gconv, locale, libgcc_s, terminfo, tmp, auto (comma list).",
-            metavar="PRESET,...",
-        ),
-    ] = None,
-    tz: Annotated[
-        str | None,
-        typer.Option("--tz", help="Only these time zones (comma list; implies --with tzdata).", metavar="ZONES"),
-    ] = None,
-    gconv: Annotated[
-        str | None,
-        typer.Option("--gconv", help="Only these charsets (comma list; implies --with gconv).", metavar="CHARSETS"),
-    ] = None,
-    term: Annotated[
-        str | None,
-        typer.Option(
-            "--term",
-            help="Only these terminfo entries (comma list; implies --with terminfo).  "
-            "[default: xterm,xterm-256color,screen,tmux-256color,linux]",
-            metavar="TERMS",
-        ),
-    ] = None,
-    add: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--add",
-            help="A file or folder of the root to add; its ELF files bring their closures.",
-            metavar="PATH[:DEST]",
-        ),
-    ] = None,
-    trace: Annotated[
-        str | None,
-        typer.Option(
-            "--trace",
-            help="RUNS this command under strace on this machine and adds what it read.",
-            metavar='"CMD ARG..."',
-        ),
-    ] = None,
-    trace_user: Annotated[
-        str | None,
-        typer.Option(
-            "--trace-user", help="Run the --trace command as this user (initdb refuses root).", metavar="USER"
-        ),
-    ] = None,
-    trace_ok_exit: Annotated[
-        bool, typer.Option("--trace-ok-exit", help="Accept a non-zero exit of the --trace command (with a warning).")
-    ] = False,
-    trace_exclude: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--trace-exclude", help="Traced paths to leave out: a glob or a folder (repeat for more).", metavar="GLOB"
-        ),
-    ] = None,
-    check_only: Annotated[
-        bool, typer.Option("--check", help="Write nothing; exit 1 if OUT is not what would be produced.")
-    ] = False,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace OUT even if it holds files minify did not write (deleting them).")
-    ] = False,
+    map_: _MapOpt = None,
+    entrypoint: _EntrypointOpt = None,
+    cmd: _CmdOpt = None,
+    user: _UserOpt = None,
+    env: _EnvOpt = None,
+    hwcaps: _HwcapsOpt = "all",
+    with_: _WithOpt = None,
+    tz: _TzOpt = None,
+    gconv: _GconvOpt = None,
+    term: _TermOpt = None,
+    add: _AddOpt = None,
+    trace: _TraceOpt = None,
+    trace_user: _TraceUserOpt = None,
+    trace_ok_exit: _TraceOkExitOpt = False,
+    trace_exclude: _TraceExcludeOpt = None,
+    check_only: _CheckOnlyOpt = False,
+    force: _ForceOpt = False,
+    no_cache: NoCacheOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Write exactly the closure as a root filesystem and a FROM scratch Dockerfile."""
-    from minify.render import human_size
+    from minify.image import Mapping, env_pair, user_spec
     from minify.rootfs import RootfsOptions, build, check
 
-    options = RootfsOptions(
-        paths=tuple(paths),
-        output=output,
-        root=root,
-        cwd=cwd,
-        maps=tuple(map_ or ()),
-        entrypoint=entrypoint,
-        cmd=tuple(cmd or ()),
-        user=user,
-        env=tuple(env or ()),
-        hwcaps=hwcaps,
-        force=force,
-        with_=tuple(with_ or ()),
-        tz=_commas(tz),
-        charsets=_commas(gconv),
-        terms=_commas(term),
-        add=tuple(add or ()),
-        trace=trace,
-        trace_user=trace_user,
-        trace_ok_exit=trace_ok_exit,
-        trace_exclude=tuple(trace_exclude or ()),
+    options = _guard(
+        verbose,
+        lambda: RootfsOptions(
+            paths=tuple(paths),
+            output=output,
+            root=root,
+            cwd=cwd,
+            maps=tuple(Mapping.parse(m) for m in map_ or ()),
+            entrypoint=entrypoint,
+            cmd=tuple(cmd or ()),
+            user=user_spec(user) if user is not None else None,
+            env=tuple(env_pair(e) for e in env or ()),
+            hwcaps=hwcaps,
+            force=force,
+            with_=tuple(with_ or ()),
+            tz=_commas(tz),
+            charsets=_commas(gconv),
+            terms=_commas(term),
+            add=tuple(add or ()),
+            trace=trace,
+            trace_user=trace_user,
+            trace_ok_exit=trace_ok_exit,
+            trace_exclude=tuple(trace_exclude or ()),
+            cache=not no_cache,
+        ),
     )
-    if trace is not None and not check_only:
-        _say("note", f"running `{trace}` on this machine under strace, to record what it reads")
     if check_only:
-        result = _guard(verbose, lambda: _print_differences(check, options))
-        typer.echo(f"{output}: up to date ({len(result.plan.files)} files)")
-        raise typer.Exit(EXIT_OK)
-    result = _guard(verbose, lambda: _with_progress(build, options))
-    for warning in result.warnings:
-        kind, _, rest = warning.partition(": ")
-        if kind in ("note", "hint"):
-            _say(kind, rest)
-        else:
-            _say("warning", warning)
-    files = len(result.plan.files)
-    typer.echo(
-        f"{result.output}: {files} files, {human_size(result.plan.total_size)}; "
-        f"image layer about {human_size(result.layer_bytes)} "
-        f"(the inputs alone: {human_size(result.input_bytes)}); verified: every program resolves in the rootfs"
-    )
-    typer.echo(f"build it with: podman build {output}")
+        checked = _guard(verbose, lambda: _print_differences(check, options))
+        raise typer.Exit(_say_up_to_date(output, checked))
+    _note_trace(trace)
+    _report_rootfs(_guard(verbose, lambda: _with_progress(build, options)), output)
 
 
 @app.command()
@@ -348,6 +374,35 @@ def trace(
     _say("note", f"{len(record.files)} files recorded")
 
 
+def _note_trace(trace: str | None) -> None:
+    if trace is not None:
+        _say("note", f"running `{trace}` on this machine under strace, to record what it reads")
+
+
+def _say_up_to_date(output: str, result: RootfsResult) -> int:
+    typer.echo(f"{output}: up to date ({len(result.plan.files)} files)")
+    return EXIT_OK
+
+
+def _report_rootfs(result: RootfsResult, output: str) -> None:
+    """Warnings and notes on stderr; what was written, and how to build it."""
+    from minify.render import human_size
+
+    for warning in result.warnings:
+        kind, _, rest = warning.partition(": ")
+        if kind in ("note", "hint"):
+            _say(kind, rest)
+        else:
+            _say("warning", warning)
+    files = len(result.plan.files)
+    typer.echo(
+        f"{result.output}: {files} files, {human_size(result.plan.total_size)}; "
+        f"image layer about {human_size(result.layer_bytes)} "
+        f"(the inputs alone: {human_size(result.input_bytes)}); verified: every program resolves in the rootfs"
+    )
+    typer.echo(f"build it with: podman build {output}")
+
+
 def _commas(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
@@ -387,7 +442,23 @@ def main() -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="surrogateescape")
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        _exit(done.code if isinstance(done.code, int) else (0 if done.code is None else EXIT_BAD_INPUT))
+    _exit(EXIT_OK)
+
+
+def _exit(code: int) -> None:
+    """Flush, then leave without the interpreter's teardown: with LIEF loaded it takes
+    a tenth of a second to free what the process is about to drop anyway. Every file
+    minify writes is closed (and renamed into place) before a command returns."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe (`| head`): the reader left
+        code = code or EXIT_BAD_INPUT
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,21 +12,32 @@ import os
 import posixpath
 import stat
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property, partial
 from typing import TYPE_CHECKING
 
 from minify.elf import ET_DYN, ET_EXEC, ElfInfo, is_elf, script_interpreter
 from minify.errors import BadInput, MinifyError, NotElf, PathError
 from minify.loader.arch import Arch, arch_for, machine_name
-from minify.loader.glibc import GlibcModel, Settings
-from minify.loader.model import How, LoaderModel, Node, Reader, Role, Step
-from minify.loader.musl import MuslModel
+from minify.loader.glibc import Settings
+from minify.loader.model import How, LoaderKind, LoaderModel, Node, ProgramKind, Reader, Request, Role, Step
 from minify.root import Link, Resolved, Root, kind_of
+from minify.target import Target
 
 if TYPE_CHECKING:
     import networkx as nx
 
-__all__ = ["Analysis", "Dependency", "LoadedObject", "ProgramClosure", "Settings", "Skipped", "analyze"]
+__all__ = [
+    "Analysis",
+    "Dependency",
+    "LinkMap",
+    "LoadedObject",
+    "ProgramClosure",
+    "Settings",
+    "Skipped",
+    "analyze",
+    "dlopen_path",
+]
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,7 @@ class Dependency:
 
     requester: str  # realpath of the object that asked
     name: str
-    kind: str  # needed | filter | auxiliary | preload | interpreter
+    kind: Request
     how: How | None  # None when not found
     via: str
     target: str | None  # realpath of the object that satisfies it
@@ -74,8 +85,8 @@ class ProgramClosure:
 
     path: str  # as given, inside the root
     realpath: str
-    kind: str  # dynamic | static | not-elf
-    loader: str | None  # glibc | musl
+    kind: ProgramKind
+    loader: LoaderKind | None
     interpreter: str | None
     machine: str | None
     objects: tuple[LoadedObject, ...] = ()
@@ -108,9 +119,17 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Analysis:
+    """The closures of the inputs, and the target they were resolved in (its parsed
+    files and loader models serve every later question about the same root)."""
+
     root: str
     programs: tuple[ProgramClosure, ...]
     skipped: tuple[Skipped, ...] = ()
+    target: Target = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            object.__setattr__(self, "target", Target(self.root))
 
     @property
     def ok(self) -> bool:
@@ -128,8 +147,9 @@ class Analysis:
                 out.setdefault(obj.realpath, obj)
         return out
 
-    @property
+    @cached_property
     def graph(self) -> nx.DiGraph:
+        """Built once, on first use (networkx is imported only then)."""
         return build_graph(self)
 
 
@@ -168,75 +188,61 @@ def build_graph(analysis: Analysis) -> nx.DiGraph:
     return g
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Run:
-    """Shared across the inputs of one analysis: the root, its parsed files, models."""
+    """One analysis: the target it reads and the settings its loaders are modelled with."""
 
-    root: Root
+    target: Target
     settings: Settings
-    reader: Reader
-    models: dict[tuple[str, str, int, int], LoaderModel] = field(default_factory=dict)
 
-    def model(self, kind: str, arch: Arch, interpreter: str, info: ElfInfo) -> LoaderModel:
-        key = (kind, interpreter, arch.machine, arch.elf_class)
-        model = self.models.get(key)
-        if model is None:
-            if kind == "musl":
-                model = MuslModel(self.root, arch, interpreter, self.settings, self.reader)
-            else:
-                native = arch.name == _host_arch()
-                model = GlibcModel(
-                    self.root,
-                    arch,
-                    interpreter,
-                    self.settings,
-                    self.reader,
-                    native=native,
-                    endian=info.header.endian,
-                )
-            self.models[key] = model
-        return model
+    @property
+    def root(self) -> Root:
+        return self.target.root
 
+    @property
+    def reader(self) -> Reader:
+        return self.target.reader
 
-def _host_arch() -> str:
-    machine = os.uname().machine
-    return {"amd64": "x86_64", "arm64": "aarch64", "i686": "i386", "armv7l": "armhf"}.get(machine, machine)
+    def model(self, kind: LoaderKind, arch: Arch, interpreter: str, info: ElfInfo) -> LoaderModel:
+        return self.target.model(self.settings, kind, arch, interpreter, info.header.endian)
 
 
 def analyze(
     paths: list[str] | tuple[str, ...],
     *,
-    root: str = "/",
+    root: str | Target = "/",
     cwd: str | None = None,
     library_path: str | None = None,
     preload: tuple[str, ...] = (),
     hwcaps: str = "default",
     cpuinfo: str | None = None,
     exclude: tuple[str, ...] = (),
+    cache: bool = True,
 ) -> Analysis:
     """Resolve every input as the loader would, without running anything.
 
-    ``paths`` are files or folders inside ``root`` (absolute, or relative to ``cwd``;
-    ``cwd`` defaults to the current folder when the root is ``/``, else ``/``).
-    ``exclude`` are folders inside the root that a folder walk does not enter (OUT).
+    ``root`` is a folder, or the ``Target`` of an earlier analysis (its parsed files
+    and loader models are reused). ``paths`` are files or folders inside it (absolute,
+    or relative to ``cwd``; ``cwd`` defaults to the current folder when the root is
+    ``/``, else ``/``). ``exclude`` are folders inside the root that a folder walk does
+    not enter (OUT). ``cache=False`` parses every file, bypassing the persistent cache.
     """
-    view = Root(root)
+    target = root if isinstance(root, Target) else Target(root, cache=cache)
+    view = target.root
     if cwd is None:
         cwd = os.getcwd() if view.is_host else "/"
     if cpuinfo is None:
         cpuinfo = _read_cpuinfo() if hwcaps in ("default", "host") else ""
     settings = Settings(cwd=cwd, library_path=library_path, preload=preload, hwcaps=hwcaps, cpuinfo=cpuinfo)
-    run = _Run(view, settings, Reader(view))
-    programs: list[ProgramClosure] = []
+    run = _Run(target, settings)
     skipped: list[Skipped] = []
     inputs = []
     for given in paths:
         for path, resolved, explicit in _inputs(view, given, cwd, skipped, exclude):
             if explicit or _worth_analysing(run, path, resolved, skipped):
                 inputs.append((path, resolved))
-    for path, resolved in inputs:
-        programs.append(_analyze_program(run, path, resolved, skipped))
-    return Analysis(view.directory, tuple(programs), tuple(skipped))
+    programs = [_analyze_program(run, path, resolved, skipped) for path, resolved in inputs]
+    return Analysis(view.directory, tuple(programs), tuple(skipped), target)
 
 
 def _read_cpuinfo() -> str:
@@ -321,43 +327,42 @@ def _analyze_program(run: _Run, path: str, resolved: Resolved, skipped: list[Ski
             skipped.append(Skipped(path, f"script for {interp} (the interpreter is not included unless given)"))
         else:
             skipped.append(Skipped(path, "not an ELF file"))
-        return ProgramClosure(path, resolved.path, "not-elf", None, None, None, error=str(exc))
+        return ProgramClosure(path, resolved.path, ProgramKind.NOT_ELF, None, None, None, error=str(exc))
     except BadInput as exc:
-        return ProgramClosure(path, resolved.path, "not-elf", None, None, None, error=str(exc))
+        return ProgramClosure(path, resolved.path, ProgramKind.NOT_ELF, None, None, None, error=str(exc))
     header = info.header
     machine = machine_name(header.machine, header.elf_class)
     own = _object(path, resolved, info, Role.INPUT)
-    interp = header.interpreter
-    if interp is None and not info.needed:
-        return ProgramClosure(path, resolved.path, "static", None, None, machine, objects=(own,))
+    if header.interpreter is None and not info.needed:
+        return ProgramClosure(path, resolved.path, ProgramKind.STATIC, None, None, machine, objects=(own,))
     arch = arch_for(header.machine, header.elf_class)
+    failed = partial(ProgramClosure, path, resolved.path, ProgramKind.DYNAMIC, objects=(own,))
     if arch is None:
-        return ProgramClosure(
-            path,
-            resolved.path,
-            "dynamic",
-            None,
-            interp,
-            machine,
-            objects=(own,),
-            error=f"{path}: unsupported machine {machine}",
-        )
-    notes: list[str] = []
-    if interp is None:
-        # A shared library given as an input: loaded as ldd does, by its architecture's
-        # standard loader (musl's when it needs musl's libc).
-        musl = any(n == "libc.so" or n.startswith("libc.musl-") for n in info.needed)
-        interp = f"/lib/ld-musl-{arch.musl}.so.1" if musl else arch.interpreter
-        notes.append(f"no PT_INTERP: modelled as loaded by {interp}")
-    kind = "musl" if posixpath.basename(interp).startswith("ld-musl-") else "glibc"
+        return failed(None, header.interpreter, machine, error=f"{path}: unsupported machine {machine}")
+    interp, notes = _interpreter_of(info, arch)
+    kind = loader_kind(interp)
     try:
         model = run.model(kind, arch, interp, info)
-        result = _walk(run, model, path, resolved, info, arch, machine, notes)
-        return replace(result, library_input=header.interpreter is None)
-    except MinifyError as exc:
-        return ProgramClosure(path, resolved.path, "dynamic", kind, interp, machine, objects=(own,), error=str(exc))
-    except ValueError as exc:  # an unknown hwcaps level
-        return ProgramClosure(path, resolved.path, "dynamic", kind, interp, machine, objects=(own,), error=str(exc))
+        link_map = LinkMap(run, model, notes)
+        link_map.load_program(path, resolved, info)
+        return link_map.closure(arch, machine, library_input=header.interpreter is None)
+    except (MinifyError, ValueError) as exc:  # ValueError: an unknown hwcaps level
+        return failed(kind, interp, machine, error=str(exc))
+
+
+def loader_kind(interpreter: str) -> LoaderKind:
+    """musl's loader is named ld-musl-ARCH.so.1; every other is glibc's."""
+    return LoaderKind.MUSL if posixpath.basename(interpreter).startswith("ld-musl-") else LoaderKind.GLIBC
+
+
+def _interpreter_of(info: ElfInfo, arch: Arch) -> tuple[str, list[str]]:
+    """PT_INTERP, or for a shared library given as an input, the loader that ldd would
+    use: its architecture's standard one (musl's when it needs musl's libc)."""
+    if info.header.interpreter is not None:
+        return info.header.interpreter, []
+    musl = any(n == "libc.so" or n.startswith("libc.musl-") for n in info.needed)
+    interp = f"/lib/ld-musl-{arch.musl}.so.1" if musl else arch.interpreter
+    return interp, [f"no PT_INTERP: modelled as loaded by {interp}"]
 
 
 def _object(path: str, resolved: Resolved, info: ElfInfo, role: Role) -> LoadedObject:
@@ -374,129 +379,157 @@ def _object(path: str, resolved: Resolved, info: ElfInfo, role: Role) -> LoadedO
     )
 
 
-def _walk(
-    run: _Run,
-    model: LoaderModel,
-    path: str,
-    resolved: Resolved,
-    info: ElfInfo,
-    arch: Arch,
-    machine: str,
-    notes: list[str],
-) -> ProgramClosure:
-    nodes: list[Node] = []  # load order
-    index: dict[str, Node] = {}  # every name a loaded object answers to; first wins
-    by_ident: dict[tuple[int, int], Node] = {}  # the loader also matches device+inode
-    deps: list[Dependency] = []
-    missing: list[str] = []
-    notes.extend(model.notes)
+class LinkMap:
+    """The loader's list of loaded objects while one program is being loaded
+    (glibc's link_map chain, musl's dso list): the program and its interpreter first,
+    then preloads, then every DT_NEEDED and filtee breadth-first, each object once."""
 
-    def add(node: Node) -> None:
-        nodes.append(node)
-        for key in model.reuse_keys(node):
-            index.setdefault(key, node)
+    def __init__(self, run: _Run, model: LoaderModel, notes: list[str]) -> None:
+        self.run = run
+        self.model = model
+        self.nodes: list[Node] = []  # load order
+        self.index: dict[str, Node] = {}  # every name a loaded object answers to; first wins
+        self.by_ident: dict[tuple[int, int], Node] = {}  # the loader also matches device+inode
+        self.deps: list[Dependency] = []
+        self.missing: list[str] = []
+        self.notes: list[str] = [*notes, *model.notes]
+        self.main: Node | None = None
+        self.interp: Node | None = None
+
+    # -- the steps ----------------------------------------------------------------
+
+    def add(self, node: Node) -> None:
+        """A newly mapped object: it answers to its reuse keys and its file identity."""
+        self.nodes.append(node)
+        for key in self.model.reuse_keys(node):
+            self.index.setdefault(key, node)
         if node.resolved.ident is not None and node.role is not Role.INPUT:
-            by_ident.setdefault(node.resolved.ident, node)
+            self.by_ident.setdefault(node.resolved.ident, node)
 
-    def register(node: Node, name: str) -> None:
+    def register(self, node: Node, name: str) -> None:
         """The object now also answers to ``name`` (glibc's l_libname, musl's shortname)."""
-        if "/" not in name or model.kind == "glibc":
+        if "/" not in name or self.model.kind is LoaderKind.GLIBC:
             node.names.add(name)
-            index.setdefault(name, node)
+            self.index.setdefault(name, node)
 
-    def depend(requester: Node, name: str, kind: str, how: How | None, via: str, target: Node | None) -> None:
-        deps.append(Dependency(requester.resolved.path, name, kind, how, via, target.resolved.path if target else None))
+    def depend(self, requester: Node, name: str, kind: Request, how: How, via: str, target: Node) -> None:
+        self.deps.append(Dependency(requester.resolved.path, name, kind, how, via, target.resolved.path))
 
-    main = Node(path, resolved, info, Role.INPUT, None, model.origin_of_program(resolved))
-    add(main)
-    interp_node: Node | None = None
-    interp_res = run.root.resolve(model.interpreter)
-    if interp_res.exists:
-        interp_info = run.reader.info(interp_res)
-        interp_dir = posixpath.dirname(model.interpreter)
-        interp_node = Node(model.interpreter, interp_res, interp_info, Role.INTERPRETER, None, interp_dir)
-        add(interp_node)
-        register(interp_node, model.interpreter)
-        depend(main, model.interpreter, "interpreter", How.INTERPRETER, "PT_INTERP", interp_node)
-    else:
-        missing.append(model.interpreter)
-        step = Step("PT_INTERP", model.interpreter, "no such file")
-        deps.append(Dependency(resolved.path, model.interpreter, "interpreter", None, "PT_INTERP", None, (step,)))
+    def load_program(self, path: str, resolved: Resolved, info: ElfInfo) -> None:
+        """The program, its interpreter, its preloads and everything they need."""
+        main = Node(path, resolved, info, Role.INPUT, None, self.model.origin_of_program(resolved))
+        self.main = main
+        self.add(main)
+        self._map_interpreter(main)
+        queue: deque[Node] = deque([main])
+        for name, source in self.model.preloads():
+            loaded = self.load(name, main, Request.PRELOAD, Role.PRELOAD)
+            if loaded is not None:
+                queue.append(loaded)
+            if source != "LD_PRELOAD":
+                self.notes.append(f"{name} preloaded by the root's {source}")
+        while queue:
+            node = queue.popleft()
+            for name, kind, role in _requests(node.info):
+                loaded = self.load(name, node, kind, role)
+                if loaded is not None:
+                    queue.append(loaded)
 
-    def load(name: str, requester: Node, kind: str, role: Role) -> Node | None:
+    def _map_interpreter(self, main: Node) -> None:
+        interpreter = self.model.interpreter
+        resolved = self.run.root.resolve(interpreter)
+        if not resolved.exists:
+            self.missing.append(interpreter)
+            step = Step("PT_INTERP", interpreter, "no such file")
+            self.deps.append(
+                Dependency(main.resolved.path, interpreter, Request.INTERPRETER, None, "PT_INTERP", None, (step,))
+            )
+            return
+        info = self.run.reader.info(resolved)
+        node = Node(interpreter, resolved, info, Role.INTERPRETER, None, posixpath.dirname(interpreter))
+        self.interp = node
+        self.add(node)
+        self.register(node, interpreter)
+        self.depend(main, interpreter, Request.INTERPRETER, How.INTERPRETER, "PT_INTERP", node)
+
+    def load(self, name: str, requester: Node, kind: Request, role: Role) -> Node | None:
         """Satisfy one request; return the object when it is newly loaded."""
-        if model.reserved(name) and interp_node is not None:
-            register(interp_node, name)
-            depend(requester, name, kind, How.INTERPRETER, model.interpreter, interp_node)
+        if self._reuse(name, requester, kind):
             return None
-        reused = index.get(name)
-        if reused is not None:
-            how = How.INTERPRETER if reused is interp_node else How.ALREADY_LOADED
-            depend(requester, name, kind, how, reused.path, reused)
-            return None
-        result = model.find(name, requester)
+        result = self.model.find(name, requester)
         found = result.found
         if found is None:
-            if kind == "auxiliary":
-                notes.append(f"auxiliary filtee {name} of {requester.path} not found (not an error)")
-            elif kind == "preload":
-                notes.append(f"preload {name} not found: the loader ignores it with a warning")
-            else:
-                missing.append(name)
-            deps.append(Dependency(requester.resolved.path, name, kind, None, "", None, result.steps))
+            self._not_found(name, requester, kind, result.steps)
             return None
-        same = by_ident.get(found.resolved.ident) if found.resolved.ident else None
+        same = self.by_ident.get(found.resolved.ident) if found.resolved.ident else None
         if same is not None:
-            register(same, name)
+            self.register(same, name)
             alias = Alias(found.resolved.path, found.resolved.links, found.how)
-            deps.append(
+            self.deps.append(
                 Dependency(
                     requester.resolved.path, name, kind, How.SAME_FILE, found.path, same.resolved.path, (), alias
                 )
             )
             return None
-        lib_info = run.reader.info(found.resolved)
-        node = Node(found.path, found.resolved, lib_info, role, requester, posixpath.dirname(found.path))
-        add(node)
-        register(node, name)
-        depend(requester, name, kind, found.how, found.via, node)
+        info = self.run.reader.info(found.resolved)
+        node = Node(found.path, found.resolved, info, role, requester, posixpath.dirname(found.path))
+        self.add(node)
+        self.register(node, name)
+        self.depend(requester, name, kind, found.how, found.via, node)
         return node
 
-    queue: deque[Node] = deque([main])
-    for name, source in model.preloads():
-        loaded = load(name, main, "preload", Role.PRELOAD)
-        if loaded is not None:
-            queue.append(loaded)
-        if source != "LD_PRELOAD":
-            notes.append(f"{name} preloaded by the root's {source}")
-    while queue:
-        node = queue.popleft()
-        requests = (
-            [(n, "filter", Role.FILTEE) for n in node.info.filters]
-            + [(n, "auxiliary", Role.FILTEE) for n in node.info.auxiliaries]
-            + [(n, "needed", Role.LIBRARY) for n in node.info.needed]
-        )
-        for name, kind, role in requests:
-            loaded = load(name, node, kind, role)
-            if loaded is not None:
-                queue.append(loaded)
+    def _reuse(self, name: str, requester: Node, kind: Request) -> bool:
+        """A name the interpreter reserves, or one an object already answers to."""
+        if self.model.reserved(name) and self.interp is not None:
+            self.register(self.interp, name)
+            self.depend(requester, name, kind, How.INTERPRETER, self.model.interpreter, self.interp)
+            return True
+        reused = self.index.get(name)
+        if reused is None:
+            return False
+        how = How.INTERPRETER if reused is self.interp else How.ALREADY_LOADED
+        self.depend(requester, name, kind, how, reused.path, reused)
+        return True
 
-    version_errors = _check_versions(nodes, deps) if model.kind == "glibc" else []
-    ordered = [n for n in nodes if n is not interp_node] + ([interp_node] if interp_node else [])
-    objects = tuple(_object(n.path, n.resolved, n.info, n.role) for n in ordered)
-    return ProgramClosure(
-        path=path,
-        realpath=resolved.path,
-        kind="dynamic",
-        loader=model.kind,
-        interpreter=model.interpreter,
-        machine=machine,
-        objects=objects,
-        dependencies=tuple(deps),
-        missing=tuple(dict.fromkeys(missing)),
-        version_errors=tuple(version_errors),
-        notes=tuple(dict.fromkeys(notes)),
-        vdso=arch.vdso,
+    def _not_found(self, name: str, requester: Node, kind: Request, steps: tuple[Step, ...]) -> None:
+        if kind is Request.AUXILIARY:
+            self.notes.append(f"auxiliary filtee {name} of {requester.path} not found (not an error)")
+        elif kind is Request.PRELOAD:
+            self.notes.append(f"preload {name} not found: the loader ignores it with a warning")
+        else:
+            self.missing.append(name)
+        self.deps.append(Dependency(requester.resolved.path, name, kind, None, "", None, steps))
+
+    # -- the result -----------------------------------------------------------------
+
+    def closure(self, arch: Arch, machine: str, *, library_input: bool) -> ProgramClosure:
+        """The frozen result: objects in load order, the interpreter last (as ldd)."""
+        assert self.main is not None
+        version_errors = _check_versions(self.nodes, self.deps) if self.model.kind is LoaderKind.GLIBC else []
+        ordered = [n for n in self.nodes if n is not self.interp] + ([self.interp] if self.interp else [])
+        return ProgramClosure(
+            path=self.main.path,
+            realpath=self.main.resolved.path,
+            kind=ProgramKind.DYNAMIC,
+            loader=self.model.kind,
+            interpreter=self.model.interpreter,
+            machine=machine,
+            objects=tuple(_object(n.path, n.resolved, n.info, n.role) for n in ordered),
+            dependencies=tuple(self.deps),
+            missing=tuple(dict.fromkeys(self.missing)),
+            version_errors=tuple(version_errors),
+            notes=tuple(dict.fromkeys(self.notes)),
+            vdso=arch.vdso,
+            library_input=library_input,
+        )
+
+
+def _requests(info: ElfInfo) -> list[tuple[str, Request, Role]]:
+    """An object's requests in the loader's order: filtees first (elf/dl-deps.c)."""
+    return (
+        [(n, Request.FILTER, Role.FILTEE) for n in info.filters]
+        + [(n, Request.AUXILIARY, Role.FILTEE) for n in info.auxiliaries]
+        + [(n, Request.NEEDED, Role.LIBRARY) for n in info.needed]
     )
 
 
@@ -531,30 +564,21 @@ def _check_versions(nodes: list[Node], deps: list[Dependency]) -> list[str]:
     return errors
 
 
-class Locator:
-    """Where a program's loader would find a name the C library dlopen()s. One per
-    analysis: its models (ld.so facts, the parsed ld.so.cache) serve every lookup."""
-
-    def __init__(self, analysis: Analysis) -> None:
-        view = Root(analysis.root)
-        self.run = _Run(view, Settings(cwd="/", hwcaps="baseline"), Reader(view))
-
-    def find(self, program: ProgramClosure, name: str) -> str | None:
-        """The caller (libc) has no search paths of its own, so the program's RPATH,
-        then the cache and the system directories apply (glibc elf/dl-open.c, dl-load.c)."""
-        if program.kind != "dynamic" or program.interpreter is None or not program.objects:
-            return None
-        view, reader = self.run.root, self.run.reader
-        main_obj = program.objects[0]
-        resolved = view.resolve(main_obj.realpath)
-        info = reader.info(resolved)
-        arch = arch_for(info.header.machine, info.header.elf_class)
-        if arch is None:
-            return None
-        kind = "musl" if posixpath.basename(program.interpreter).startswith("ld-musl-") else "glibc"
-        model = self.run.model(kind, arch, program.interpreter, info)
-        main = Node(main_obj.path, resolved, info, Role.INPUT, None, model.origin_of_program(resolved))
-        caller_info = replace(info, needed=(), soname=None, rpath=None, runpath=None, filters=(), auxiliaries=())
-        caller = Node("dlopen caller", resolved, caller_info, Role.LIBRARY, main, main.origin)
-        found = model.find(name, caller).found
-        return found.path if found else None
+def dlopen_path(analysis: Analysis, program: ProgramClosure, name: str) -> str | None:
+    """Where the program's loader finds a name that its C library dlopen()s (iconv
+    modules, NSS, libgcc_s), asked of the analysis's own target and loader models.
+    Modelled with baseline hwcaps: the image must work on any CPU."""
+    if program.kind is not ProgramKind.DYNAMIC or program.interpreter is None or not program.objects:
+        return None
+    target = analysis.target
+    main_obj = program.objects[0]
+    resolved = target.root.resolve(main_obj.realpath)
+    info = target.reader.info(resolved)
+    arch = arch_for(info.header.machine, info.header.elf_class)
+    if arch is None:
+        return None
+    settings = Settings(cwd="/", hwcaps="baseline")
+    model = target.model(settings, loader_kind(program.interpreter), arch, program.interpreter, info.header.endian)
+    main = Node(main_obj.path, resolved, info, Role.INPUT, None, model.origin_of_program(resolved))
+    found = model.find_dlopen(name, main).found
+    return found.path if found else None

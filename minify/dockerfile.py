@@ -12,12 +12,8 @@ from __future__ import annotations
 import json
 import posixpath
 
-from minify.errors import MinifyError
+from minify.errors import DockerfileError
 from minify.image import Entry, ImagePlan
-
-
-class DockerfileError(MinifyError):
-    """A value that a Dockerfile cannot express exactly."""
 
 
 def render(plan: ImagePlan) -> str:

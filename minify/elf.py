@@ -191,6 +191,30 @@ def _read_header(f: Opened) -> tuple[ElfHeader, int]:
     if size > MAX_ELF_SIZE:
         raise FileTooLarge(path, f"{size} bytes is larger than any ELF object minify reads")
     head = f.pread(64, 0)
+    elf_class, endian = _identification(path, head)
+    fmt = "<" if endian is Endian.LITTLE else ">"
+    if elf_class == 64:
+        e_type, e_machine, _, _, e_phoff = struct.unpack_from(fmt + "HHIQQ", head, 16)
+        e_phentsize, e_phnum = struct.unpack_from(fmt + "HH", head, 54)
+    else:
+        e_type, e_machine, _, _, e_phoff = struct.unpack_from(fmt + "HHIII", head, 16)
+        e_phentsize, e_phnum = struct.unpack_from(fmt + "HH", head, 42)
+    dynamic, interpreter = _dynamic_and_interpreter(f, fmt, elf_class, (e_phoff, e_phentsize, e_phnum))
+    header = ElfHeader(
+        elf_class=elf_class,
+        endian=endian,
+        osabi=head[7],
+        file_type=e_type,
+        machine=e_machine,
+        has_dynamic=dynamic is not None,
+        interpreter=interpreter,
+        dynamic=dynamic or (0, 0),
+    )
+    return header, size
+
+
+def _identification(path: str, head: bytes) -> tuple[int, Endian]:
+    """The class and byte order from e_ident, in the loader's own words when wrong."""
     if not head:
         raise NotElf(path, "empty file (file too short)")
     if head[:4] != ELF_MAGIC[: len(head)]:
@@ -201,54 +225,48 @@ def _read_header(f: Opened) -> tuple[ElfHeader, int]:
     endian = {1: Endian.LITTLE, 2: Endian.BIG}.get(head[5])
     if elf_class is None or endian is None or head[6] != 1:
         raise CorruptElf(path, "invalid ELF identification bytes")
-    fmt = "<" if endian is Endian.LITTLE else ">"
-    ehdr_size = 52 if elf_class == 32 else 64
-    if len(head) < ehdr_size:
+    if len(head) < (52 if elf_class == 32 else 64):
         raise CorruptElf(path, "file too short for its ELF header")
-    if elf_class == 64:
-        e_type, e_machine, _, _, e_phoff = struct.unpack_from(fmt + "HHIQQ", head, 16)
-        e_phentsize, e_phnum = struct.unpack_from(fmt + "HH", head, 54)
-    else:
-        e_type, e_machine, _, _, e_phoff = struct.unpack_from(fmt + "HHIII", head, 16)
-        e_phentsize, e_phnum = struct.unpack_from(fmt + "HH", head, 42)
-    has_dynamic = False
-    dynamic = (0, 0)
-    interpreter = None
-    if e_phnum:
-        want = 56 if elf_class == 64 else 32
-        if e_phentsize != want:
-            raise CorruptElf(path, f"program header entry size {e_phentsize}, expected {want}")
-        if e_phoff + e_phnum * e_phentsize > size:
-            raise CorruptElf(path, "program headers lie outside the file")
-        table = f.pread(e_phnum * e_phentsize, e_phoff)
-        for p_type, p_offset, p_filesz, _align in _segments(table, fmt, elf_class, e_phnum):
-            if p_type not in (PT_DYNAMIC, PT_INTERP):
-                continue
-            if p_offset + p_filesz > size:
-                name = "dynamic section" if p_type == PT_DYNAMIC else "PT_INTERP"
-                raise CorruptElf(path, f"{name} lies outside the file (truncated?)")
-            if p_type == PT_DYNAMIC:
-                has_dynamic = True
-                dynamic = (p_offset, p_filesz)
-            else:
-                # fs/binfmt_elf.c: an interpreter name longer than PATH_MAX is ENOEXEC
-                if p_filesz > 4096:
-                    raise CorruptElf(path, f"PT_INTERP of {p_filesz} bytes (the kernel refuses more than 4096)")
-                raw = f.pread(p_filesz, p_offset)
-                interpreter = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                if not interpreter:
-                    raise CorruptElf(path, "empty PT_INTERP")
-    header = ElfHeader(
-        elf_class=elf_class,
-        endian=endian,
-        osabi=head[7],
-        file_type=e_type,
-        machine=e_machine,
-        has_dynamic=has_dynamic,
-        interpreter=interpreter,
-        dynamic=dynamic,
-    )
-    return header, size
+    return elf_class, endian
+
+
+def _dynamic_and_interpreter(
+    f: Opened, fmt: str, elf_class: int, table: tuple[int, int, int]
+) -> tuple[tuple[int, int] | None, str | None]:
+    """PT_DYNAMIC (offset, size) and the PT_INTERP name, checked against the file."""
+    e_phoff, e_phentsize, e_phnum = table
+    if not e_phnum:
+        return None, None
+    path, size = f.name, f.st.st_size
+    want = 56 if elf_class == 64 else 32
+    if e_phentsize != want:
+        raise CorruptElf(path, f"program header entry size {e_phentsize}, expected {want}")
+    if e_phoff + e_phnum * e_phentsize > size:
+        raise CorruptElf(path, "program headers lie outside the file")
+    dynamic = interpreter = None
+    for p_type, p_offset, p_filesz, _align in _segments(
+        f.pread(e_phnum * e_phentsize, e_phoff), fmt, elf_class, e_phnum
+    ):
+        if p_type not in (PT_DYNAMIC, PT_INTERP):
+            continue
+        if p_offset + p_filesz > size:
+            name = "dynamic section" if p_type == PT_DYNAMIC else "PT_INTERP"
+            raise CorruptElf(path, f"{name} lies outside the file (truncated?)")
+        if p_type == PT_DYNAMIC:
+            dynamic = (p_offset, p_filesz)
+        else:
+            interpreter = _interpreter(f, p_offset, p_filesz)
+    return dynamic, interpreter
+
+
+def _interpreter(f: Opened, offset: int, length: int) -> str:
+    # fs/binfmt_elf.c: an interpreter name longer than PATH_MAX is ENOEXEC
+    if length > 4096:
+        raise CorruptElf(f.name, f"PT_INTERP of {length} bytes (the kernel refuses more than 4096)")
+    name = f.pread(length, offset).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    if not name:
+        raise CorruptElf(f.name, "empty PT_INTERP")
+    return name
 
 
 def _segments(table: bytes, fmt: str, elf_class: int, count: int) -> Iterator[tuple[int, int, int, int]]:
@@ -547,28 +565,11 @@ def _facts(binary: Any, f: Opened, header: ElfHeader, size: int) -> ElfInfo:
         # LIEF stopped reading, or could not name a tag (0.15 turns DT_FILTER into
         # UNKNOWN): read every entry from the file's own PT_DYNAMIC instead
         return _facts_from_raw(binary, f, header, size)
-    needed: list[str] = []
-    filters: list[str] = []
-    auxiliaries: list[str] = []
-    soname = rpath = runpath = None
-    nodeflib = False
-    strtab = None
-    for t, entry in entries:
-        if t == DT_NEEDED:
-            needed.append(_text(entry.name))
-        elif t == DT_SONAME:
-            soname = _text(entry.name)
-        elif t == DT_RPATH:
-            rpath = _text(entry.rpath)
-        elif t == DT_RUNPATH:
-            runpath = _text(entry.runpath)
-        elif t == DT_FLAGS_1:
-            nodeflib = bool(entry.value & DF_1_NODEFLIB)
-        elif t in (DT_FILTER, DT_AUXILIARY):
-            if strtab is None:
-                strtab = _dynamic_strings(binary, [(tag, e.value) for tag, e in entries])
-            name = _string_at(strtab, entry.value)
-            (filters if t == DT_FILTER else auxiliaries).append(name)
+    names = _named_entries(binary, entries)
+    needed, filters, auxiliaries = names[DT_NEEDED], names[DT_FILTER], names[DT_AUXILIARY]
+    soname, rpath, runpath = (names[t][-1] if names[t] else None for t in (DT_SONAME, DT_RPATH, DT_RUNPATH))
+    flags = [e.value for t, e in entries if t == DT_FLAGS_1]  # the last one counts, as in ld.so
+    nodeflib = bool(flags and flags[-1] & DF_1_NODEFLIB)
     needs, defs = _versions(binary)
     return ElfInfo(
         header=header,
@@ -583,6 +584,26 @@ def _facts(binary: Any, f: Opened, header: ElfHeader, size: int) -> ElfInfo:
         version_needs=needs,
         version_defs=defs,
     )
+
+
+def _named_entries(binary: Any, entries: list[tuple[int, Any]]) -> dict[int, list[str]]:
+    """The names of DT_NEEDED, DT_SONAME, DT_RPATH, DT_RUNPATH, DT_FILTER and
+    DT_AUXILIARY entries, in order; LIEF names the first four, the filters' names come
+    from the dynamic string table."""
+    names: dict[int, list[str]] = {t: [] for t in (DT_NEEDED, DT_SONAME, DT_RPATH, DT_RUNPATH, DT_FILTER, DT_AUXILIARY)}
+    strtab = None
+    for t, entry in entries:
+        if t in (DT_NEEDED, DT_SONAME):
+            names[t].append(_text(entry.name))
+        elif t == DT_RPATH:
+            names[t].append(_text(entry.rpath))
+        elif t == DT_RUNPATH:
+            names[t].append(_text(entry.runpath))
+        elif t in (DT_FILTER, DT_AUXILIARY):
+            if strtab is None:
+                strtab = _dynamic_strings(binary, [(tag, e.value) for tag, e in entries])
+            names[t].append(_string_at(strtab, entry.value))
+    return names
 
 
 def _facts_from_raw(binary: Any, f: Opened, header: ElfHeader, size: int) -> ElfInfo:

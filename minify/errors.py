@@ -8,8 +8,17 @@
     │   └── CorruptElf           ELF magic, but headers or dynamic section broken
     ├── PathError                symlink loop, escape attempt, missing path
     │   └── RootChanged          the root changed under minify during the run
+    ├── PlanError                the inputs cannot be laid out as one image
+    │   └── IncompleteClosure    a library or version is missing (exit 1)
+    ├── PresetUnavailable        the root lacks what a preset needs (exit 1)
+    ├── DockerfileError          a value a Dockerfile cannot express exactly
+    ├── TraceFailed              the traced command failed, timed out, no strace
     ├── OutputError              OUT exists and is not ours, cannot write
-    └── VerificationFailed       the finished rootfs does not resolve (exit 1)
+    ├── VerificationFailed       the finished rootfs does not resolve (exit 1)
+    └── OutOfDate                `--check`: OUT differs from what would be made (exit 1)
+
+Every error a user can see is one of these; the modules that raise them import them
+from here.
 
 The CLI turns each into one line on stderr and the exit code it carries.
 """
@@ -79,6 +88,30 @@ class RootChanged(PathError):
 
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(path, f"changed during the run ({problem}); nothing outside the root was read")
+
+
+class PlanError(MinifyError):
+    """The inputs cannot be laid out as one image (conflicts, bad inputs)."""
+
+
+class IncompleteClosure(PlanError):
+    """A library is missing or a version is not met: the image would not run."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
+class PresetUnavailable(MinifyError):
+    """The root does not have what a preset needs."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
+class DockerfileError(MinifyError):
+    """A value that a Dockerfile cannot express exactly."""
+
+
+class TraceFailed(MinifyError):
+    """The traced command failed, timed out, or strace is missing."""
 
 
 class OutputError(MinifyError):

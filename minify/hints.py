@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from minify.closure import Analysis, ProgramClosure
 from minify.elf import DlopenNote, Symbols
 from minify.errors import BadInput
-from minify.loader.model import Reader
-from minify.root import Root
 
 #: (preset, imported symbols, why). preset None: no preset can cover it.
 SYMBOL_RULES: tuple[tuple[str | None, frozenset[str], str], ...] = (
@@ -110,11 +108,25 @@ def hints_for(
     if program.kind != "dynamic" or program.error:
         return ()
     imported: dict[str, list[str]] = {}
-    own = _own_objects(program)
     for obj in program.objects:
         for ref in symbols(obj.realpath).imports:
             imported.setdefault(ref.name, []).append(obj.path)
-    out: list[Hint] = []
+    out = [*_symbol_hints(program, imported), *_library_hints(program)]
+    for obj in program.objects:
+        for note in notes(obj.realpath):
+            if note.priority == "suggested":
+                what = f"suggests dlopen of {', '.join(note.sonames)} ({note.feature}: {note.description})"
+                out.append(Hint(None, what + " in its .note.dlopen; add it with --add if you want it", (obj.path,)))
+    merged: dict[tuple[str | None, str], Hint] = {}
+    for hint in out:
+        merged.setdefault((hint.preset, hint.reason), hint)
+    return tuple(merged.values())
+
+
+def _symbol_hints(program: ProgramClosure, imported: dict[str, list[str]]) -> list[Hint]:
+    """One hint per rule whose symbols the closure imports, naming who imports them."""
+    own = _own_objects(program)
+    out = []
     for preset, names, reason in SYMBOL_RULES:
         by_object: dict[str, list[str]] = {}
         for name in sorted(names & imported.keys()):
@@ -125,23 +137,19 @@ def hints_for(
         users = [f"{obj} ({', '.join(dict.fromkeys(syms))})" for obj, syms in sorted(by_object.items())]
         if users:
             out.append(Hint(preset, reason, tuple(users[:4]) + (("...",) if len(users) > 4 else ())))
+    return out
+
+
+def _library_hints(program: ProgramClosure) -> list[Hint]:
+    """Hints from the libraries loaded: C++ without libgcc_s, TLS without certificates."""
+    out = []
     sonames = {posixpath.basename(o.path) for o in program.objects} | {o.soname or "" for o in program.objects}
     if any(s.startswith("libstdc++.so") for s in sonames) and "libgcc_s.so.1" not in sonames:
         out.append(Hint("libgcc_s", "C++ exceptions and thread exit unwind through libgcc_s.so.1", ("libstdc++",)))
     tls = sorted(s for s in sonames if s.startswith(TLS_LIBRARIES))
     if tls:
         out.append(Hint("certs", "a TLS library needs the CA certificates to verify peers", tuple(tls)))
-    for obj in program.objects:
-        for note in notes(obj.realpath):
-            if note.priority == "suggested":
-                what = f"suggests dlopen of {', '.join(note.sonames)} ({note.feature}: {note.description})"
-                out.append(Hint(None, what + " in its .note.dlopen; add it with --add if you want it", (obj.path,)))
-    merged: dict[tuple[str | None, str], Hint] = {}
-    for hint in out:
-        key = (hint.preset, hint.reason)
-        if key not in merged:
-            merged[key] = hint
-    return tuple(merged.values())
+    return out
 
 
 def _own_objects(program: ProgramClosure) -> set[str]:
@@ -154,10 +162,10 @@ def _own_objects(program: ProgramClosure) -> set[str]:
     return own
 
 
-def for_analysis(analysis: Analysis, reader: Reader | None = None) -> dict[str, tuple[Hint, ...]]:
+def for_analysis(analysis: Analysis) -> dict[str, tuple[Hint, ...]]:
     """Hints for every program of an analysis, by program path. A file that cannot be
     read gives no hints (the analysis reports it)."""
-    reader = reader or Reader(Root(analysis.root))
+    reader = analysis.target.reader
 
     def symbols(inner: str) -> Symbols:
         try:

@@ -9,13 +9,14 @@ failure never leaves half an image behind.
 from __future__ import annotations
 
 import posixpath
+import re
 import stat
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
 
 from minify.closure import Analysis, LoadedObject, ProgramClosure
-from minify.errors import EXIT_INCOMPLETE, MinifyError
+from minify.errors import IncompleteClosure, PlanError
 from minify.loader.model import Role
 from minify.root import Link, Root, kind_of, within
 
@@ -125,16 +126,6 @@ class ImagePlan:
         return self._index.get(real)
 
 
-class PlanError(MinifyError):
-    """The inputs cannot be laid out as one image (conflicts, bad inputs)."""
-
-
-class IncompleteClosure(PlanError):
-    """A library is missing or a version is not met: the image would not run."""
-
-    exit_code = EXIT_INCOMPLETE
-
-
 @dataclass(frozen=True)
 class Mapping:
     """``--map SRC=DEST``: host paths under SRC go under DEST in the image.
@@ -163,6 +154,25 @@ class Mapping:
                 return "/" + path[len(prefix) :]
             return posixpath.join(self.dest, path[len(prefix) :])
         return None
+
+
+_USER = re.compile(r"[0-9]+(:[0-9]+)?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_pair(text: str) -> tuple[str, str]:
+    """``--env NAME=VALUE`` as (name, value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not _ENV_NAME.fullmatch(key):
+        raise PlanError(f"--env {text!r}: expected NAME=VALUE")
+    return key, value
+
+
+def user_spec(text: str) -> str:
+    """``--user``: nonroot, or UID[:GID] in numbers (a scratch image has no names)."""
+    if text != "nonroot" and not _USER.fullmatch(text):
+        raise PlanError(f"--user {text!r}: expected UID[:GID] (numbers) or nonroot; a scratch image has no user names")
+    return text
 
 
 def follow_links(entries: dict[str, Entry], path: str, *, final: bool) -> str:
@@ -432,49 +442,15 @@ def plan_image(
     ``extra`` closures (hwcaps variants) are added the same way. ``scripts`` are
     (path in the root, interpreter) pairs copied as plain files.
     """
-    errors = [p.error for p in analysis.programs if p.error]
-    if errors:
-        raise PlanError("; ".join(errors))
-    problems: list[str] = []
-    for program in analysis.programs:
-        problems.extend(f"{name}: not found (needed by {program.path})" for name in program.missing)
-        problems.extend(program.version_errors)
-    if problems:
-        raise IncompleteClosure("; ".join(problems))
-    root = Root(analysis.root)
+    _refuse_incomplete(analysis)
+    root = analysis.target.root
     planner = _Planner(root, maps, skip=skip)
     closures = (*analysis.programs, *extra)
-    # an input's own files move with every mapping; an added file's (a plugin and the
-    # libraries beside it) only with the explicit ones, as the added file itself does
     inputs = set(analysis.programs)
-    why_added = {e.path: e.reason for e in extras}
-    placed = [
-        (program, obj, _private(program, obj), program in inputs) for program in closures for obj in program.objects
-    ]
-    for private_pass in (False, True):
-        for program, obj, private, given in placed:
-            if private is private_pass:
-                planner.add_links(obj.links, private and given, _reason(program, obj, why_added), added=private)
-    for program, obj, private, given in placed:
-        image = planner.place(obj.realpath, private and given, added=private)
-        planner.add_file(obj.realpath, False, _reason(program, obj, why_added), image_path=image)
-    for program in closures:
-        for dep in program.dependencies:
-            if dep.opened is not None:  # the same file under another name
-                private = dep.opened.how.value in PRIVATE_HOWS
-                given = program in inputs
-                planner.add_links(dep.opened.links, private and given, f"{dep.kind} {dep.name}", added=private)
-                image = planner.place(dep.opened.path, private and given, added=private)
-                planner.add_file(dep.opened.path, False, f"{dep.kind} {dep.name}", image_path=image)
+    _place_closures(planner, closures, inputs, {e.path: e.reason for e in extras})
+    _place_aliases(planner, closures, inputs)
     programs = [planner.place(p.path, True) for p in analysis.programs]
-    script_paths: list[str] = []
-    input_bytes = sum(p.objects[0].size for p in analysis.programs if p.objects)
-    for inner, interpreter in scripts:
-        resolved = root.resolve(inner)
-        planner.add_links(resolved.links, True, "input (script)")
-        planner.add_file(resolved.path, True, f"input (script for {interpreter})")
-        script_paths.append(planner.place(inner, True))
-        input_bytes += resolved.size
+    script_paths, script_bytes = _place_scripts(planner, scripts)
     for extra_item in extras:
         planner.add_extra(extra_item)
     for item in generated:
@@ -488,8 +464,66 @@ def plan_image(
         tuple(programs),
         tuple(script_paths),
         tuple(planner.warnings),
-        input_bytes=input_bytes,
+        input_bytes=sum(p.objects[0].size for p in analysis.programs if p.objects) + script_bytes,
     )
+
+
+def _refuse_incomplete(analysis: Analysis) -> None:
+    """An image whose programs cannot load is not planned at all."""
+    errors = [p.error for p in analysis.programs if p.error]
+    if errors:
+        raise PlanError("; ".join(errors))
+    problems: list[str] = []
+    for program in analysis.programs:
+        problems.extend(f"{name}: not found (needed by {program.path})" for name in program.missing)
+        problems.extend(program.version_errors)
+    if problems:
+        raise IncompleteClosure("; ".join(problems))
+
+
+def _place_closures(
+    planner: _Planner, closures: tuple[ProgramClosure, ...], inputs: set[ProgramClosure], why_added: dict[str, str]
+) -> None:
+    """Every loaded object at its realpath, the symlinks on the way first (the
+    system's before the programs' own). An input's own files move with every mapping;
+    an added file's (a plugin and the libraries beside it) only with the explicit
+    ones, as the added file itself does."""
+    placed = [
+        (program, obj, _private(program, obj), program in inputs) for program in closures for obj in program.objects
+    ]
+    for private_pass in (False, True):
+        for program, obj, private, given in placed:
+            if private is private_pass:
+                planner.add_links(obj.links, private and given, _reason(program, obj, why_added), added=private)
+    for program, obj, private, given in placed:
+        image = planner.place(obj.realpath, private and given, added=private)
+        planner.add_file(obj.realpath, False, _reason(program, obj, why_added), image_path=image)
+
+
+def _place_aliases(planner: _Planner, closures: tuple[ProgramClosure, ...], inputs: set[ProgramClosure]) -> None:
+    """Another name the loader opened an already loaded file under is kept too."""
+    for program in closures:
+        for dep in program.dependencies:
+            if dep.opened is None:
+                continue
+            private = dep.opened.how.value in PRIVATE_HOWS
+            given = program in inputs
+            planner.add_links(dep.opened.links, private and given, f"{dep.kind} {dep.name}", added=private)
+            image = planner.place(dep.opened.path, private and given, added=private)
+            planner.add_file(dep.opened.path, False, f"{dep.kind} {dep.name}", image_path=image)
+
+
+def _place_scripts(planner: _Planner, scripts: tuple[tuple[str, str], ...]) -> tuple[list[str], int]:
+    """Scripts given as inputs, copied as plain files; their image paths and bytes."""
+    paths: list[str] = []
+    size = 0
+    for inner, interpreter in scripts:
+        resolved = planner.root.resolve(inner)
+        planner.add_links(resolved.links, True, "input (script)")
+        planner.add_file(resolved.path, True, f"input (script for {interpreter})")
+        paths.append(planner.place(inner, True))
+        size += resolved.size
+    return paths, size
 
 
 def _reason(program: ProgramClosure, obj: LoadedObject, why_added: dict[str, str]) -> str:

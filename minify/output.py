@@ -48,7 +48,7 @@ _RENAME_EXCHANGE = 2
 
 
 @dataclass(frozen=True)
-class Target:
+class Destination:
     """OUT, checked: its absolute path, and the folder it goes in."""
 
     path: str
@@ -61,7 +61,7 @@ class Target:
         return re.compile(rf"\.minify-(new|old)-{re.escape(self.name)}-[a-z0-9_]{{8}}")
 
 
-def target(output: str, *, root: str, inputs: tuple[str, ...], cwd: str) -> Target:
+def destination(output: str, *, root: str, inputs: tuple[str, ...], cwd: str) -> Destination:
     """Check where OUT is before anything is analysed or written.
 
     ``inputs`` are host paths of the inputs (files and folders), already resolved inside
@@ -89,7 +89,7 @@ def target(output: str, *, root: str, inputs: tuple[str, ...], cwd: str) -> Targ
             raise OutputError(f"{output}: OUT cannot be a folder that holds the input {given}")
     if os.path.lexists(real) and not os.path.isdir(real):
         raise OutputError(f"{real}: exists and is not a folder")
-    return Target(real, os.path.dirname(real), os.path.basename(real))
+    return Destination(real, os.path.dirname(real), os.path.basename(real))
 
 
 def foreign_entries(out: str) -> list[str]:
@@ -174,7 +174,7 @@ def refuse_foreign(out: str, *, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def writing(out: Target) -> Iterator[list[str]]:
+def writing(out: Destination) -> Iterator[list[str]]:
     """Hold the lock for writing beside OUT; first tidy what interrupted runs left.
     Yields a list of notes (what was tidied)."""
     try:
@@ -188,7 +188,7 @@ def writing(out: Target) -> Iterator[list[str]]:
         os.close(fd)  # releases the lock
 
 
-def _lock(fd: int, out: Target) -> None:
+def _lock(fd: int, out: Destination) -> None:
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         try:
@@ -205,7 +205,7 @@ def _lock(fd: int, out: Target) -> None:
             return  # a file system without flock: nothing to serialise with
 
 
-def _tidy(out: Target) -> list[str]:
+def _tidy(out: Destination) -> list[str]:
     """Put back an OUT that an interrupted two-rename swap left aside; remove the
     temporary folders of interrupted runs (under the lock, none is in use)."""
     notes = []
@@ -224,14 +224,14 @@ def _tidy(out: Target) -> list[str]:
     return notes
 
 
-def make_temporary(out: Target) -> str:
+def make_temporary(out: Destination) -> str:
     try:
         return tempfile.mkdtemp(prefix=f".minify-new-{out.name}-", dir=out.parent)
     except OSError as exc:
         raise OutputError(f"{out.parent}: cannot write here ({exc.strerror})") from None
 
 
-def swap_into_place(tmp: str, out: Target) -> str | None:
+def swap_into_place(tmp: str, out: Destination) -> str | None:
     """Make ``tmp`` OUT in one step. Returns the path that now holds the old OUT (to
     be removed), or None when there was none."""
     try:

@@ -10,11 +10,12 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from minify.closure import Analysis, Locator, ProgramClosure
-from minify.errors import EXIT_INCOMPLETE, MinifyError
+from minify.closure import Analysis, ProgramClosure, dlopen_path
+from minify.errors import MinifyError, PresetUnavailable
 from minify.image import Generated
 from minify.loader.arch import arch_for
 from minify.loader.glibc import ldso_facts
+from minify.loader.model import LoaderKind, ProgramKind
 from minify.root import Root
 
 PRESETS = ("nss", "certs", "tzdata", "gconv", "locale", "libgcc_s", "terminfo", "tmp")
@@ -50,12 +51,6 @@ NONROOT = "65532:65532"
 NONROOT_HOME = ("/home/nonroot", 0o755, (65532, 65532))
 
 
-class PresetUnavailable(MinifyError):
-    """The root does not have what a preset needs."""
-
-    exit_code = EXIT_INCOMPLETE
-
-
 @dataclass(frozen=True)
 class Additions:
     """Everything the presets add to an image."""
@@ -75,7 +70,6 @@ class _Request:
 
     root: Root
     analysis: Analysis
-    locator: Locator
     tz: tuple[str, ...]
     charsets: tuple[str, ...]
     terms: tuple[str, ...] = ()
@@ -149,13 +143,12 @@ def resolve(
     names: tuple[str, ...],
     analysis: Analysis,
     *,
-    locator: Locator | None = None,
     tz: tuple[str, ...] = (),
     charsets: tuple[str, ...] = (),
     terms: tuple[str, ...] = (),
 ) -> Additions:
     """The files, folders, generated files and environment the presets call for."""
-    req = _Request(Root(analysis.root), analysis, locator or Locator(analysis), tz, charsets, terms)
+    req = _Request(analysis.target.root, analysis, tz, charsets, terms)
     out = _Collect()
     missing: list[str] = []
     for name in names:
@@ -247,7 +240,9 @@ def _tmp(req: _Request, out: _Collect) -> str | None:
 
 
 def _programs(analysis: Analysis) -> list[ProgramClosure]:
-    return [p for p in analysis.programs if p.kind == "dynamic" and p.loader == "glibc" and not p.error]
+    return [
+        p for p in analysis.programs if p.kind is ProgramKind.DYNAMIC and p.loader is LoaderKind.GLIBC and not p.error
+    ]
 
 
 def _libgcc_s(req: _Request, out: _Collect) -> str | None:
@@ -259,7 +254,7 @@ def _dlopened(req: _Request, out: _Collect, sonames: tuple[str, ...]) -> str | N
     if not programs:
         return "no glibc program among the inputs"
     for soname in sonames:
-        found = req.locator.find(programs[0], soname)
+        found = dlopen_path(req.analysis, programs[0], soname)
         if found is None:
             return f"{soname} not found where the loader would look"
         out.files.append(found)
@@ -270,10 +265,10 @@ def _dlopened(req: _Request, out: _Collect, sonames: tuple[str, ...]) -> str | N
 def _glibc_version(req: _Request) -> tuple[int, int] | None:
     """The release of the programs' glibc, read from their ld.so."""
     for program in _programs(req.analysis):
-        header = req.locator.run.reader.header(req.root.resolve(program.realpath))
+        header = req.analysis.target.reader.header(req.root.resolve(program.realpath))
         arch = arch_for(header.machine, header.elf_class)
         if arch is not None and program.interpreter:
-            return ldso_facts(req.root, program.interpreter, arch).version
+            return ldso_facts(req.root, program.interpreter, arch, req.analysis.target.reader).version
     return None
 
 

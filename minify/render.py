@@ -11,7 +11,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from minify.closure import Analysis, Dependency, ProgramClosure
+from minify.closure import Analysis, Dependency, LoadedObject, ProgramClosure
 from minify.hints import Hint
 from minify.loader.model import How
 
@@ -119,37 +119,8 @@ def _program_tree(p: ProgramClosure, *, everything: bool = False) -> list[str]:
     head = f"{p.path} ({p.loader}, {p.machine}, interpreter {p.interpreter})"
     if p.realpath != p.path:
         head += f" -> {p.realpath}"
-    lines = [head]
-    children: dict[str, list[Dependency]] = {}
-    hidden = 0
-    for dep in p.dependencies:
-        if dep.kind == "interpreter":
-            continue
-        if not everything and dep.how in (How.ALREADY_LOADED, How.INTERPRETER) and dep.requester != p.realpath:
-            hidden += 1  # shown where it was first loaded
-            continue
-        children.setdefault(dep.requester, []).append(dep)
-    paths = {o.realpath: o.path for o in p.objects}
-    expanded: set[str] = {p.realpath}
-
-    def walk(real: str, prefix: str) -> None:
-        deps = children.get(real, [])
-        for i, dep in enumerate(deps):
-            last = i == len(deps) - 1 and not (real == p.realpath and p.vdso)
-            branch = "└── " if last else "├── "
-            if dep.target is None:
-                lines.append(f"{prefix}{branch}{dep.name} [not found]")
-                continue
-            shown = paths.get(dep.target, dep.target)
-            fresh = dep.how not in (How.ALREADY_LOADED, How.SAME_FILE, How.INTERPRETER)
-            label = f"{dep.name} => {shown}" if dep.name != shown else shown
-            kind = "" if dep.kind == "needed" else f" ({dep.kind})"
-            lines.append(f"{prefix}{branch}{label} [{_tag(dep)}]{kind}")
-            if fresh and dep.target not in expanded:
-                expanded.add(dep.target)
-                walk(dep.target, prefix + ("    " if last else "│   "))
-
-    walk(p.realpath, "")
+    children, hidden = _children(p, everything=everything)
+    lines = [head, *_Tree(p, children).lines()]
     if p.vdso:
         lines.append(f"└── {p.vdso} [kernel: mapped by the kernel, not a file]")
     if p.interpreter:
@@ -157,6 +128,63 @@ def _program_tree(p: ProgramClosure, *, everything: bool = False) -> list[str]:
     if hidden:
         what = "request for a library" if hidden == 1 else "requests for libraries"
         lines.append(f"({hidden} more {what} already loaded: --all shows them)")
+    lines.extend(_missing_lines(p))
+    lines.extend(f"error: {e}" for e in p.version_errors)
+    lines.extend(f"note: {n}" for n in p.notes)
+    return [line for line in lines if line]
+
+
+def _children(p: ProgramClosure, *, everything: bool) -> tuple[dict[str, list[Dependency]], int]:
+    """Each object's requests, and how many were left out: a library already loaded
+    is shown where it was first loaded, unless ``everything``."""
+    children: dict[str, list[Dependency]] = {}
+    hidden = 0
+    for dep in p.dependencies:
+        if dep.kind == "interpreter":
+            continue
+        if not everything and dep.how in (How.ALREADY_LOADED, How.INTERPRETER) and dep.requester != p.realpath:
+            hidden += 1
+            continue
+        children.setdefault(dep.requester, []).append(dep)
+    return children, hidden
+
+
+class _Tree:
+    """The requests drawn as a tree, each object expanded once, where first loaded."""
+
+    def __init__(self, p: ProgramClosure, children: dict[str, list[Dependency]]) -> None:
+        self.p = p
+        self.children = children
+        self.paths = {o.realpath: o.path for o in p.objects}
+        self.expanded: set[str] = {p.realpath}
+        self.out: list[str] = []
+
+    def lines(self) -> list[str]:
+        self._walk(self.p.realpath, "")
+        return self.out
+
+    def _walk(self, real: str, prefix: str) -> None:
+        deps = self.children.get(real, [])
+        for i, dep in enumerate(deps):
+            last = i == len(deps) - 1 and not (real == self.p.realpath and self.p.vdso)
+            branch = "└── " if last else "├── "
+            if dep.target is None:
+                self.out.append(f"{prefix}{branch}{dep.name} [not found]")
+                continue
+            shown = self.paths.get(dep.target, dep.target)
+            label = f"{dep.name} => {shown}" if dep.name != shown else shown
+            kind = "" if dep.kind == "needed" else f" ({dep.kind})"
+            self.out.append(f"{prefix}{branch}{label} [{_tag(dep)}]{kind}")
+            fresh = dep.how not in (How.ALREADY_LOADED, How.SAME_FILE, How.INTERPRETER)
+            if fresh and dep.target not in self.expanded:
+                self.expanded.add(dep.target)
+                self._walk(dep.target, prefix + ("    " if last else "│   "))
+
+
+def _missing_lines(p: ProgramClosure) -> list[str]:
+    """Each name not found, with every place the loader looked."""
+    paths = {o.realpath: o.path for o in p.objects}
+    lines = []
     for dep in p.dependencies:
         if dep.target is None and dep.kind not in ("auxiliary", "preload"):
             lines.append(f"missing: {dep.name} (needed by {paths.get(dep.requester, dep.requester)}); searched:")
@@ -165,9 +193,7 @@ def _program_tree(p: ProgramClosure, *, everything: bool = False) -> list[str]:
             lines.extend(
                 f"    {s.source}: {s.directory + ': ' if s.directory else ''}{s.outcome}" for s in dep.searched
             )
-    lines.extend(f"error: {e}" for e in p.version_errors)
-    lines.extend(f"note: {n}" for n in p.notes)
-    return [line for line in lines if line]
+    return lines
 
 
 # -- ldd-style list ----------------------------------------------------------------
@@ -213,40 +239,50 @@ def _ldd_lines(p: ProgramClosure) -> list[str]:
 def as_data(analysis: Analysis, hints: Hints | None = None) -> dict[str, Any]:
     """The documented JSON schema (see README, "JSON output")."""
     hints = hints or {}
-    inputs = []
-    for p in analysis.programs:
-        inputs.append(
-            {
-                "path": p.path,
-                "realpath": p.realpath,
-                "kind": p.kind,
-                "loader": p.loader,
-                "interpreter": p.interpreter,
-                "machine": p.machine,
-                "closure": list(p.closure),
-                "missing": list(p.missing),
-                "version_errors": list(p.version_errors),
-                "error": p.error,
-                "notes": list(p.notes),
-                "vdso": p.vdso,
-                "hints": [
-                    {"preset": h.preset, "reason": h.reason, "objects": list(h.objects)} for h in hints.get(p.path, ())
-                ],
-            }
-        )
-    objects = [
-        {
-            "realpath": o.realpath,
-            "path": o.path,
-            "soname": o.soname,
-            "size": o.size,
-            "role": o.role.value,
-            "needed": list(o.needed),
-            "rpath": o.rpath,
-            "runpath": o.runpath,
-        }
-        for o in sorted(analysis.objects().values(), key=lambda o: o.realpath)
-    ]
+    objects = sorted(analysis.objects().values(), key=lambda o: o.realpath)
+    return {
+        "schema": JSON_SCHEMA_VERSION,
+        "root": analysis.root,
+        "inputs": [_input_data(p, hints.get(p.path, ())) for p in analysis.programs],
+        "objects": [_object_data(o) for o in objects],
+        "edges": _edges_data(analysis),
+        "skipped": [{"path": s.path, "reason": s.reason} for s in analysis.skipped],
+    }
+
+
+def _input_data(p: ProgramClosure, hints: tuple[Hint, ...]) -> dict[str, Any]:
+    return {
+        "path": p.path,
+        "realpath": p.realpath,
+        "kind": p.kind,
+        "loader": p.loader,
+        "interpreter": p.interpreter,
+        "machine": p.machine,
+        "closure": list(p.closure),
+        "missing": list(p.missing),
+        "version_errors": list(p.version_errors),
+        "error": p.error,
+        "notes": list(p.notes),
+        "vdso": p.vdso,
+        "hints": [{"preset": h.preset, "reason": h.reason, "objects": list(h.objects)} for h in hints],
+    }
+
+
+def _object_data(o: LoadedObject) -> dict[str, Any]:
+    return {
+        "realpath": o.realpath,
+        "path": o.path,
+        "soname": o.soname,
+        "size": o.size,
+        "role": o.role.value,
+        "needed": list(o.needed),
+        "rpath": o.rpath,
+        "runpath": o.runpath,
+    }
+
+
+def _edges_data(analysis: Analysis) -> list[dict[str, Any]]:
+    """Every distinct request of every program, sorted; a miss with its search trail."""
     edges = []
     seen = set()
     for p in analysis.programs:
@@ -255,6 +291,7 @@ def as_data(analysis: Analysis, hints: Hints | None = None) -> dict[str, Any]:
             if key in seen:
                 continue
             seen.add(key)
+            searched = [{"source": s.source, "directory": s.directory, "outcome": s.outcome} for s in d.searched]
             edges.append(
                 {
                     "from": d.requester,
@@ -263,22 +300,11 @@ def as_data(analysis: Analysis, hints: Hints | None = None) -> dict[str, Any]:
                     "kind": d.kind,
                     "how": d.how.value if d.how else None,
                     "via": d.via,
-                    "searched": [
-                        {"source": s.source, "directory": s.directory, "outcome": s.outcome} for s in d.searched
-                    ]
-                    if d.target is None
-                    else [],
+                    "searched": searched if d.target is None else [],
                 }
             )
     edges.sort(key=lambda e: (e["from"], e["name"], e["to"] or ""))
-    return {
-        "schema": JSON_SCHEMA_VERSION,
-        "root": analysis.root,
-        "inputs": inputs,
-        "objects": objects,
-        "edges": edges,
-        "skipped": [{"path": s.path, "reason": s.reason} for s in analysis.skipped],
-    }
+    return edges
 
 
 def dumps(data: Any) -> str:

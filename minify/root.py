@@ -177,6 +177,22 @@ class Root:
             self._memo[absolute] = hit
         return hit
 
+    def _lstat(self, current: list[str], name: str) -> os.stat_result | None:
+        """``name`` in the folder ``current`` (reached by descriptor), not followed;
+        None when there is nothing there."""
+        try:
+            return os.lstat(name, dir_fd=self._dirfd(_join(current)))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise PathError(_join([*current, name]), exc.strerror or str(exc)) from None
+
+    def _readlink(self, current: list[str], name: str) -> str:
+        try:
+            return os.readlink(name, dir_fd=self._dirfd(_join(current)))
+        except OSError as exc:  # it was a symlink a moment ago
+            raise RootChanged(_join([*current, name]), exc.strerror or str(exc)) from None
+
     def _walk(self, absolute: str) -> Resolved:
         if "\0" in absolute:
             raise PathError(absolute.replace("\0", "\\0"), "a path cannot contain a NUL byte")
@@ -189,31 +205,21 @@ class Root:
             name = parts.popleft()
             if name in ("", "."):
                 continue
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                # a component below a file (ENOTDIR), ".." included: nothing there
+                return Resolved(_join([*current, name, *parts]), tuple(links), None)
             if name == "..":
-                if st is not None and not stat.S_ISDIR(st.st_mode):
-                    return Resolved(_join([*current, name, *parts]), tuple(links), None)  # ENOTDIR
-                if current:
-                    current.pop()
+                del current[-1:]  # ".." of / is /
                 st = None
                 continue
-            if st is not None and not stat.S_ISDIR(st.st_mode):
-                # a component below a file (ENOTDIR): nothing there
+            st = self._lstat(current, name)
+            if st is None:
                 return Resolved(_join([*current, name, *parts]), tuple(links), None)
-            folder = self._dirfd(_join(current))
-            try:
-                st = os.lstat(name, dir_fd=folder)
-            except (FileNotFoundError, NotADirectoryError):
-                return Resolved(_join([*current, name, *parts]), tuple(links), None)
-            except OSError as exc:
-                raise PathError(_join([*current, name]), exc.strerror or str(exc)) from None
             if stat.S_ISLNK(st.st_mode):
                 hops += 1
                 if hops > MAX_SYMLINKS:
                     raise PathError(absolute, "too many levels of symbolic links (a symlink loop?)")
-                try:
-                    target = os.readlink(name, dir_fd=folder)
-                except OSError as exc:
-                    raise RootChanged(_join([*current, name]), exc.strerror or str(exc)) from None
+                target = self._readlink(current, name)
                 links.append(Link(_join([*current, name]), target))
                 if target.startswith("/"):
                     current = []
@@ -221,9 +227,13 @@ class Root:
                 st = None
                 continue
             current.append(name)
+        return self._arrived(current, links, st)
+
+    def _arrived(self, current: list[str], links: list[Link], st: os.stat_result | None) -> Resolved:
+        """Where a walk ended; after ".." or a symlink to a folder, look at it again."""
         if not current:
             return Resolved("/", tuple(links), stat.S_IFDIR, self.ident)
-        if st is None:  # ended on ".." or a symlink to a folder: look at where we are
+        if st is None:
             try:
                 st = os.lstat(current[-1], dir_fd=self._dirfd(_join(current[:-1])))
             except OSError:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import posixpath
-import re
 import shlex
 import shutil
 import stat
@@ -24,29 +23,39 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from minify import __version__, output, presets
-from minify.closure import Analysis, Locator, ProgramClosure, analyze, loadable_files
-from minify.dockerfile import DockerfileError, render_dockerignore
+from minify.closure import Analysis, ProgramClosure, analyze, dlopen_path, loadable_files
 from minify.dockerfile import render as render_dockerfile
-from minify.errors import BadInput, OutOfDate, OutputError, VerificationFailed
+from minify.dockerfile import render_dockerignore
+from minify.errors import (
+    BadInput,
+    DockerfileError,
+    IncompleteClosure,
+    OutOfDate,
+    OutputError,
+    PlanError,
+    TraceFailed,
+    VerificationFailed,
+)
 from minify.hints import Hint, for_analysis, presets_called_for
 from minify.image import (
     Entry,
     EntryType,
     Extra,
+    Generated,
     ImageConfig,
     ImagePlan,
-    IncompleteClosure,
     Mapping,
-    PlanError,
     clean_path,
     plan_image,
+    user_spec,
 )
-from minify.loader.model import Reader
+from minify.loader.model import ProgramKind, Reader
 from minify.output import LOCK_NAME, LOCK_SCHEMA
 from minify.presets import NONROOT
 from minify.root import Root, read_host_file, within
 from minify.sensitive import why_secret
-from minify.trace import TRACE_NAME, Trace, TraceFailed, run_trace
+from minify.target import Target
+from minify.trace import TRACE_NAME, Trace, run_trace
 
 __all__ = ["LOCK_NAME", "RootfsOptions", "RootfsResult", "build", "check", "prepare"]
 
@@ -61,11 +70,11 @@ class RootfsOptions:
     output: str
     root: str = "/"
     cwd: str | None = None
-    maps: tuple[str, ...] = ()
+    maps: tuple[Mapping, ...] = ()  # parsed: Mapping.parse("SRC=DEST")
     entrypoint: str | None = None
     cmd: tuple[str, ...] = ()
     user: str | None = None
-    env: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # parsed: env_pair("K=V")
     hwcaps: str = "all"
     force: bool = False
     with_: tuple[str, ...] = ()
@@ -77,6 +86,7 @@ class RootfsOptions:
     trace_user: str | None = None
     trace_ok_exit: bool = False
     trace_exclude: tuple[str, ...] = ()  # globs of traced paths to leave out
+    cache: bool = True  # the persistent cache of parsed ELF facts
 
 
 @dataclass(frozen=True)
@@ -96,10 +106,10 @@ class Prepared:
     plan: ImagePlan
     dockerfile: str
     trace: Trace | None
-    out: output.Target
+    out: output.Destination
 
 
-def _load_trace(options: RootfsOptions, view: Root, out: output.Target) -> Trace | None:
+def _load_trace(options: RootfsOptions, view: Root, out: output.Destination) -> Trace | None:
     """A new trace when asked (this runs the command), else the one OUT recorded
     (validated like any input: an edited file is not trusted)."""
     if options.trace is not None:
@@ -117,7 +127,7 @@ def _load_trace(options: RootfsOptions, view: Root, out: output.Target) -> Trace
 
 
 def _traced_files(
-    trace: Trace, view: Root, out: output.Target, named: set[str], exclude: tuple[str, ...]
+    trace: Trace, view: Root, out: output.Destination, named: set[str], exclude: tuple[str, ...]
 ) -> tuple[list[str], list[str]]:
     """The traced files that may join the image, and warnings about the others:
     nothing under OUT, nothing ``--trace-exclude`` names, and no known secret unless
@@ -157,111 +167,63 @@ def _not_elf_note(view: Root, reader: Reader, traced: list[str]) -> list[str]:
     return [f'note: the trace adds {len(data)} file(s) that are not ELF objects: {shown} (why "traced" in {LOCK_NAME})']
 
 
+@dataclass
+class _Gathered:
+    """What goes into the image beside the closures of the inputs, as it is gathered
+    from presets, ``--add``, a trace and dlopen notes."""
+
+    extras: list[Extra] = field(default_factory=list)
+    elf: list[str] = field(default_factory=list)  # ELF files among them: their closures too
+    tree_elves: list[str] = field(default_factory=list)  # ELF files inside --add folders
+    named: set[str] = field(default_factory=set)  # what --add names (a secret there is wanted)
+    warnings: list[str] = field(default_factory=list)
+
+
 def prepare(options: RootfsOptions) -> Prepared:
     """Analyse and plan everything in memory: the plan and the Dockerfile."""
-    cwd = options.cwd
-    view = Root(options.root)
-    if cwd is None:
-        cwd = os.getcwd() if view.is_host else "/"
+    target = Target(options.root, cache=options.cache)
+    view = target.root
+    cwd = options.cwd if options.cwd is not None else (os.getcwd() if view.is_host else "/")
     inputs = tuple(view.host_path(view.resolve(posixpath.join(cwd, p)).path) for p in options.paths if p)
-    out = output.target(options.output, root=view.directory, inputs=inputs, cwd=os.getcwd())
+    out = output.destination(options.output, root=view.directory, inputs=inputs, cwd=os.getcwd())
     skip = _skipped_folders(view, out)
     analysis_hwcaps = "baseline" if options.hwcaps in ("all", "baseline") else options.hwcaps
-    analysis = analyze(options.paths, root=options.root, cwd=cwd, hwcaps=analysis_hwcaps, cpuinfo="", exclude=skip)
+    analysis = analyze(options.paths, root=target, cwd=cwd, hwcaps=analysis_hwcaps, cpuinfo="", exclude=skip)
     programs, scripts = _split_scripts(analysis)
-    analysis = Analysis(analysis.root, programs, analysis.skipped)
-    maps = tuple(Mapping.parse(m) for m in options.maps)
-    if any(not p.startswith("/") for p in options.paths) and cwd != "/":
-        # a relative input keeps its path relative to the current folder, rooted at /
-        maps += (Mapping(clean_path(cwd, "--cwd"), "/", explicit=False),)
-    reader = Reader(view)  # one parse per file for hints and dlopen notes
-    hints = _hints(analysis, reader)
-    names = presets.parse_with(options.with_)
-    # a subset of a preset asks for that preset
-    subsets = (("tzdata", options.tz), ("gconv", options.charsets), ("terminfo", options.terms))
-    names += tuple(n for n, given in subsets if given and n not in names)
-    if "auto" in names:
-        names = tuple(dict.fromkeys([n for n in names if n != "auto"] + list(presets_called_for(hints))))
-    locator = Locator(analysis)  # one set of loader models for every dlopen lookup
-    additions = presets.resolve(
-        names, analysis, locator=locator, tz=options.tz, charsets=options.charsets, terms=options.terms
-    )
-    preset_of = dict(additions.preset_of)
-    extras = [Extra(path, None, f"--with {preset_of.get(path, 'preset')}") for path in additions.files]
-    # symlinks inside an input folder (bin/app -> app-1.2) belong to the folder too
-    extras.extend(
-        Extra(s.path, None, "symlink in an input folder", private=True) for s in analysis.skipped if s.symlink
-    )
-    elf_extras = list(additions.elf)
-    tree_elves: list[str] = []  # ELF files inside --add folders: plugins, extension modules
-    named: set[str] = set()
-    for spec in options.add:
-        added = _parse_add(spec, view, cwd)
-        extras.append(added)
-        named.add(view.realpath(added.path))
-        named.add(added.path)
-        if _is_elf_file(view, reader, added.path):
-            elf_extras.append(added.path)
-        elif view.resolve(added.path).is_dir:
-            tree_elves.extend(loadable_files(view, reader, added.path, skip=skip))
+    analysis = replace(analysis, programs=programs)
+    hints = _hints(analysis)
+    names = _preset_names(options, hints)
+    additions = presets.resolve(names, analysis, tz=options.tz, charsets=options.charsets, terms=options.terms)
+    gathered = _gather(options, analysis, additions, cwd, skip)
     trace = _load_trace(options, view, out)
-    trace_warnings: list[str] = []
     if trace is not None:
-        traced, trace_warnings = _traced_files(trace, view, out, named, options.trace_exclude)
-        trace_warnings.extend(_not_elf_note(view, reader, traced))
-        for path in traced:
-            extras.append(Extra(path, None, "traced"))
-            if _is_elf_file(view, reader, path):
-                elf_extras.append(path)
-    noted, note_warnings = _dlopen_notes(analysis, reader, locator)
-    elf_extras.extend(noted)
-    extras.extend(Extra(path, None, ".note.dlopen") for path in noted)
-    generated = list(additions.generated)
-    dirs = list(additions.dirs)
-    if trace is not None:
-        dirs.extend((d, 0o755, (0, 0)) for d in trace.dirs if view.resolve(d).path == d and view.resolve(d).is_dir)
-    if options.user == "nonroot":
-        generated.extend(presets.users_files(view))
-        dirs.append(presets.NONROOT_HOME)
-    extra: tuple[ProgramClosure, ...] = ()
-    if options.hwcaps == "all":
-        extra = _hwcaps_variants(analysis, view, cwd)
-    if elf_extras:
-        extra += _closures_of(sorted(set(elf_extras)), analysis.root, cwd)
-    tree_warnings: list[str] = []
-    if tree_elves:
-        closures, tree_warnings = _closures_of_tree(sorted(set(tree_elves) - set(elf_extras)), analysis.root, cwd)
-        extra += closures
-    config = _config(options, analysis, maps, additions.env)
+        _gather_trace(trace, options, analysis, out, gathered)
+    noted, note_warnings = _dlopen_notes(analysis)
+    gathered.elf.extend(noted)
+    gathered.extras.extend(Extra(path, None, ".note.dlopen") for path in noted)
+    generated, dirs = _generated(options, additions, trace, view)
+    extra, tree_warnings = _extra_closures(options, analysis, gathered, cwd)
+    config = _config(options, analysis, _maps(options, cwd), additions.env)
     plan = plan_image(
         analysis,
-        maps=maps,
+        maps=_maps(options, cwd),
         extra=extra,
         config=config,
         scripts=scripts,
-        extras=tuple(extras),
+        extras=tuple(gathered.extras),
         generated=tuple(generated),
         dirs=tuple(dirs),
         skip=skip,
     )
     if config.entrypoint and plan.lookup(config.entrypoint[0]) is None:
         raise PlanError(f"--entrypoint {config.entrypoint[0]} is not in the image")
-    warnings = list(plan.warnings)
-    added_paths = [e.path for e in extras if e.reason.startswith("--add")]
-    warnings.extend(
-        f"skipped {s.path}: {s.reason}"
-        for s in analysis.skipped
-        if not s.symlink and not any(within(s.path, added) for added in added_paths)
-    )
-    warnings.extend(tree_warnings)
+    warnings = [*plan.warnings, *_skipped_warnings(analysis, gathered), *tree_warnings]
     if not config.entrypoint:
         warnings.append("no ENTRYPOINT: several inputs and no --entrypoint")
     warnings.extend(
         f"hint: {h}" for h in hints if h.preset not in names and not (trace is not None and h.preset is None)
     )
-    warnings.extend(additions.notes)
-    warnings.extend(note_warnings)
-    warnings.extend(trace_warnings)
+    warnings.extend([*additions.notes, *note_warnings, *gathered.warnings])
     plan = replace(plan, warnings=tuple(warnings))
     try:
         dockerfile = render_dockerfile(plan)
@@ -270,7 +232,106 @@ def prepare(options: RootfsOptions) -> Prepared:
     return Prepared(plan, dockerfile, trace, out)
 
 
-def _skipped_folders(view: Root, out: output.Target) -> tuple[str, ...]:
+def _maps(options: RootfsOptions, cwd: str) -> tuple[Mapping, ...]:
+    """``--map`` values, and for relative inputs their folder mapped to /: a relative
+    input keeps its path relative to the current folder, rooted at /."""
+    maps = options.maps
+    if any(not p.startswith("/") for p in options.paths) and cwd != "/":
+        maps += (Mapping(clean_path(cwd, "--cwd"), "/", explicit=False),)
+    return maps
+
+
+def _preset_names(options: RootfsOptions, hints: tuple[Hint, ...]) -> tuple[str, ...]:
+    """``--with``, the presets that ``--tz``/``--gconv``/``--term`` imply, and for
+    ``auto`` the ones the hints call for."""
+    names = presets.parse_with(options.with_)
+    subsets = (("tzdata", options.tz), ("gconv", options.charsets), ("terminfo", options.terms))
+    names += tuple(n for n, given in subsets if given and n not in names)
+    if "auto" in names:
+        names = tuple(dict.fromkeys([n for n in names if n != "auto"] + list(presets_called_for(hints))))
+    return names
+
+
+def _gather(
+    options: RootfsOptions, analysis: Analysis, additions: presets.Additions, cwd: str, skip: tuple[str, ...]
+) -> _Gathered:
+    """Files from the presets, symlinks of input folders, and ``--add``."""
+    view, reader = analysis.target.root, analysis.target.reader
+    preset_of = dict(additions.preset_of)
+    got = _Gathered(elf=list(additions.elf))
+    got.extras.extend(Extra(path, None, f"--with {preset_of.get(path, 'preset')}") for path in additions.files)
+    # symlinks inside an input folder (bin/app -> app-1.2) belong to the folder too
+    got.extras.extend(
+        Extra(s.path, None, "symlink in an input folder", private=True) for s in analysis.skipped if s.symlink
+    )
+    for spec in options.add:
+        added = _parse_add(spec, view, cwd)
+        got.extras.append(added)
+        got.named.update((view.realpath(added.path), added.path))
+        if reader.is_elf(view.resolve(added.path)):
+            got.elf.append(added.path)
+        elif view.resolve(added.path).is_dir:
+            got.tree_elves.extend(loadable_files(view, reader, added.path, skip=skip))
+    return got
+
+
+def _gather_trace(
+    trace: Trace, options: RootfsOptions, analysis: Analysis, out: output.Destination, got: _Gathered
+) -> None:
+    """The files a trace read, less secrets, OUT and ``--trace-exclude``."""
+    view, reader = analysis.target.root, analysis.target.reader
+    traced, warnings = _traced_files(trace, view, out, got.named, options.trace_exclude)
+    got.warnings.extend([*warnings, *_not_elf_note(view, reader, traced)])
+    for path in traced:
+        got.extras.append(Extra(path, None, "traced"))
+        if reader.is_elf(view.resolve(path)):
+            got.elf.append(path)
+
+
+def _generated(
+    options: RootfsOptions, additions: presets.Additions, trace: Trace | None, view: Root
+) -> tuple[list[Generated], list[tuple[str, int, tuple[int, int]]]]:
+    """Files minify writes (users, nsswitch.conf) and empty folders (/tmp, a home, the
+    folders a trace listed)."""
+    generated = list(additions.generated)
+    dirs = list(additions.dirs)
+    if trace is not None:
+        dirs.extend((d, 0o755, (0, 0)) for d in trace.dirs if view.resolve(d).path == d and view.resolve(d).is_dir)
+    if options.user == "nonroot":
+        generated.extend(presets.users_files(view))
+        dirs.append(presets.NONROOT_HOME)
+    return generated, dirs
+
+
+def _extra_closures(
+    options: RootfsOptions, analysis: Analysis, got: _Gathered, cwd: str
+) -> tuple[tuple[ProgramClosure, ...], list[str]]:
+    """Closures beside the inputs': hwcaps copies, added and traced ELF files, and the
+    ELF files of added folders (those may lack libraries: a warning, not an error)."""
+    target = analysis.target
+    extra: tuple[ProgramClosure, ...] = ()
+    if options.hwcaps == "all":
+        extra = _hwcaps_variants(analysis, cwd)
+    if got.elf:
+        extra += _closures_of(sorted(set(got.elf)), target, cwd)
+    warnings: list[str] = []
+    if got.tree_elves:
+        closures, warnings = _closures_of_tree(sorted(set(got.tree_elves) - set(got.elf)), target, cwd)
+        extra += closures
+    return extra, warnings
+
+
+def _skipped_warnings(analysis: Analysis, got: _Gathered) -> list[str]:
+    """Inputs that are not programs, except inside folders given to ``--add``."""
+    added = [e.path for e in got.extras if e.reason.startswith("--add")]
+    return [
+        f"skipped {s.path}: {s.reason}"
+        for s in analysis.skipped
+        if not s.symlink and not any(within(s.path, folder) for folder in added)
+    ]
+
+
+def _skipped_folders(view: Root, out: output.Destination) -> tuple[str, ...]:
     """OUT and the temporary folders beside it, as paths inside the root: a folder
     input or ``--add`` of a folder that holds OUT never takes in a previous image."""
     inner = view.contains_host_path(out.path)
@@ -286,41 +347,39 @@ def _is_elf_file(view: Root, reader: Reader, path: str) -> bool:
     return reader.is_elf(view.resolve(path))
 
 
-def _hints(analysis: Analysis, reader: Reader) -> tuple[Hint, ...]:
+def _hints(analysis: Analysis) -> tuple[Hint, ...]:
     """Hints for every program, merged."""
     out: dict[tuple[str | None, str], Hint] = {}
-    for hints in for_analysis(analysis, reader).values():
+    for hints in for_analysis(analysis).values():
         for hint in hints:
             out.setdefault((hint.preset, hint.reason), hint)
     return tuple(out.values())
 
 
-def _dlopen_notes(analysis: Analysis, reader: Reader, locator: Locator) -> tuple[list[str], list[str]]:
+def _dlopen_notes(analysis: Analysis) -> tuple[list[str], list[str]]:
     """Libraries that ``.note.dlopen`` notes mark required or recommended, found where
     the program's loader would find them. A required one that is missing fails."""
+    reader = analysis.target.reader
     found: list[str] = []
     warnings: list[str] = []
     missing: list[str] = []
     for program in analysis.programs:
-        if program.kind != "dynamic":
-            continue
-        for obj in program.objects:
+        for obj in program.objects if program.kind is ProgramKind.DYNAMIC else ():
             try:
                 notes, malformed = reader.dlopen_notes(reader.root.resolve(obj.realpath))
             except BadInput:
                 continue  # the analysis read this file; its notes are optional
             warnings.extend(malformed)
-            for note in notes:
-                if note.priority not in ("required", "recommended"):
-                    continue
-                for soname in note.sonames:
-                    path = locator.find(program, soname)
-                    if path is not None:
-                        found.append(path)
-                    elif note.priority == "required":
-                        missing.append(f"{soname}: required by the .note.dlopen of {obj.path}, not found")
-                    else:
-                        warnings.append(f"{soname}: recommended by the .note.dlopen of {obj.path}, not found")
+            wanted = [
+                (n.priority, soname) for n in notes if n.priority in ("required", "recommended") for soname in n.sonames
+            ]
+            for priority, soname in wanted:
+                path = dlopen_path(analysis, program, soname)
+                if path is not None:
+                    found.append(path)
+                else:
+                    problem = f"{soname}: {priority} by the .note.dlopen of {obj.path}, not found"
+                    (missing if priority == "required" else warnings).append(problem)
     if missing:
         raise IncompleteClosure("; ".join(missing))
     return sorted(set(found)), warnings
@@ -346,20 +405,20 @@ def _parse_add(spec: str, view: Root, cwd: str) -> Extra:
     return Extra(inner, clean_path(dest, "--add DEST") if dest else None, f"--add {spec}")
 
 
-def _closures_of(paths: list[str], root: str, cwd: str) -> tuple[ProgramClosure, ...]:
+def _closures_of(paths: list[str], target: Target, cwd: str) -> tuple[ProgramClosure, ...]:
     """The closures of ELF files added beside the programs (dlopened modules)."""
-    extra = analyze(paths, root=root, cwd=cwd, hwcaps="baseline", cpuinfo="")
+    extra = analyze(paths, root=target, cwd=cwd, hwcaps="baseline", cpuinfo="")
     for program in extra.programs:
         if program.error or program.missing:
             raise PlanError(program.error or f"{program.path}: needs {', '.join(program.missing)}, not found")
     return extra.programs
 
 
-def _closures_of_tree(paths: list[str], root: str, cwd: str) -> tuple[tuple[ProgramClosure, ...], list[str]]:
+def _closures_of_tree(paths: list[str], target: Target, cwd: str) -> tuple[tuple[ProgramClosure, ...], list[str]]:
     """The closures of the ELF files of an added folder. One whose libraries are not in
     the source root either is still copied, with a warning: minify is no stricter
     than the system it reads."""
-    extra = analyze(paths, root=root, cwd=cwd, hwcaps="baseline", cpuinfo="")
+    extra = analyze(paths, root=target, cwd=cwd, hwcaps="baseline", cpuinfo="")
     kept, warnings = [], []
     for program in extra.programs:
         if program.error or program.missing:
@@ -374,14 +433,13 @@ def _closures_of_tree(paths: list[str], root: str, cwd: str) -> tuple[tuple[Prog
 
 def _split_scripts(analysis: Analysis) -> tuple[tuple[ProgramClosure, ...], tuple[tuple[str, str], ...]]:
     """Scripts are accepted when their ``#!`` interpreter is an input too."""
-    view = Root(analysis.root)
-    reader = Reader(view)
-    given = {p.realpath for p in analysis.programs if p.kind != "not-elf"}
-    given |= {p.path for p in analysis.programs if p.kind != "not-elf"}
+    view, reader = analysis.target.root, analysis.target.reader
+    given = {p.realpath for p in analysis.programs if p.kind is not ProgramKind.NOT_ELF}
+    given |= {p.path for p in analysis.programs if p.kind is not ProgramKind.NOT_ELF}
     programs = []
     scripts = []
     for program in analysis.programs:
-        if program.kind != "not-elf":
+        if program.kind is not ProgramKind.NOT_ELF:
             programs.append(program)
             continue
         interp = reader.script_interpreter(view.resolve(program.realpath))
@@ -395,9 +453,10 @@ def _split_scripts(analysis: Analysis) -> tuple[tuple[ProgramClosure, ...], tupl
     return tuple(programs), tuple(scripts)
 
 
-def _hwcaps_variants(analysis: Analysis, view: Root, cwd: str) -> tuple[ProgramClosure, ...]:
+def _hwcaps_variants(analysis: Analysis, cwd: str) -> tuple[ProgramClosure, ...]:
     """Every glibc-hwcaps copy of every library, so the image runs on any CPU and still
     gets the tuned copy where the CPU allows (glibc >= 2.33)."""
+    view = analysis.target.root
     variants: list[str] = []
     for obj in analysis.objects().values():
         folder = posixpath.dirname(obj.path)
@@ -408,12 +467,8 @@ def _hwcaps_variants(analysis: Analysis, view: Root, cwd: str) -> tuple[ProgramC
                 variants.append(candidate)
     if not variants:
         return ()
-    extra = analyze(sorted(set(variants)), root=analysis.root, cwd=cwd, hwcaps="baseline", cpuinfo="")
+    extra = analyze(sorted(set(variants)), root=analysis.target, cwd=cwd, hwcaps="baseline", cpuinfo="")
     return extra.programs
-
-
-_USER = re.compile(r"[0-9]+(:[0-9]+)?")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _config(
@@ -423,16 +478,9 @@ def _config(
     preset_env: tuple[tuple[str, str], ...] = (),
 ) -> ImageConfig:
     user = NONROOT if options.user == "nonroot" else options.user
-    if user is not None and not _USER.fullmatch(user):
-        raise PlanError(
-            f"--user {options.user!r}: expected UID[:GID] (numbers) or nonroot; a scratch image has no user names"
-        )
-    env = list(preset_env)
-    for item in options.env:
-        key, sep, value = item.partition("=")
-        if not sep or not _ENV_NAME.fullmatch(key):
-            raise PlanError(f"--env {item!r}: expected NAME=VALUE")
-        env.append((key, value))
+    if user is not None:
+        user_spec(user)
+    env = [*preset_env, *options.env]
     entrypoint: tuple[str, ...] = ()
     if options.entrypoint:
         entrypoint = (options.entrypoint,)
@@ -568,24 +616,11 @@ def materialise(
     warnings: list[str] = []
     total = len(plan.entries)
     for done, entry in enumerate(plan.entries, 1):
-        dest = _inside(base, entry.path)
-        if entry.type is EntryType.DIR:
-            os.mkdir(dest, 0o700)
-            os.chmod(dest, entry.mode)
-        elif entry.type is EntryType.SYMLINK:
-            assert entry.target is not None
-            os.symlink(entry.target, dest)
-        elif entry.type is EntryType.HARDLINK:
-            assert entry.target is not None
-            os.link(_inside(base, entry.target), dest, follow_symlinks=False)
-        elif entry.content is not None:
-            _write(entry.content, dest, entry.mode)
-            hashes[entry.path] = hashlib.sha256(entry.content).hexdigest()
-        else:
-            assert entry.source is not None
-            hashes[entry.path], capability = _copy(root, entry, dest)
-            if capability:
-                warnings.append(f"{entry.path}: file capabilities (security.capability) dropped")
+        sha, capability = _materialise_entry(root, base, entry)
+        if sha is not None:
+            hashes[entry.path] = sha
+        if capability:
+            warnings.append(f"{entry.path}: file capabilities (security.capability) dropped")
         if progress is not None:
             progress(done, total)
     if os.geteuid() == 0:  # only root may give files away; the Dockerfile does it anyway
@@ -596,6 +631,28 @@ def materialise(
         os.utime(base + entry.path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
     os.utime(base, (FIXED_MTIME, FIXED_MTIME))
     return hashes, warnings
+
+
+def _materialise_entry(root: Root, base: str, entry: Entry) -> tuple[str | None, bool]:
+    """Write one entry; the sha256 of a file's bytes, and whether a file capability
+    was dropped."""
+    dest = _inside(base, entry.path)
+    if entry.type is EntryType.DIR:
+        os.mkdir(dest, 0o700)
+        os.chmod(dest, entry.mode)
+    elif entry.type is EntryType.SYMLINK:
+        assert entry.target is not None
+        os.symlink(entry.target, dest)
+    elif entry.type is EntryType.HARDLINK:
+        assert entry.target is not None
+        os.link(_inside(base, entry.target), dest, follow_symlinks=False)
+    elif entry.content is not None:
+        _write(entry.content, dest, entry.mode)
+        return hashlib.sha256(entry.content).hexdigest(), False
+    else:
+        assert entry.source is not None
+        return _copy(root, entry, dest)
+    return None, False
 
 
 def write_owned(plan: ImagePlan, directory: str) -> None:

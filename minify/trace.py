@@ -19,9 +19,9 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from minify.errors import MinifyError
+from minify.errors import TraceFailed
 
 TRACE_NAME = "minify.trace"
 #: Paths a saved trace may list at most.
@@ -41,10 +41,6 @@ _CALL = re.compile(r"^(\w+)\((.*)\)\s+=\s+(-?\d+)")
 _PATH = re.compile(r'(?:(?:AT_FDCWD|-?\d+)<((?:[^>\\]|\\.)*)>, )?"((?:[^"\\]|\\.)*)"')
 _WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC")
 _MAKES_LAST = frozenset({"rename", "renameat", "renameat2", "link", "linkat", "symlink", "symlinkat"})
-
-
-class TraceFailed(MinifyError):
-    """The traced command failed, timed out, or strace is missing."""
 
 
 @dataclass(frozen=True)
@@ -151,48 +147,58 @@ def run_trace(
     return Trace(tuple(argv), tuple(sorted(files)), tuple(sorted(dirs)), proc.returncode)
 
 
+@dataclass
+class _Calls:
+    """Paths the traced processes read, listed, created and made folders of."""
+
+    read: set[str] = field(default_factory=set)
+    listed: set[str] = field(default_factory=set)
+    made: set[str] = field(default_factory=set)
+    made_dirs: set[str] = field(default_factory=set)
+
+    def add(self, call: str, args: str, paths: list[str]) -> None:
+        if call in _MAKES_LAST:
+            self.made.add(paths[-1])
+        elif call in ("mkdir", "mkdirat"):
+            self.made_dirs.add(paths[0])
+        elif call in ("creat", "truncate") or any(flag in args for flag in _WRITE_FLAGS):
+            self.made.add(paths[0])
+        elif "O_DIRECTORY" in args:
+            self.listed.add(paths[0])
+        else:
+            self.read.add(paths[0])
+
+    def written(self, path: str) -> bool:
+        """Made by the run (or below a folder it made): not part of the system."""
+        below = tuple(d.rstrip("/") + "/" for d in self.made_dirs)
+        return path in self.made or path in self.made_dirs or path.startswith(below)
+
+
 def _collect(folder: str, cwd: str) -> tuple[set[str], set[str]]:
     """What the traced processes read (regular files) and listed (folders), less
     everything they created or wrote, and everything below folders they created."""
-    read: set[str] = set()
-    listed: set[str] = set()
-    made: set[str] = set()
-    made_dirs: set[str] = set()
+    calls = _Calls()
     for name in sorted(os.listdir(folder)):
         with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as fh:
             for line in fh:
                 match = _CALL.match(line)
                 if not match or int(match.group(3)) < 0:
                     continue
-                call, args = match.group(1), match.group(2)
-                paths = [_absolute(d, n, cwd) for d, n in _PATH.findall(args)]
-                if not paths:
-                    continue
-                if call in _MAKES_LAST:
-                    made.add(paths[-1])
-                elif call in ("mkdir", "mkdirat"):
-                    made_dirs.add(paths[0])
-                elif call in ("creat", "truncate") or any(flag in args for flag in _WRITE_FLAGS):
-                    made.add(paths[0])
-                elif "O_DIRECTORY" in args:
-                    listed.add(paths[0])
-                else:
-                    read.add(paths[0])
+                paths = [_absolute(d, n, cwd) for d, n in _PATH.findall(match.group(2))]
+                if paths:
+                    calls.add(match.group(1), match.group(2), paths)
     files: set[str] = set()
     dirs: set[str] = set()
-    below_made = tuple(d.rstrip("/") + "/" for d in made_dirs)
-    for path in read | listed:
-        if path in made or path in made_dirs or path.startswith(below_made):
-            continue
-        if path.startswith(SKIP_PREFIXES) or path in SKIP_FILES:
+    for path in calls.read | calls.listed:
+        if calls.written(path) or path.startswith(SKIP_PREFIXES) or path in SKIP_FILES:
             continue
         try:
             st = os.stat(path)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode) and path in read:
+        if stat.S_ISREG(st.st_mode) and path in calls.read:
             files.add(path)
-        elif stat.S_ISDIR(st.st_mode) and path in listed:
+        elif stat.S_ISDIR(st.st_mode) and path in calls.listed:
             dirs.add(path)
     return files, dirs
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from minify.closure import Analysis, LoadedObject, ProgramClosure, analyze, loadable_files
 from minify.elf import Symbols
 from minify.errors import PathError
-from minify.loader.model import Reader
+from minify.loader.model import ProgramKind
 from minify.root import Root
+from minify.target import Target
 
 LOCK_NAME = "minify.lock.json"
 
@@ -58,8 +59,8 @@ def rootfs_of(directory: str) -> str:
 def elf_files(rootfs: str) -> list[str]:
     """Loadable ELF files of the rootfs (paths inside it), symlinks not followed; an
     unreadable one is listed too, and reported as that file's error."""
-    root = Root(rootfs)
-    return loadable_files(root, Reader(root), "/", unreadable=True)
+    target = Target(rootfs, cache=False)
+    return loadable_files(target.root, target.reader, "/", unreadable=True)
 
 
 #: A link into these is resolved by the container runtime's mounts, not the image.
@@ -83,7 +84,8 @@ def check_files(root: str, files: list[str]) -> list[Problem]:
     brought in first: systemd's private libraries). A library no program loads (a
     plugin) may use what the programs have loaded: glibc reuses a loaded object by
     its soname."""
-    analysis = analyze(files, root=root, cwd="/", hwcaps="baseline", cpuinfo="")
+    # not cached: a rootfs just written is new inodes, whose entries would never be hit
+    analysis = analyze(files, root=Target(root, cache=False), cwd="/", hwcaps="baseline", cpuinfo="")
     programs = [p for p in analysis.programs if not p.library_input]
     loaded = {o.realpath for p in programs for o in p.objects}
     names = {n for p in programs for o in p.objects for n in (o.soname, posixpath.basename(o.path)) if n}
@@ -98,7 +100,7 @@ def check_files(root: str, files: list[str]) -> list[Problem]:
             Problem(program.path, "missing-library", f"{name}: not found in the rootfs") for name in missing
         )
         problems.extend(Problem(program.path, "version", e) for e in program.version_errors)
-    problems.extend(_symbol_problems(root, analysis))
+    problems.extend(_symbol_problems(analysis))
     return problems
 
 
@@ -119,13 +121,15 @@ def dangling_links(root: str, paths: list[str] | None = None) -> list[Problem]:
     return problems
 
 
-def _symbol_problems(rootfs: str, analysis: Analysis) -> list[Problem]:
-    reader = Reader(Root(rootfs))
+def _symbol_problems(analysis: Analysis) -> list[Problem]:
+    reader = analysis.target.reader
 
     def symbols(path: str) -> Symbols:
         return reader.symbols(reader.root.resolve(path))
 
-    usable = [p for p in analysis.programs if p.kind == "dynamic" and not p.error and (p.ok or p.library_input)]
+    usable = [
+        p for p in analysis.programs if p.kind is ProgramKind.DYNAMIC and not p.error and (p.ok or p.library_input)
+    ]
     programs = [p for p in usable if not p.library_input]
     loaded_by_programs = {o.realpath for p in programs for o in p.objects}
     problems: list[Problem] = []

@@ -22,6 +22,22 @@ from minify.elf import read_elf
 from minify.root import Root
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """minify's persistent cache goes to a folder of this session (every minify the
+    tests start inherits it), never the user's ~/.cache; removed at the end."""
+    del config
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="minify-test-cache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    del config
+    folder = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.basename(folder).startswith("minify-test-cache-"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 IN_CI = os.environ.get("CI") == "true"
 
 

@@ -4,6 +4,7 @@ root and OUT; strace is the witness."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,17 +105,19 @@ def test_rootfs_of_hostile_inputs_reads_nothing_outside_the_root(hostile_root: P
 
 
 def test_rootfs_of_a_hostile_root_writes_only_out(hostile_root: Path, tmp_path: Path) -> None:
+    """OUT's folder, and minify's own cache folder ($XDG_CACHE_HOME/minify), nothing else."""
     out = tmp_path / "work/out"
     out.parent.mkdir()
     log = tmp_path / "trace"
-    proc = _traced(["rootfs", "--root", str(hostile_root), "/bin/hello", "-o", str(out)], log)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    proc = strace_minify(["rootfs", "--root", str(hostile_root), "/bin/hello", "-o", str(out)], log, env=env)
     assert proc.returncode == 0, proc.stderr
     written = written_paths(log)
     assert written, "strace saw no writes at all"
-    allowed = str(out.parent) + "/"
-    outside = sorted(
-        p for p in written if not p.startswith(allowed) and not p.startswith("/tmp/pymp") and "__pycache__" not in p
-    )
+    allowed = (str(out.parent) + "/", str(cache))  # XDG_CACHE_HOME is made if need be
+    outside = sorted(p for p in written if not p.startswith(allowed) and "__pycache__" not in p)
     assert outside == []
+    assert any(p.startswith(str(cache / "minify") + "/") for p in written), "the cache was not written"
     assert (out / "rootfs/bin/hello").is_file()
     assert not (out / "rootfs/etc").exists()

@@ -6,6 +6,7 @@ multiarch triplets.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -103,3 +104,9 @@ def arch_for(machine: int, elf_class: int) -> Arch | None:
 def machine_name(machine: int, elf_class: int) -> str:
     arch = arch_for(machine, elf_class)
     return arch.name if arch else f"e_machine {machine} ({elf_class}-bit)"
+
+
+def host_arch() -> str:
+    """This machine's architecture, in the names ``Arch.name`` uses."""
+    machine = os.uname().machine
+    return {"amd64": "x86_64", "arm64": "aarch64", "i686": "i386", "armv7l": "armhf"}.get(machine, machine)

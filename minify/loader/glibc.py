@@ -14,12 +14,24 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+from minify.cache import Kind
 from minify.elf import ELFOSABI_GNU, ELFOSABI_SYSV, ET_DYN, ET_EXEC, Endian
-from minify.errors import CorruptElf, NotRegularFile
+from minify.errors import BadInput, CorruptElf, NotRegularFile
 from minify.loader import hwcaps as hw
 from minify.loader import ldcache, ldconf
 from minify.loader.arch import Arch
-from minify.loader.model import Candidate, How, Node, Reader, Role, SearchResult, Step
+from minify.loader.model import (
+    Candidate,
+    How,
+    LoaderKind,
+    Node,
+    Reader,
+    Role,
+    SearchResult,
+    Step,
+    dlopen_caller,
+    unchanged,
+)
 from minify.loader.tokens import Tokens, expand, split_glibc_path
 from minify.root import Resolved, Root
 
@@ -27,6 +39,8 @@ _VERSION = re.compile(rb"release version ([0-9]+)\.([0-9]+)")
 #: A system directory is a short printable string; ld.so has a handful of them.
 MAX_DIR_LENGTH = 256
 MAX_SYSTEM_DIRS = 64
+#: Bytes of ld.so read for its facts (ld.so is a few hundred KB).
+LDSO_LIMIT = 16 << 20
 #: Steps of a failed search kept for the report.
 MAX_STEPS = 256
 
@@ -51,14 +65,45 @@ class LdsoFacts:
     from_binary: bool
 
 
-def ldso_facts(root: Root, interpreter: str, arch: Arch) -> LdsoFacts:
+def ldso_facts(root: Root, interpreter: str, arch: Arch, reader: Reader | None = None) -> LdsoFacts:
     """The glibc release and system directories compiled into ld.so.
 
     ld.so keeps its system directories as one run of NUL-terminated strings ending in
     '/' (elf/dl-load.c system_dirs, generated from SYSTEM_DIRS); we read them rather
-    than guess the distribution.
+    than guess the distribution. With a ``reader`` that has a persistent cache, what
+    was read from this version of ld.so is remembered.
     """
-    data = root.read_bytes(interpreter, limit=16 << 20) or b""
+    cache = reader.cache if reader is not None else None
+    resolved = root.resolve(interpreter)
+    if reader is None or cache is None or not resolved.is_file:
+        return _ldso_facts(root.read_bytes(interpreter, limit=LDSO_LIMIT) or b"", root, arch)
+    try:
+        with reader.open(resolved) as f:
+            hit = cache.load(f.st, Kind.LDSO)
+            if hit is not None:
+                remembered = _ldso_from(hit)
+                if remembered is not None:
+                    return remembered
+            facts = _ldso_facts(f.pread(min(f.st.st_size, LDSO_LIMIT), 0), root, arch)
+            if facts.from_binary and unchanged(f):
+                cache.store(f.st, Kind.LDSO, {"version": facts.version, "system_dirs": list(facts.system_dirs)})
+            return facts
+    except BadInput:
+        return _ldso_facts(b"", root, arch)
+
+
+def _ldso_from(data: dict[str, object]) -> LdsoFacts | None:
+    version, dirs = data.get("version"), data.get("system_dirs")
+    if not isinstance(dirs, list) or not dirs or not all(isinstance(d, str) for d in dirs):
+        return None
+    if version is None:
+        return LdsoFacts(None, tuple(dirs), True)
+    if not (isinstance(version, list) and len(version) == 2 and all(type(v) is int for v in version)):
+        return None
+    return LdsoFacts((version[0], version[1]), tuple(dirs), True)
+
+
+def _ldso_facts(data: bytes, root: Root, arch: Arch) -> LdsoFacts:
     found = _VERSION.search(data)
     version = (int(found.group(1)), int(found.group(2))) if found else None
     for dirs in _string_runs(data):
@@ -122,7 +167,7 @@ def _step(steps: list[Step], step: Step) -> None:
 
 
 class GlibcModel:
-    kind = "glibc"
+    kind = LoaderKind.GLIBC
 
     def __init__(
         self,
@@ -142,7 +187,7 @@ class GlibcModel:
         self.reader = reader
         self.endian = endian
         self.notes: list[str] = []
-        facts = ldso_facts(root, interpreter, arch)
+        facts = ldso_facts(root, interpreter, arch, reader)
         if not facts.from_binary:
             self.notes.append(
                 f"system directories guessed ({':'.join(facts.system_dirs)}): {interpreter} could not be read"
@@ -197,6 +242,10 @@ class GlibcModel:
     def tokens(self, node: Node) -> Tokens:
         return Tokens(node.origin, self.lib, self.hwcaps.platform)
 
+    def find_dlopen(self, name: str, program: Node) -> SearchResult:
+        """Where a dlopen() by the C library finds ``name`` for ``program``."""
+        return self.find(name, dlopen_caller(program))
+
     def find(self, name: str, requester: Node) -> SearchResult:
         """Search for ``name`` on behalf of ``requester``; memoised, since the answer
         depends only on the name and the search paths that apply to the requester."""
@@ -236,34 +285,44 @@ class GlibcModel:
         return SearchResult(Candidate(path, resolved, How.DIRECT_PATH, path), ())
 
     def _search(self, name: str, requester: Node, steps: list[Step]) -> Candidate | None:
+        """elf/dl-load.c _dl_map_object: RPATHs up the chain (unless the requester has
+        RUNPATH), LD_LIBRARY_PATH, the requester's RUNPATH, then the defaults."""
         program = requester.chain()[-1]
-        if requester.info.runpath is not None:
-            if any(n.info.rpath for n in requester.chain()):
-                steps.append(Step("RPATH", None, f"ignored: {requester.path} has RUNPATH"))
-        else:
-            for node in requester.chain():
-                if not node.info.rpath:
-                    continue
-                source = f"RPATH of {node.path}"
-                if node.info.runpath is not None:
-                    steps.append(Step(source, None, "ignored: that object also has RUNPATH"))
-                    continue
-                dirs = split_glibc_path(expand(node.info.rpath, self.tokens(node)), self.settings.cwd)
-                hit = self._in_dirs(name, dirs, How.RPATH, source, steps)
-                if hit:
-                    return hit
-        if self.settings.library_path is not None:
+        hit = self._in_rpaths(name, requester, steps)
+        if hit is None and self.settings.library_path is not None:
             text = expand(self.settings.library_path, self.tokens(program))
             dirs = split_glibc_path(text, self.settings.cwd)
             hit = self._in_dirs(name, dirs, How.LD_LIBRARY_PATH, "LD_LIBRARY_PATH", steps)
-            if hit:
-                return hit
-        if requester.info.runpath:
+        if hit is None and requester.info.runpath:
             source = f"RUNPATH of {requester.path}"
             dirs = split_glibc_path(expand(requester.info.runpath, self.tokens(requester)), self.settings.cwd)
             hit = self._in_dirs(name, dirs, How.RUNPATH, source, steps)
+        return hit if hit is not None else self._in_defaults(name, requester, steps)
+
+    def _in_rpaths(self, name: str, requester: Node, steps: list[Step]) -> Candidate | None:
+        """The RPATH of the requester and of each object up the chain that loaded it;
+        none of them when the requester has RUNPATH, and never an object's RPATH when
+        that object also has RUNPATH (elf/get-dynamic-info.h)."""
+        if requester.info.runpath is not None:
+            if any(n.info.rpath for n in requester.chain()):
+                steps.append(Step("RPATH", None, f"ignored: {requester.path} has RUNPATH"))
+            return None
+        for node in requester.chain():
+            if not node.info.rpath:
+                continue
+            source = f"RPATH of {node.path}"
+            if node.info.runpath is not None:
+                steps.append(Step(source, None, "ignored: that object also has RUNPATH"))
+                continue
+            dirs = split_glibc_path(expand(node.info.rpath, self.tokens(node)), self.settings.cwd)
+            hit = self._in_dirs(name, dirs, How.RPATH, source, steps)
             if hit:
                 return hit
+        return None
+
+    def _in_defaults(self, name: str, requester: Node, steps: list[Step]) -> Candidate | None:
+        """ld.so.cache (or ld.so.conf without one), then the system folders; with
+        DF_1_NODEFLIB neither the cache's system-folder entries nor those folders."""
         nodeflib = requester.info.nodeflib
         if self.cache is not None:
             hit = self._from_cache(name, nodeflib, steps)

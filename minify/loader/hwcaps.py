@@ -63,6 +63,23 @@ def host(arch: Arch, cpuinfo: str) -> Hwcaps:
     """What this machine's CPU (``/proc/cpuinfo`` text) makes the loader try."""
     if arch.name != "x86_64":
         return baseline(arch)
+    vendor, flags = _cpu(cpuinfo)
+    subdirs = []
+    for name, needs in X86_LEVELS:
+        if not needs <= flags:
+            break
+        subdirs.append(name)
+    platform, hwcap_names = _intel_platform(arch, vendor, flags)
+    hwcap_names.append("x86_64")
+    # AT_PLATFORM is always one of the parts (elf/dl-hwcaps.c _dl_important_hwcaps takes
+    # GLRO(dl_platform), which the kernel sets to "x86_64" and only Intel CPUs replace):
+    # an AMD EPYC's glibc 2.36 tries tls/x86_64/x86_64, tls/x86_64, tls/x86_64, tls, ...
+    parts = ["tls", platform, *hwcap_names]
+    return Hwcaps(tuple(reversed(subdirs)), _legacy_combinations(parts), platform)
+
+
+def _cpu(cpuinfo: str) -> tuple[str, set[str]]:
+    """The vendor and flags of the first CPU in ``/proc/cpuinfo`` text."""
     flags: set[str] = set()
     vendor = ""
     for line in cpuinfo.splitlines():
@@ -72,30 +89,25 @@ def host(arch: Arch, cpuinfo: str) -> Hwcaps:
             flags = set(value.split())
         elif key == "vendor_id" and not vendor:
             vendor = value.strip()
-    subdirs = []
-    for name, needs in X86_LEVELS:
-        if not needs <= flags:
-            break
-        subdirs.append(name)
-    # sysdeps/x86/cpu-features.c (glibc 2.26-2.36): on Intel CPUs AT_PLATFORM becomes
-    # "haswell" or "xeon_phi", and AVX512 adds the "avx512_1" hwcap name.
+    return vendor, flags
+
+
+def _intel_platform(arch: Arch, vendor: str, flags: set[str]) -> tuple[str, list[str]]:
+    """sysdeps/x86/cpu-features.c (glibc 2.26-2.36): on Intel CPUs AT_PLATFORM becomes
+    "haswell" or "xeon_phi", and AVX512 adds the "avx512_1" hwcap name."""
     platform = arch.platform
-    hwcap_names = []
-    if vendor == "GenuineIntel":
-        if "avx512cd" in flags:
-            if "avx512er" in flags:
-                if "avx512pf" in flags:
-                    platform = "xeon_phi"
-            elif {"avx512bw", "avx512dq", "avx512vl"} <= flags:
-                hwcap_names.append("avx512_1")
-        if platform == arch.platform and {"avx2", "fma", "bmi1", "bmi2", "abm", "movbe", "popcnt"} <= flags:
-            platform = "haswell"
-    hwcap_names.append("x86_64")
-    # AT_PLATFORM is always one of the parts (elf/dl-hwcaps.c _dl_important_hwcaps takes
-    # GLRO(dl_platform), which the kernel sets to "x86_64" and only Intel CPUs replace):
-    # an AMD EPYC's glibc 2.36 tries tls/x86_64/x86_64, tls/x86_64, tls/x86_64, tls, ...
-    parts = ["tls", platform, *hwcap_names]
-    return Hwcaps(tuple(reversed(subdirs)), _legacy_combinations(parts), platform)
+    hwcap_names: list[str] = []
+    if vendor != "GenuineIntel":
+        return platform, hwcap_names
+    if "avx512cd" in flags:
+        if "avx512er" in flags:
+            if "avx512pf" in flags:
+                platform = "xeon_phi"
+        elif {"avx512bw", "avx512dq", "avx512vl"} <= flags:
+            hwcap_names.append("avx512_1")
+    if platform == arch.platform and {"avx2", "fma", "bmi1", "bmi2", "abm", "movbe", "popcnt"} <= flags:
+        platform = "haswell"
+    return platform, hwcap_names
 
 
 def _legacy_combinations(parts: list[str]) -> tuple[str, ...]:

@@ -36,22 +36,21 @@ def _read(root: Root, path: str, out: list[str], seen: set[str], depth: int) -> 
         return
     for raw in data.decode("utf-8", "replace").splitlines():
         line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
         if line.startswith("include") and line[7:8] in (" ", "\t"):
             for pattern in line[8:].split():
                 if not pattern.startswith("/"):
                     pattern = posixpath.join(posixpath.dirname(path), pattern)
                 for match in _glob(root, pattern):
                     _read(root, match, out, seen, depth + 1)
-        elif line.startswith("hwcap ") or line.startswith("hwcap\t"):
-            continue
-        else:
-            # "dir=TYPE" is an old libc5 annotation; only the folder matters
-            for item in line.replace(",", " ").split():
-                folder = item.split("=", 1)[0].rstrip("/") or "/"
-                if folder.startswith("/"):
-                    out.append(folder)
+        elif line and not line.startswith(("hwcap ", "hwcap\t")):
+            out.extend(_folders(line))
+
+
+def _folders(line: str) -> list[str]:
+    """The folders of one line ("dir=TYPE" is an old libc5 annotation; only the
+    folder matters)."""
+    folders = (item.split("=", 1)[0].rstrip("/") or "/" for item in line.replace(",", " ").split())
+    return [f for f in folders if f.startswith("/")]
 
 
 def _glob(root: Root, pattern: str) -> list[str]:

@@ -7,11 +7,13 @@ turned into frozen values by ``minify.closure`` when the walk is done.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from minify.cache import key_of
 from minify.elf import (
     DlopenNote,
     ElfInfo,
@@ -27,6 +29,7 @@ from minify.elf import (
 from minify.errors import BadInput, PathError
 
 if TYPE_CHECKING:
+    from minify.cache import FactCache
     from minify.elf import ElfHeader
     from minify.root import Resolved, Root
 
@@ -45,6 +48,31 @@ class How(StrEnum):
     ALREADY_LOADED = "already loaded"
     SAME_FILE = "same file"
     DIRECT_PATH = "direct path"
+
+
+class LoaderKind(StrEnum):
+    """Which loader a program names in PT_INTERP."""
+
+    GLIBC = "glibc"
+    MUSL = "musl"
+
+
+class Request(StrEnum):
+    """Why a name was asked for (the dependency's ``kind``)."""
+
+    NEEDED = "needed"
+    FILTER = "filter"  # DT_FILTER: the filtee is loaded and must exist
+    AUXILIARY = "auxiliary"  # DT_AUXILIARY: loaded when present, never an error
+    PRELOAD = "preload"
+    INTERPRETER = "interpreter"
+
+
+class ProgramKind(StrEnum):
+    """What an input turned out to be."""
+
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+    NOT_ELF = "not-elf"
 
 
 class Role(StrEnum):
@@ -114,8 +142,9 @@ class Reader:
     Errors are cached too: a corrupt file is reported the same way each time.
     """
 
-    def __init__(self, root: Root) -> None:
+    def __init__(self, root: Root, cache: FactCache | None = None) -> None:
         self.root = root
+        self.cache = cache  # parsed facts kept between runs (None: parse every file)
         self._headers: dict[tuple[int, int], ElfHeader | BadInput] = {}
         self._infos: dict[tuple[int, int], ElfInfo | BadInput] = {}
         self._symbols: dict[tuple[int, int], Symbols | BadInput] = {}
@@ -125,11 +154,37 @@ class Reader:
         return self._cached(self._headers, resolved, lambda f: read_header(f)[0])
 
     def info(self, resolved: Resolved) -> ElfInfo:
-        return self._cached(self._infos, resolved, read_elf)
+        return self._cached(self._infos, resolved, self._read_info)
 
     def symbols(self, resolved: Resolved) -> Symbols:
         """Dynamic symbols, for hints and verification (a second, fuller parse)."""
-        return self._cached(self._symbols, resolved, read_symbols)
+        return self._cached(self._symbols, resolved, self._read_symbols)
+
+    def _read_info(self, f: Opened) -> ElfInfo:
+        """The persistent cache first; LIEF only for a file it has not seen as it is."""
+        if self.cache is None:
+            return read_elf(f)
+        header, _ = read_header(f)
+        if header.has_dynamic:
+            hit = self.cache.info(f.st, header)
+            if hit is not None:
+                return hit
+        info = read_elf(f)
+        if info.is_dynamic and unchanged(f):
+            self.cache.store_info(f.st, info)
+        return info
+
+    def _read_symbols(self, f: Opened) -> Symbols:
+        if self.cache is None:
+            return read_symbols(f)
+        hit = self.cache.symbols(f.st)
+        if hit is not None:
+            read_header(f)  # the same validation as a parse
+            return hit
+        symbols = read_symbols(f)
+        if unchanged(f):
+            self.cache.store_symbols(f.st, symbols)
+        return symbols
 
     def dlopen_notes(self, resolved: Resolved) -> Notes:
         """The FDO dlopen notes, and warnings about malformed ones."""
@@ -178,10 +233,26 @@ class Reader:
         return Opened(self.root.host_path(resolved.path), fd, st)
 
 
+def unchanged(f: Opened) -> bool:
+    """The file has the same identity after the parse as before it (a file written
+    while LIEF read it must not be cached under either version)."""
+    return key_of(os.fstat(f.fd)) == key_of(f.st)
+
+
+def dlopen_caller(program: Node) -> Node:
+    """The C library as the caller of a ``dlopen`` it makes itself (iconv, NSS, libgcc_s
+    for unwinding): an object with no search paths of its own, loaded by the program,
+    so the program's RPATH, then LD_LIBRARY_PATH, the cache and the system folders
+    apply (glibc elf/dl-open.c, elf/dl-load.c)."""
+    info = replace(program.info, needed=(), soname=None, rpath=None, runpath=None, filters=(), auxiliaries=())
+    info = replace(info, nodeflib=False)
+    return Node("dlopen caller", program.resolved, info, Role.LIBRARY, program, program.origin)
+
+
 class LoaderModel(Protocol):
     """The rules one loader applies; ``minify.closure`` walks the graph with them."""
 
-    kind: str
+    kind: LoaderKind
     interpreter: str
     notes: list[str]
 
@@ -192,5 +263,7 @@ class LoaderModel(Protocol):
     def reuse_keys(self, node: Node) -> tuple[str, ...]: ...
 
     def find(self, name: str, requester: Node) -> SearchResult: ...
+
+    def find_dlopen(self, name: str, program: Node) -> SearchResult: ...
 
     def preloads(self) -> list[tuple[str, str]]: ...

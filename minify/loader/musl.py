@@ -15,7 +15,7 @@ import re
 from minify.errors import NotRegularFile
 from minify.loader.arch import Arch
 from minify.loader.glibc import Settings, _step
-from minify.loader.model import Candidate, How, Node, Reader, SearchResult, Step
+from minify.loader.model import Candidate, How, LoaderKind, Node, Reader, SearchResult, Step, dlopen_caller
 from minify.loader.tokens import musl_expand
 from minify.root import Resolved, Root
 
@@ -25,7 +25,7 @@ DEFAULT_PATH: tuple[str, ...] = ("/lib", "/usr/local/lib", "/usr/lib")
 
 
 class MuslModel:
-    kind = "musl"
+    kind = LoaderKind.MUSL
 
     def __init__(self, root: Root, arch: Arch, interpreter: str, settings: Settings, reader: Reader) -> None:
         self.root = root
@@ -67,6 +67,10 @@ class MuslModel:
 
     def preloads(self) -> list[tuple[str, str]]:
         return [(name, "LD_PRELOAD") for name in self.settings.preload]
+
+    def find_dlopen(self, name: str, program: Node) -> SearchResult:
+        """Where a dlopen() by the C library finds ``name`` for ``program``."""
+        return self.find(name, dlopen_caller(program))
 
     def find(self, name: str, requester: Node) -> SearchResult:
         steps: list[Step] = []

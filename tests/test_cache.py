@@ -1,0 +1,166 @@
+"""The persistent cache of parsed facts: a warm run never imports LIEF, and a file
+that changed, a damaged entry, two runs at once or ``--no-cache`` never give an
+answer other than a fresh parse's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MINIFY, Builder
+
+#: Runs an analysis in a fresh interpreter and says whether LIEF was imported.
+PROBE = """
+import json, sys
+from minify.closure import analyze
+from minify.render import render
+analysis = analyze(sys.argv[2:], cache=sys.argv[1] == "cache")
+print(json.dumps({"lief": "lief" in sys.modules, "out": render(analysis, "json", {})}))
+"""
+
+
+def probe(cache_home: Path, *paths: Path, cache: bool = True) -> dict[str, object]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, "cache" if cache else "no", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    assert isinstance(result, dict)
+    return result
+
+
+def entries(cache_home: Path) -> list[Path]:
+    return sorted(p for p in (cache_home / "minify").rglob("*.json") if p.is_file())
+
+
+def minify(cache_home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
+    return subprocess.run([*MINIFY, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture
+def program(tmp_path: Path, builder: Builder) -> Path:
+    """A program that needs a library of its own (found through its RUNPATH)."""
+    lib = builder.lib(tmp_path / "lib" / "libaa.so", "aa")
+    return builder.prog(tmp_path / "bin" / "app", links=[lib], runpath="$ORIGIN/../lib")
+
+
+def test_a_warm_run_reads_the_cache_and_never_imports_lief(tmp_path: Path, program: Path) -> None:
+    home = tmp_path / "cache"
+    cold = probe(home, program)
+    assert cold["lief"] is True
+    assert entries(home), "the cold run stored nothing"
+    warm = probe(home, program)
+    assert warm["lief"] is False
+    fresh = probe(home, program, cache=False)
+    assert fresh["lief"] is True
+    assert warm["out"] == cold["out"] == fresh["out"]
+    assert "libaa.so" in str(warm["out"])
+
+
+def test_a_file_changed_in_place_is_parsed_again(tmp_path: Path, builder: Builder) -> None:
+    """Same inode, same size, mtime put back: only its ctime tells, and that is enough."""
+    home = tmp_path / "cache"
+    libs = tmp_path / "lib"
+    first = builder.prog(tmp_path / "a", links=[builder.lib(libs / "libaa.so", "aa")], runpath=str(libs))
+    second = builder.prog(tmp_path / "b", links=[builder.lib(libs / "libbb.so", "bb")], runpath=str(libs))
+    assert first.stat().st_size == second.stat().st_size  # names of equal length
+    app = tmp_path / "bin" / "app"
+    app.parent.mkdir()
+    app.write_bytes(first.read_bytes())
+    app.chmod(0o755)
+    before = app.stat()
+    assert "libaa.so" in str(probe(home, app)["out"])
+    with open(app, "r+b") as fh:  # rewrite in place: the same inode
+        fh.write(second.read_bytes())
+    os.utime(app, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = app.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    again = probe(home, app)
+    assert "libbb.so" in str(again["out"]) and "libaa.so" not in str(again["out"])
+    assert again["out"] == probe(home, app, cache=False)["out"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"", b"{not json", b"[1, 2, 3]", b'{"key": [1, 2, 3, 4, 5], "kind": "info"}', b"\xff" * 100],
+    ids=["empty", "truncated", "a list", "another file's", "binary"],
+)
+def test_a_damaged_entry_is_ignored_and_rewritten(tmp_path: Path, program: Path, damage: bytes) -> None:
+    home = tmp_path / "cache"
+    good = probe(home, program, cache=False)["out"]
+    probe(home, program)
+    stored = entries(home)
+    assert stored
+    for entry in stored:
+        entry.write_bytes(damage)
+    damaged = probe(home, program)
+    assert damaged["out"] == good
+    assert damaged["lief"] is True  # it parsed again rather than trust the entry
+    for entry in entries(home):
+        data = json.loads(entry.read_bytes())
+        assert isinstance(data, dict) and len(data["key"]) == 5  # rewritten whole
+    assert probe(home, program)["lief"] is False
+
+
+def test_an_entry_with_the_wrong_shape_is_not_trusted(tmp_path: Path, program: Path) -> None:
+    """Valid JSON with this file's key but fields of the wrong types."""
+    home = tmp_path / "cache"
+    good = probe(home, program)["out"]
+    for entry in entries(home):
+        data = json.loads(entry.read_bytes())
+        for field in data:
+            if field not in ("key", "kind"):
+                data[field] = 7
+        entry.write_text(json.dumps(data))
+    assert probe(home, program)["out"] == good
+
+
+def test_two_runs_at_once_share_one_cache(tmp_path: Path, builder: Builder) -> None:
+    home = tmp_path / "cache"
+    libs = [builder.lib(tmp_path / "lib" / f"lib{i}.so", f"l{i}") for i in range(12)]
+    folder = tmp_path / "bin"
+    for i in range(12):
+        builder.prog(folder / f"p{i}", links=libs[: i + 1], runpath=str(tmp_path / "lib"))
+    env = {**os.environ, "XDG_CACHE_HOME": str(home)}
+    cmd = [*MINIFY, "analyze", "--format", "json", "--no-hints", str(folder)]
+    runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(2)]
+    outs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err.decode() for _, err in outs]
+    fresh = minify(home, "analyze", "--format", "json", "--no-hints", "--no-cache", str(folder))
+    assert fresh.returncode == 0
+    assert outs[0][0].decode() == outs[1][0].decode() == fresh.stdout
+    assert not [p for p in (home / "minify").rglob(".new-*")], "a temporary entry was left behind"
+    warm = minify(home, "analyze", "--format", "json", "--no-hints", str(folder))
+    assert warm.stdout == fresh.stdout
+
+
+def test_no_cache_neither_reads_nor_writes(tmp_path: Path, program: Path) -> None:
+    home = tmp_path / "cache"
+    done = minify(home, "analyze", "--no-cache", str(program))
+    assert done.returncode == 0, done.stderr
+    assert "libaa.so" in done.stdout
+    assert entries(home) == []
+    assert minify(home, "analyze", str(program)).returncode == 0
+    assert entries(home)
+
+
+def test_an_unusable_cache_folder_only_costs_time(tmp_path: Path, program: Path) -> None:
+    """XDG_CACHE_HOME/minify is a file: no cache, the same answer, exit 0."""
+    home = tmp_path / "cache"
+    home.mkdir()
+    (home / "minify").write_text("not a folder")
+    done = minify(home, "analyze", str(program))
+    assert done.returncode == 0, done.stderr
+    assert "libaa.so" in done.stdout
+    assert (home / "minify").read_text() == "not a folder"
