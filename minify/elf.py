@@ -8,6 +8,7 @@ files), then parsed once with a minimal configuration, and reduced to a frozen
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import struct
@@ -17,6 +18,7 @@ from enum import Enum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from minify.elfimage import compact_image
 from minify.errors import BadInput, CorruptElf, FileTooLarge, NotElf, NotRegularFile
 from minify.root import kind_of
 
@@ -280,7 +282,7 @@ def _segments(table: bytes, fmt: str, elf_class: int, count: int) -> Iterator[tu
 
 
 _LIEF: Any = None
-_CONFIGS: dict[bool, Any] = {}
+_CONFIGS: dict[object, Any] = {}
 
 # Dynamic tags, compared as integers: LIEF's enum differs between releases (0.15 has no
 # FILTER member) and warns on values it does not know.
@@ -312,9 +314,11 @@ def _lief() -> Any:
     return _LIEF
 
 
-def _parse(f: Opened, *, symbols: bool = False) -> Any:
+def _parse(f: Opened, header: ElfHeader, *, symbols: bool = False, compact: bool = True) -> Any:
     """LIEF's parse of an open file with only what is asked for: no relocations, no
-    static symbol table, no notes, no overlay; dynamic symbols only when asked."""
+    static symbol table, no notes, no overlay; dynamic symbols only when asked. LIEF
+    is given a compact image of the file (``minify.elfimage``) where the file's layout
+    allows one, else the whole file."""
     lief = _lief()
     config = _CONFIGS.get(symbols)
     if config is None:
@@ -326,14 +330,55 @@ def _parse(f: Opened, *, symbols: bool = False) -> Any:
         config.parse_overlay = False
         config.parse_symbol_versions = True
         _CONFIGS[symbols] = config
-    binary = lief.ELF.parse(f.lief_name, config)
+    image = _compact(f, header, symbols=symbols) if compact and _compact_parses() else None
+    if image is not None and symbols:
+        config = _section_counted(config)
+    binary = lief.ELF.parse(image if image is not None else f.lief_name, config)
     if binary is None:
         raise CorruptElf(f.name, "LIEF could not parse it")
     return binary
 
 
-def read_elf(source: str | Opened) -> ElfInfo:
-    """Read the facts of one ELF file; raise ``BadInput`` when it is not usable."""
+def _compact(f: Opened, header: ElfHeader, *, symbols: bool) -> bytes | None:
+    """A compact image, or None: a file whose tables do not add up is parsed whole,
+    and LIEF's verdict on it stands."""
+    try:
+        return compact_image(f, header, symbols=symbols)
+    except (struct.error, OverflowError, ValueError, OSError):
+        return None
+
+
+@functools.cache
+def _compact_parses() -> bool:
+    """LIEF 1.0 and later parse compact images exactly as the whole files (tested on
+    every ELF file of /usr); 0.15 refuses them (and crashes at exit after parsing
+    bytes), so older releases are given the whole file."""
+    version = str(getattr(_lief(), "__version__", "0"))
+    major = version.split(".", 1)[0]
+    return major.isdigit() and int(major) >= 1
+
+
+def _section_counted(config: Any) -> Any:
+    """A copy of ``config`` that counts the dynamic symbols from the .dynsym section
+    header, the one section a compact image has."""
+    key = "section"
+    counted = _CONFIGS.get(key)
+    if counted is None:
+        lief = _lief()
+        counted = lief.ELF.ParserConfig()
+        for name in ("parse_dyn_symbols", "parse_symtab_symbols", "parse_relocations", "parse_notes"):
+            setattr(counted, name, getattr(config, name))
+        counted.parse_overlay = False
+        counted.parse_symbol_versions = True
+        counted.count_mtd = type(config.count_mtd).SECTION
+        _CONFIGS[key] = counted
+    return counted
+
+
+def read_elf(source: str | Opened, *, compact: bool = True) -> ElfInfo:
+    """Read the facts of one ELF file; raise ``BadInput`` when it is not usable.
+    ``compact=False`` hands LIEF the whole file (the reference the compact image is
+    tested against)."""
     with _use(source) as f:
         header, size = _read_header(f)
         if not header.has_dynamic:
@@ -341,7 +386,7 @@ def read_elf(source: str | Opened) -> ElfInfo:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # users see minify's words, not LIEF's
-                binary = _parse(f)
+                binary = _parse(f, header, compact=compact)
                 return _facts(binary, f, header, size)
         except (MemoryError, RuntimeError, ValueError, struct.error) as exc:
             # UnicodeDecodeError included: LIEF decodes names as UTF-8 and raises on
@@ -380,7 +425,7 @@ class Symbols:
         return frozenset(name for name, _ in self.defined)
 
 
-def read_symbols(source: str | Opened) -> Symbols:
+def read_symbols(source: str | Opened, *, compact: bool = True) -> Symbols:
     """The dynamic symbol table of an ELF file, with symbol versions."""
     with _use(source) as f:
         header, _ = _read_header(f)
@@ -389,7 +434,7 @@ def read_symbols(source: str | Opened) -> Symbols:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return _symbols(_parse(f, symbols=True))
+                return _symbols(_parse(f, header, symbols=True, compact=compact))
         except (MemoryError, RuntimeError, ValueError) as exc:
             raise CorruptElf(f.name, f"unreadable dynamic symbols ({type(exc).__name__})") from None
 
