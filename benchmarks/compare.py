@@ -6,6 +6,9 @@ Batch: the regular ELF files at the top level of /usr/bin, /usr/sbin and
 hints); the others run once per file, as a user of them would (`libtree -vv`, which
 prints every dependency as minify does, not plain `libtree`, which skips the libc and
 ld.so subtrees). One program: `minify analyze PROG` (tree with hints) against `ldd PROG`.
+minify runs twice in every round: cold (`--no-cache`: every file parsed by LIEF) and
+warm (its persistent cache, in a private XDG_CACHE_HOME filled once before the rounds).
+Python's bytecode is compiled before timing, as an installed package has it.
 Every round runs every tool once, in a shuffled order; the figures are the median of
 the rounds, with the spread, and the ratio is the median of the per-round ratios.
 A tool whose runs fail is reported as failing, never timed as if it had worked.
@@ -23,6 +26,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -59,10 +63,15 @@ class Timed:
     peak_kib: int = 0
 
 
+#: minify's environment: a private cache folder, and bytecode written (a pip install
+#: compiles it; PYTHONDONTWRITEBYTECODE would make every run compile every module).
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run_once(argv: list[str], ok: tuple[int, ...]) -> tuple[float, bool, int]:
     """Wall time, whether the exit status is one the tool gives on success, peak RSS."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
@@ -87,7 +96,11 @@ def works(tool: list[str], probe: str) -> bool:
 
 def batch(files: list[str], rounds: int) -> dict[str, Timed]:
     minify = minify_exe()
-    tools: dict[str, list[str]] = {"minify": [minify, "analyze", "--no-hints"]}
+    tools: dict[str, list[str]] = {
+        "minify warm": [minify, "analyze", "--no-hints"],
+        "minify cold": [minify, "analyze", "--no-hints", "--no-cache"],
+    }
+    run_once([*tools["minify warm"], *files], (0, 1))  # fills the cache
     for name, argv in (("libtree -vv", ["libtree", "-vv"]), ("ldd", ["ldd"]), ("lddtree", ["lddtree"])):
         if works(argv, "/bin/true"):
             tools[name] = argv
@@ -98,7 +111,7 @@ def batch(files: list[str], rounds: int) -> dict[str, Timed]:
         order = list(tools)
         random.shuffle(order)
         for name in order:
-            if name == "minify":
+            if name.startswith("minify"):
                 # exit 1 means the analysis worked and some library is missing
                 elapsed, good, peak = run_once([*tools[name], *files], (0, 1))
                 results[name].failures += not good
@@ -113,13 +126,18 @@ def batch(files: list[str], rounds: int) -> dict[str, Timed]:
 
 def program(path: str, rounds: int) -> dict[str, Timed]:
     minify = minify_exe()
-    tools = {"minify": [minify, "analyze", path], "ldd": ["ldd", path]}
+    tools = {
+        "minify warm": [minify, "analyze", path],
+        "minify cold": [minify, "analyze", "--no-cache", path],
+        "ldd": ["ldd", path],
+    }
+    run_once(tools["minify warm"], (0, 1))  # fills the cache
     results = {name: Timed() for name in tools}
     for _ in range(rounds):
         order = list(tools)
         random.shuffle(order)
         for name in order:
-            elapsed, good, peak = run_once(tools[name], (0, 1) if name == "minify" else (0,))
+            elapsed, good, peak = run_once(tools[name], (0, 1) if name.startswith("minify") else (0,))
             results[name].seconds.append(elapsed)
             results[name].failures += not good
             results[name].peak_kib = max(results[name].peak_kib, peak)
@@ -136,16 +154,40 @@ def ratio(mine: list[float], theirs: list[float]) -> float:
 
 
 def report(results: dict[str, Timed], lines: list[str], label: str) -> None:
-    mine = results["minify"]
+    mine = {name: t for name, t in results.items() if name.startswith("minify")}
     for name, timed in results.items():
         failed = f"; {timed.failures} failed" if timed.failures else ""
-        relative = "" if name == "minify" else f"; minify / {name} = {ratio(mine.seconds, timed.seconds):.2f}"
-        line = f"| {label} | {name} | {spread(timed.seconds)}{relative}{failed} |"
+        relative = ""
+        if name not in mine:
+            relative = "".join(f"; {m} / {name} = {ratio(t.seconds, timed.seconds):.2f}" for m, t in mine.items())
+        peak = f"; peak {timed.peak_kib / 1024:.0f} MiB" if name in mine else ""
+        line = f"| {label} | {name} | {spread(timed.seconds)}{peak}{relative}{failed} |"
         lines.append(line)
         print(line)
 
 
 def main() -> None:
+    cache = tempfile.mkdtemp(prefix="minify-bench-cache-")
+    ENV["XDG_CACHE_HOME"] = cache
+    subprocess.run([sys.executable, "-m", "compileall", "-q", minify_package()], check=False, env=ENV)
+    try:
+        measure()
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def minify_package() -> str:
+    """The installed minify package folder (its bytecode is compiled before timing)."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import minify, os; print(os.path.dirname(minify.__file__))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return found.stdout.strip()
+
+
+def measure() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="paired rounds (median shown)")
     parser.add_argument("--sample", type=int, default=0, help="only N random files of the batch (0: all)")
@@ -169,9 +211,6 @@ def main() -> None:
     lines = list(header)
     results = batch(files, args.rounds)
     report(results, lines, "batch")
-    peak = results["minify"].peak_kib / 1024
-    lines.append(f"| batch | minify peak RSS | {peak:.0f} MiB ({peak * 1024 * 1024 / largest:.2f}x the largest file) |")
-    print(lines[-1])
     for prog in PROGRAMS:
         if os.path.exists(prog):
             report(program(prog, args.rounds), lines, os.path.basename(prog))

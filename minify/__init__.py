@@ -26,12 +26,14 @@ __all__ = [
     "Target",
     "__version__",
     "analyze",
+    "write_image",
 ]
 
 if TYPE_CHECKING:
     from minify.closure import Analysis, Dependency, LoadedObject, ProgramClosure, Skipped, analyze
     from minify.errors import MinifyError
     from minify.loader.model import How, LoaderKind, ProgramKind, Request, Role, Step
+    from minify.oci import write_image
     from minify.target import Target
 
 _WHERE = {
@@ -49,6 +51,7 @@ _WHERE = {
     "Role": "minify.loader.model",
     "Step": "minify.loader.model",
     "Target": "minify.target",
+    "write_image": "minify.oci",
 }
 
 

@@ -152,13 +152,14 @@ class FactCache:
         except OSError:
             return None
         try:
-            with os.fdopen(fd, "rb") as fh:
-                raw = fh.read(MAX_ENTRY_BYTES + 1)
-            if len(raw) > MAX_ENTRY_BYTES:
+            raw = _read_all(fd)
+            if raw is None:
                 return None
             data = json.loads(raw)
         except (OSError, ValueError):
             return None
+        finally:
+            os.close(fd)
         if not isinstance(data, dict) or data.get("key") != list(key) or data.get("kind") != kind.value:
             return None
         return data
@@ -182,6 +183,20 @@ class FactCache:
                 with contextlib.suppress(OSError):
                     os.unlink(temporary)
                 raise
+
+
+def _read_all(fd: int) -> bytes | None:
+    """A whole entry from its descriptor; None for one larger than any entry."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > MAX_ENTRY_BYTES:
+            return None
+        chunks.append(chunk)
 
 
 def _usable(folder: str) -> bool:

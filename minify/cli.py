@@ -12,14 +12,15 @@ import sys
 import traceback
 from collections.abc import Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from minify.errors import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, MinifyError
 
 if TYPE_CHECKING:
-    from minify.rootfs import RootfsResult
+    from minify.oci import ImageResult
+    from minify.rootfs import RootfsOptions, RootfsResult
 
 T = TypeVar("T")
 #: Hints read every object's symbol table; beyond this many inputs they are opt-in.
@@ -280,40 +281,98 @@ def rootfs(
     verbose: VerboseOpt = False,
 ) -> None:
     """Write exactly the closure as a root filesystem and a FROM scratch Dockerfile."""
-    from minify.image import Mapping, env_pair, user_spec
-    from minify.rootfs import RootfsOptions, build, check
+    from minify.rootfs import build, check
 
-    options = _guard(
-        verbose,
-        lambda: RootfsOptions(
-            paths=tuple(paths),
-            output=output,
-            root=root,
-            cwd=cwd,
-            maps=tuple(Mapping.parse(m) for m in map_ or ()),
-            entrypoint=entrypoint,
-            cmd=tuple(cmd or ()),
-            user=user_spec(user) if user is not None else None,
-            env=tuple(env_pair(e) for e in env or ()),
-            hwcaps=hwcaps,
-            force=force,
-            with_=tuple(with_ or ()),
-            tz=_commas(tz),
-            charsets=_commas(gconv),
-            terms=_commas(term),
-            add=tuple(add or ()),
-            trace=trace,
-            trace_user=trace_user,
-            trace_ok_exit=trace_ok_exit,
-            trace_exclude=tuple(trace_exclude or ()),
-            cache=not no_cache,
-        ),
-    )
+    raw = dict(locals())
+    options = _guard(verbose, lambda: _rootfs_options(raw))
     if check_only:
         checked = _guard(verbose, lambda: _print_differences(check, options))
         raise typer.Exit(_say_up_to_date(output, checked))
     _note_trace(trace)
     _report_rootfs(_guard(verbose, lambda: _with_progress(build, options)), output)
+
+
+class ImageFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+_DestOpt = Annotated[
+    str,
+    typer.Option(
+        "--output",
+        "-o",
+        help="oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG], or FILE.tar.",
+        metavar="DEST",
+    ),
+]
+_TagOpt = Annotated[str | None, typer.Option("--tag", help="Name the image (where DEST does not).", metavar="NAME:TAG")]
+_ImageFormatOpt = Annotated[ImageFormat, typer.Option("--format", "-f", help="What to print when done.")]
+
+
+@app.command()
+def image(
+    paths: _RootfsPaths,
+    output: _DestOpt,
+    tag: _TagOpt = None,
+    fmt: _ImageFormatOpt = ImageFormat.text,
+    root: RootOpt = "/",
+    cwd: CwdOpt = None,
+    map_: _MapOpt = None,
+    entrypoint: _EntrypointOpt = None,
+    cmd: _CmdOpt = None,
+    user: _UserOpt = None,
+    env: _EnvOpt = None,
+    hwcaps: _HwcapsOpt = "all",
+    with_: _WithOpt = None,
+    tz: _TzOpt = None,
+    gconv: _GconvOpt = None,
+    term: _TermOpt = None,
+    add: _AddOpt = None,
+    trace: _TraceOpt = None,
+    trace_user: _TraceUserOpt = None,
+    trace_ok_exit: _TraceOkExitOpt = False,
+    trace_exclude: _TraceExcludeOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace DEST even if minify did not write it.")] = False,
+    no_cache: NoCacheOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write the same image as `minify rootfs` as an OCI image: no container engine,
+    byte for byte the same from the same inputs (SOURCE_DATE_EPOCH sets every time)."""
+    from minify.oci import parse_dest, write_image
+
+    raw = dict(locals())
+    dest = _guard(verbose, lambda: parse_dest(output, tag))
+    options = _guard(verbose, lambda: _rootfs_options(raw))
+    _note_trace(trace)
+    result = _guard(verbose, lambda: _with_progress(lambda o, **kw: write_image(o, dest, **kw), options))
+    _report_image(result, fmt)
+
+
+def _report_image(result: ImageResult, fmt: ImageFormat) -> None:
+    """Warnings on stderr; the digest, the sizes and how to load or push it."""
+    from minify.oci import Transport
+    from minify.render import dumps, human_size
+
+    for warning in result.warnings:
+        kind, _, rest = warning.partition(": ")
+        _say(kind, rest) if kind in ("note", "hint") else _say("warning", warning)
+    if fmt is ImageFormat.json:
+        sys.stdout.write(dumps(result.as_data()))
+        return
+    dest = result.dest
+    typer.echo(f"wrote {dest}")
+    typer.echo(f"digest: {result.digest}")
+    typer.echo(
+        f"layer: {human_size(result.compressed)} compressed, {human_size(result.uncompressed)} as files; "
+        f"{'/'.join(result.platform[k] for k in ('os', 'architecture', 'variant') if k in result.platform)}"
+    )
+    name = f"REGISTRY/{dest.ref}" if dest.ref and ":" in dest.ref.rsplit("/", 1)[-1] else "REGISTRY/NAME:TAG"
+    if dest.transport is Transport.OCI:
+        typer.echo(f"push it with: skopeo copy {dest} docker://{name}")
+    else:
+        typer.echo(f"load it with: podman load -i {dest.path}")
+        typer.echo(f"push it with: skopeo copy {dest.transport.value}:{dest.path} docker://{name}")
 
 
 @app.command()
@@ -372,6 +431,38 @@ def trace(
     if record.exit_status:
         _say("warning", f"the command exited with status {record.exit_status}")
     _say("note", f"{len(record.files)} files recorded")
+
+
+def _rootfs_options(raw: dict[str, Any]) -> RootfsOptions:
+    """The typed options of `minify rootfs` and `minify image` from their CLI values
+    (``raw``: the command's parameters by name)."""
+    from minify.image import Mapping, env_pair, user_spec
+    from minify.rootfs import RootfsOptions
+
+    user = raw["user"]
+    return RootfsOptions(
+        paths=tuple(raw["paths"]),
+        output=raw["output"],
+        root=raw["root"],
+        cwd=raw["cwd"],
+        maps=tuple(Mapping.parse(m) for m in raw["map_"] or ()),
+        entrypoint=raw["entrypoint"],
+        cmd=tuple(raw["cmd"] or ()),
+        user=user_spec(user) if user is not None else None,
+        env=tuple(env_pair(e) for e in raw["env"] or ()),
+        hwcaps=raw["hwcaps"],
+        force=raw["force"],
+        with_=tuple(raw["with_"] or ()),
+        tz=_commas(raw["tz"]),
+        charsets=_commas(raw["gconv"]),
+        terms=_commas(raw["term"]),
+        add=tuple(raw["add"] or ()),
+        trace=raw["trace"],
+        trace_user=raw["trace_user"],
+        trace_ok_exit=raw["trace_ok_exit"],
+        trace_exclude=tuple(raw["trace_exclude"] or ()),
+        cache=not raw["no_cache"],
+    )
 
 
 def _note_trace(trace: str | None) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import TYPE_CHECKING
 
-from minify.elf import ET_DYN, ET_EXEC, ElfInfo, is_elf, script_interpreter
+from minify.elf import ET_DYN, ET_EXEC, ElfInfo, is_elf, read_header, script_interpreter
 from minify.errors import BadInput, MinifyError, NotElf, PathError
 from minify.loader.arch import Arch, arch_for, machine_name
 from minify.loader.glibc import Settings
@@ -262,7 +262,7 @@ def _worth_analysing(run: _Run, path: str, resolved: Resolved, skipped: list[Ski
                 reason = f"script for {interp} (the interpreter is not included unless given)" if interp else "not ELF"
                 skipped.append(Skipped(path, reason))
                 return False
-        header = run.reader.header(resolved)
+            header, _ = read_header(opened)  # one open to sniff and read the header
     except BadInput:
         return True  # reported as this input's error
     if header.file_type not in (ET_EXEC, ET_DYN):
@@ -286,8 +286,8 @@ def loadable_files(
             with reader.open(resolved) as opened:
                 if not is_elf(opened):
                     continue
-            if reader.header(resolved).file_type in (ET_EXEC, ET_DYN):
-                out.append(entry.path)
+                if read_header(opened)[0].file_type in (ET_EXEC, ET_DYN):
+                    out.append(entry.path)
         except BadInput:
             if unreadable:
                 out.append(entry.path)

@@ -100,6 +100,7 @@ class ImagePlan:
     scripts: tuple[str, ...] = ()  # image paths of script inputs
     warnings: tuple[str, ...] = ()
     input_bytes: int = 0  # what the inputs themselves weigh
+    machines: tuple[str, ...] = ()  # the inputs' architectures (Arch.name), sorted
 
     @property
     def files(self) -> tuple[Entry, ...]:
@@ -465,6 +466,7 @@ def plan_image(
         tuple(script_paths),
         tuple(planner.warnings),
         input_bytes=sum(p.objects[0].size for p in analysis.programs if p.objects) + script_bytes,
+        machines=tuple(sorted({p.machine for p in analysis.programs if p.machine})),
     )
 
 

@@ -61,8 +61,9 @@ class Destination:
         return re.compile(rf"\.minify-(new|old)-{re.escape(self.name)}-[a-z0-9_]{{8}}")
 
 
-def destination(output: str, *, root: str, inputs: tuple[str, ...], cwd: str) -> Destination:
-    """Check where OUT is before anything is analysed or written.
+def destination(output: str, *, root: str, inputs: tuple[str, ...], cwd: str, folder: bool = True) -> Destination:
+    """Check where OUT is before anything is analysed or written (``folder``: OUT is a
+    folder, as for ``minify rootfs``; else it may be a file, an image archive).
 
     ``inputs`` are host paths of the inputs (files and folders), already resolved inside
     the root (never with the host's realpath, which would follow a hostile root's
@@ -87,7 +88,7 @@ def destination(output: str, *, root: str, inputs: tuple[str, ...], cwd: str) ->
     for given in inputs:
         if holds(given):
             raise OutputError(f"{output}: OUT cannot be a folder that holds the input {given}")
-    if os.path.lexists(real) and not os.path.isdir(real):
+    if folder and os.path.lexists(real) and not os.path.isdir(real):
         raise OutputError(f"{real}: exists and is not a folder")
     return Destination(real, os.path.dirname(real), os.path.basename(real))
 

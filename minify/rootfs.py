@@ -179,13 +179,14 @@ class _Gathered:
     warnings: list[str] = field(default_factory=list)
 
 
-def prepare(options: RootfsOptions) -> Prepared:
-    """Analyse and plan everything in memory: the plan and the Dockerfile."""
+def prepare(options: RootfsOptions, *, folder: bool = True) -> Prepared:
+    """Analyse and plan everything in memory: the plan and the Dockerfile. OUT is a
+    folder unless ``folder`` is False (an image archive)."""
     target = Target(options.root, cache=options.cache)
     view = target.root
     cwd = options.cwd if options.cwd is not None else (os.getcwd() if view.is_host else "/")
     inputs = tuple(view.host_path(view.resolve(posixpath.join(cwd, p)).path) for p in options.paths if p)
-    out = output.destination(options.output, root=view.directory, inputs=inputs, cwd=os.getcwd())
+    out = output.destination(options.output, root=view.directory, inputs=inputs, cwd=os.getcwd(), folder=folder)
     skip = _skipped_folders(view, out)
     analysis_hwcaps = "baseline" if options.hwcaps in ("all", "baseline") else options.hwcaps
     analysis = analyze(options.paths, root=target, cwd=cwd, hwcaps=analysis_hwcaps, cpuinfo="", exclude=skip)
@@ -725,6 +726,26 @@ def _copy(root: Root, entry: Entry, dest: str) -> tuple[str, bool]:
     finally:
         os.close(src_fd)
     return digest.hexdigest(), capability
+
+
+def capabilities_of(plan: ImagePlan) -> dict[str, bytes]:
+    """The file capabilities (``security.capability``) of the plan's files, read from
+    their sources in the root: an image layer keeps them, a plain copy cannot."""
+    root = Root(plan.root)
+    out = {}
+    for entry in plan.files:
+        if entry.content is not None:
+            continue
+        fd = _open_source(root, entry)
+        try:
+            value = os.getxattr(fd, "security.capability")
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        if value:
+            out[entry.path] = value
+    return out
 
 
 def _source_sha256(root: Root, entry: Entry) -> str:

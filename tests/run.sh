@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs everything the tests need on a fresh Debian machine
-# (compilers, musl, the aarch64 cross toolchain and qemu, podman and runc, strace),
+# (compilers, musl, the aarch64 cross toolchain and qemu, podman and runc, strace,
+# skopeo, umoci and a registry),
 # installs minify with its test extras into .venv (Debian's Python refuses pip outside
 # a virtual environment), then runs lint, types and the test suite, and the ELF tests
 # once more with the oldest LIEF that pyproject.toml accepts.
@@ -13,7 +14,7 @@ packages=(
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
     podman runc uidmap
     strace util-linux coreutils dash
-    pax-utils libtree
+    pax-utils libtree skopeo umoci docker-registry
     xz-utils openssl git sqlite3 curl gdb
     python3 python3-venv tzdata ca-certificates libzstd1 libc-bin libcap2-bin systemd ruby less postgresql
 )
@@ -26,7 +27,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "installing: ${missing[*]}"
     $sudo apt-get update -qq
+    # The packages' services (a registry on :5000, postgresql) are not started: the
+    # tests start what they need on 127.0.0.1 themselves, and stop it.
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        $sudo chmod 755 "$policy"
+        trap '$sudo rm -f "$policy"' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ -z "$policy" ] || $sudo rm -f "$policy"
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -248,6 +248,7 @@ def test_public_api_is_pinned() -> None:
             "Target",
             "__version__",
             "analyze",
+            "write_image",
         ]
     )
     for name in minify.__all__:

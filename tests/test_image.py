@@ -1,0 +1,284 @@
+"""`minify image`: an OCI image written without a container engine, judged by other
+tools: skopeo reads it, umoci unpacks it, podman loads and runs it, a registry takes
+it, and the same inputs give the same bytes."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from minify.loader.arch import host_arch
+from minify.oci import PLATFORMS
+from tests.conftest import MINIFY, Builder, Podman, need_tool, tree_listing
+
+HOST_ARCH, HOST_VARIANT = PLATFORMS[host_arch()]
+
+
+def minify(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **(env or {})}
+    return subprocess.run([*MINIFY, *args], capture_output=True, text=True, cwd=cwd, env=full, timeout=300)
+
+
+def image(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    """``minify image ARGS --format json``: the digest it printed."""
+    done = minify("image", *args, "--format", "json", cwd=cwd, env=env)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["digest"].startswith("sha256:")
+    return str(data["digest"])
+
+
+def skopeo(*args: str) -> dict[str, object]:
+    need_tool("skopeo")
+    done = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert isinstance(result, dict)
+    return result
+
+
+def unpack(layout: str, dest: Path) -> Path:
+    """umoci's unpacking of an OCI layout (DIR:REF) into DEST/rootfs."""
+    need_tool("umoci")
+    subprocess.run(
+        ["umoci", "unpack", "--rootless", "--image", layout, str(dest)], capture_output=True, check=True, timeout=120
+    )
+    return dest
+
+
+def members(archive: Path) -> dict[str, bytes]:
+    with tarfile.open(archive) as tar:
+        return {m.name: (tar.extractfile(m).read() if m.isfile() else b"") for m in tar}  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def hello(tmp_path: Path, builder: Builder) -> Path:
+    return builder.prog(tmp_path / "hello", src="hello.c")
+
+
+def test_the_same_inputs_give_the_same_bytes(tmp_path: Path, hello: Path) -> None:
+    first = image("./hello", "-o", "a.tar", "--tag", "localhost/hello:1", cwd=tmp_path)
+    time.sleep(1.1)
+    second = image("./hello", "-o", "oci-archive:b.tar", "--tag", "localhost/hello:1", cwd=tmp_path)
+    assert first == second
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    blobs = members(tmp_path / "a.tar")
+    manifest = blobs[f"blobs/sha256/{first.split(':')[1]}"]
+    assert hashlib.sha256(manifest).hexdigest() == first.split(":")[1]  # the digest printed is the manifest's
+
+
+def test_source_date_epoch_sets_every_time(tmp_path: Path, hello: Path) -> None:
+    epoch = 1_700_000_000
+    digest = image("./hello", "-o", "e.tar", cwd=tmp_path, env={"SOURCE_DATE_EPOCH": str(epoch)})
+    blobs = members(tmp_path / "e.tar")
+    manifest = json.loads(blobs[f"blobs/sha256/{digest.split(':')[1]}"])
+    config = json.loads(blobs["blobs/sha256/" + manifest["config"]["digest"].split(":")[1]])
+    assert config["created"] == "2023-11-14T22:13:20Z"
+    assert config["config"]["Labels"]["org.opencontainers.image.created"] == "2023-11-14T22:13:20Z"
+    layer = blobs["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]]
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
+        times = {m.mtime for m in tar}
+        owners = {(m.uid, m.gid, m.uname, m.gname) for m in tar}
+        assert any(m.name == "hello" and m.isfile() for m in tar)
+    assert times == {epoch}
+    assert owners == {(0, 0, "", "")}
+    with tarfile.open(tmp_path / "e.tar") as outer:
+        assert {m.mtime for m in outer} == {epoch}
+    assert layer[4:8] == b"\0\0\0\0"  # gzip header: mtime 0
+
+
+def test_skopeo_reads_each_form(tmp_path: Path, hello: Path) -> None:
+    forms = {
+        "oci": f"oci:{tmp_path}/layout:v1",
+        "oci-archive": f"oci-archive:{tmp_path}/o.tar",
+        "docker-archive": f"docker-archive:{tmp_path}/d.tar:localhost/hello:2",
+    }
+    digests = {name: image("./hello", "-o", dest, cwd=tmp_path) for name, dest in forms.items()}
+    assert len(set(digests.values())) == 1  # one manifest, whatever the wrapping
+    for name, dest in forms.items():
+        seen = skopeo("inspect", dest)
+        assert seen["Architecture"] == HOST_ARCH and seen["Os"] == "linux", name
+        if name != "docker-archive":  # skopeo shows docker-archive as a converted manifest
+            assert seen["Digest"] == digests[name]
+            raw = subprocess.run(["skopeo", "inspect", "--raw", dest], capture_output=True, timeout=60, check=True)
+            assert "sha256:" + hashlib.sha256(raw.stdout).hexdigest() == digests[name]
+    # skopeo finds docker-archive:FILE:NAME:TAG only by the RepoTags of its manifest.json
+    wrong = subprocess.run(["skopeo", "inspect", f"docker-archive:{tmp_path}/d.tar:localhost/other:9"], timeout=60)
+    assert wrong.returncode != 0
+
+
+def test_umoci_unpacks_exactly_the_files_of_minify_rootfs(tmp_path: Path, builder: Builder) -> None:
+    need_tool("umoci")
+    lib = builder.lib(tmp_path / "app/lib/libapp.so.1", "app")
+    builder.prog(tmp_path / "app/bin/tool", src="hello.c", links=[lib], runpath="$ORIGIN/../lib")
+    image("./app/bin/tool", "-o", "oci:layout:v1", cwd=tmp_path)
+    done = minify("rootfs", "./app/bin/tool", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    unpacked = unpack(f"{tmp_path}/layout:v1", tmp_path / "unpacked")
+    want = tree_listing(tmp_path / "out/rootfs")
+    assert want and any("libapp.so.1" in path for path in want)
+    assert tree_listing(unpacked / "rootfs") == want
+
+
+@pytest.mark.podman
+def test_podman_loads_and_runs_both_archives(
+    podman: Podman, tmp_path: Path, builder: Builder, built: dict[str, Path]
+) -> None:
+    shutil.copy(built["pausle"], tmp_path / "pausle-dynamic")
+    lib = builder.lib(tmp_path / "app/lib/libapp.so.1", "app")
+    builder.prog(tmp_path / "app/bin/tool", src="hello.c", links=[lib], runpath="$ORIGIN/../lib")
+    image("./app/bin/tool", "-o", "docker-archive:tool.tar:localhost/minify-tool:1", "--user", "nonroot", cwd=tmp_path)
+    image("./pausle-dynamic", "-o", "pausle.tar", "--tag", "localhost/minify-pausle:1", cwd=tmp_path)
+    try:
+        assert "localhost/minify-tool:1" in podman("load", "-i", str(tmp_path / "tool.tar")).stdout
+        assert "localhost/minify-pausle:1" in podman("load", "-i", str(tmp_path / "pausle.tar")).stdout
+        ran = podman("run", "--rm", "localhost/minify-tool:1")
+        assert ran.stdout == "hello from minify\n"
+        user = podman("image", "inspect", "--format", "{{.Config.User}}", "localhost/minify-tool:1").stdout
+        assert user.strip() == "65532:65532"
+        cid = podman("run", "-d", "localhost/minify-pausle:1").stdout.strip()
+        try:
+            time.sleep(1)
+            assert podman("inspect", "--format", "{{.State.Running}}", cid).stdout.strip() == "true"
+        finally:
+            podman("rm", "-f", "-t", "1", cid, check=False)
+    finally:
+        podman("rmi", "-f", "localhost/minify-tool:1", "localhost/minify-pausle:1", check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry on the loopback address, stopped after the test."""
+    need_tool("docker-registry")
+    port = _free_port()
+    conf = tmp_path / "registry.yml"
+    conf.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/registry\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "the registry did not start"
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_registry_keeps_the_digest_minify_printed(tmp_path: Path, hello: Path, registry: str) -> None:
+    digest = image("./hello", "-o", "h.tar", cwd=tmp_path)
+    need_tool("skopeo")
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--dest-tls-verify=false",
+            f"oci-archive:{tmp_path}/h.tar",
+            f"docker://{registry}/minify/hello:1",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    assert skopeo("inspect", "--tls-verify=false", f"docker://{registry}/minify/hello:1")["Digest"] == digest
+
+
+def test_an_aarch64_image_from_a_sysroot_runs_under_qemu(tmp_path: Path) -> None:
+    need_tool("aarch64-linux-gnu-gcc", "qemu-aarch64-static", "umoci")
+    root = tmp_path / "root"
+    shutil.copytree("/usr/aarch64-linux-gnu/lib", root / "lib", symlinks=True)
+    Builder("aarch64-linux-gnu-gcc").prog(root / "hello", src="hello.c")
+    digest = image("/hello", "--root", str(root), "-o", "oci:layout:arm", cwd=tmp_path)
+    config = skopeo("inspect", "--config", f"oci:{tmp_path}/layout:arm")
+    assert (config["architecture"], config.get("variant")) == ("arm64", "v8")
+    assert digest
+    unpacked = unpack(f"{tmp_path}/layout:arm", tmp_path / "unpacked")
+    rootfs = unpacked / "rootfs"
+    ran = subprocess.run(
+        ["qemu-aarch64-static", "-L", str(rootfs), str(rootfs / "hello")], capture_output=True, text=True, timeout=60
+    )
+    assert ran.stdout == "hello from minify\n", ran.stderr
+
+
+def test_inputs_of_two_architectures_are_refused(tmp_path: Path, hello: Path) -> None:
+    need_tool("aarch64-linux-gnu-gcc")
+    other = "aarch64" if host_arch() != "aarch64" else "x86_64"
+    assert other == "aarch64", "on an aarch64 host this needs an x86-64 cross compiler"
+    Builder("aarch64-linux-gnu-gcc").prog(tmp_path / "arm-hello", src="hello.c", flags=["-static"])
+    done = minify("image", "./hello", "./arm-hello", "-o", "x.tar", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "different architectures" in done.stderr
+    assert not (tmp_path / "x.tar").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["-o", "zip:out"], {}, "unknown transport 'zip'"),
+        (["-o", "out.img"], {}, "expected oci:DIR"),
+        (["-o", "x.tar", "--tag", "Bad Name!"], {}, "not a valid image reference"),
+        (["-o", "docker-archive:x.tar:noTag"], {}, "not a valid image reference"),
+        (["-o", "x.tar"], {"SOURCE_DATE_EPOCH": "yesterday"}, "SOURCE_DATE_EPOCH='yesterday'"),
+        (["-o", "afile/x.tar"], {}, "afile"),
+    ],
+    ids=["transport", "no transport", "tag", "docker name", "epoch", "unwritable"],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(
+    tmp_path: Path, hello: Path, args: list[str], env: dict[str, str], said: str
+) -> None:
+    (tmp_path / "afile").write_text("a file where a folder is wanted")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = minify("image", "./hello", *args, cwd=tmp_path, env=env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("minify: error:") and said in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+
+
+def test_a_dest_minify_did_not_write_is_refused_without_force(tmp_path: Path, hello: Path) -> None:
+    (tmp_path / "precious.tar").write_bytes(b"not an image")
+    done = minify("image", "./hello", "-o", "precious.tar", cwd=tmp_path)
+    assert done.returncode == 2 and "not an image minify wrote" in done.stderr
+    assert (tmp_path / "precious.tar").read_bytes() == b"not an image"
+    image("./hello", "-o", "precious.tar", "--force", cwd=tmp_path)
+    image("./hello", "-o", "precious.tar", cwd=tmp_path)  # now it is ours: replaced without --force
+    assert "index.json" in members(tmp_path / "precious.tar")
+
+
+def test_the_python_api_writes_the_plan_of_rootfs(tmp_path: Path, hello: Path) -> None:
+    from minify import write_image
+    from minify.oci import Transport, parse_dest
+    from minify.rootfs import RootfsOptions
+
+    result = write_image(RootfsOptions(paths=(str(hello),), output=""), parse_dest(f"oci:{tmp_path}/api"))
+    assert result.digest.startswith("sha256:") and result.dest.transport is Transport.OCI
+    index = json.loads((tmp_path / "api/index.json").read_text())
+    assert index["manifests"][0]["digest"] == result.digest
+    assert skopeo("inspect", f"oci:{tmp_path}/api")["Digest"] == result.digest
