@@ -19,7 +19,9 @@ import typer
 from minify.errors import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, MinifyError
 
 if TYPE_CHECKING:
+    from minify.closure import Analysis
     from minify.oci import ImageResult
+    from minify.render import Packages
     from minify.rootfs import RootfsOptions, RootfsResult
 
 T = TypeVar("T")
@@ -118,6 +120,10 @@ def analyze(
     show_all: Annotated[
         bool, typer.Option("--all", help="Tree: also every request for a library already loaded (ldd -v style).")
     ] = False,
+    packages: Annotated[
+        bool,
+        typer.Option("--packages", help="Tree and JSON: the root's installed packages the closure loads files of."),
+    ] = False,
     no_cache: NoCacheOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -140,7 +146,8 @@ def analyze(
     )
     shown = hints if hints is not None else len(result.programs) <= HINTS_AUTO_MAX
     found = _guard(verbose, lambda: for_analysis(result)) if shown and fmt.value in ("tree", "json") else {}
-    sys.stdout.write(render(result, fmt.value, found, everything=show_all))
+    used = _guard(verbose, lambda: _packages_used(result)) if packages else None
+    sys.stdout.write(render(result, fmt.value, found, everything=show_all, packages=used))
     for program in result.programs:
         if program.error:
             _say("error", program.error)
@@ -238,6 +245,14 @@ _TraceOkExitOpt = Annotated[
     bool, typer.Option("--trace-ok-exit", help="Accept a non-zero exit of the --trace command (with a warning).")
 ]
 
+_NoPackageMetadataOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-package-metadata",
+        help="Leave out the dpkg status.d stanzas, os-release and the SBOM that scanners read in the image.",
+    ),
+]
+
 _TraceExcludeOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -275,6 +290,7 @@ def rootfs(
     trace_user: _TraceUserOpt = None,
     trace_ok_exit: _TraceOkExitOpt = False,
     trace_exclude: _TraceExcludeOpt = None,
+    no_package_metadata: _NoPackageMetadataOpt = False,
     check_only: _CheckOnlyOpt = False,
     force: _ForceOpt = False,
     no_cache: NoCacheOpt = False,
@@ -333,6 +349,7 @@ def image(
     trace_user: _TraceUserOpt = None,
     trace_ok_exit: _TraceOkExitOpt = False,
     trace_exclude: _TraceExcludeOpt = None,
+    no_package_metadata: _NoPackageMetadataOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace DEST even if minify did not write it.")] = False,
     no_cache: NoCacheOpt = False,
     verbose: VerboseOpt = False,
@@ -433,6 +450,12 @@ def trace(
     _say("note", f"{len(record.files)} files recorded")
 
 
+def _packages_used(result: Analysis) -> Packages:
+    from minify.packages import packages_used
+
+    return packages_used(result.target.root, {o.realpath: o.size for o in result.objects().values()})
+
+
 def _rootfs_options(raw: dict[str, Any]) -> RootfsOptions:
     """The typed options of `minify rootfs` and `minify image` from their CLI values
     (``raw``: the command's parameters by name)."""
@@ -462,6 +485,7 @@ def _rootfs_options(raw: dict[str, Any]) -> RootfsOptions:
         trace_ok_exit=raw["trace_ok_exit"],
         trace_exclude=tuple(raw["trace_exclude"] or ()),
         cache=not raw["no_cache"],
+        package_metadata=not raw["no_package_metadata"],
     )
 
 

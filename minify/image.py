@@ -42,6 +42,7 @@ class Entry:
     content: bytes | None = None  # a generated file's bytes (passwd, nsswitch.conf)
     ident: tuple[int, int] | None = None  # device and inode the analysis saw at source
     owner: tuple[int, int] = (0, 0)  # uid and gid in the image
+    package: str | None = None  # the root's installed package that owns it, if any
 
     @property
     def owned(self) -> bool:

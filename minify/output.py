@@ -38,7 +38,7 @@ from minify.root import read_host_file, within
 LOCK_NAME = "minify.lock.json"
 LOCK_SCHEMA = 1
 #: What minify writes at the top of OUT; anything else there is the user's.
-OWN_NAMES = frozenset({"rootfs", "owned", "Dockerfile", ".dockerignore", LOCK_NAME, "minify.trace"})
+OWN_NAMES = frozenset({"rootfs", "owned", "Dockerfile", ".dockerignore", LOCK_NAME, "minify.trace", "sbom.spdx.json"})
 #: How long a run waits for another one writing beside the same OUT.
 LOCK_WAIT_SECONDS = 600.0
 

@@ -18,21 +18,38 @@ from minify.loader.model import How
 if TYPE_CHECKING:
     import networkx as nx
 
+    from minify.packages import PackageUse
+
 FORMATS = ("tree", "list", "json", "dot", "graphml")
 JSON_SCHEMA_VERSION = 1
+#: What ``minify.packages.packages_used`` returns.
+Packages = tuple[tuple["PackageUse", ...], tuple[str, ...]]
 TAR_BLOCK = 512
 
 
 Hints = dict[str, tuple[Hint, ...]]
 
 
-def render(analysis: Analysis, fmt: str, hints: Hints | None = None, *, everything: bool = False) -> str:
+def render(
+    analysis: Analysis,
+    fmt: str,
+    hints: Hints | None = None,
+    *,
+    everything: bool = False,
+    packages: Packages | None = None,
+) -> str:
+    """``packages`` (from ``minify.packages.packages_used``) adds the packages view to
+    the tree and JSON formats."""
     if fmt == "tree":
-        return printable(tree(analysis, hints or {}, everything=everything))
+        text = tree(analysis, hints or {}, everything=everything)
+        return printable(text + ("".join(f"{line}\n" for line in package_lines(packages)) if packages else ""))
     if fmt == "list":
         return printable(ldd_list(analysis))
     if fmt == "json":
-        return to_json(analysis, hints or {})
+        data = as_data(analysis, hints or {})
+        if packages is not None:
+            data["packages"] = packages_data(packages)
+        return dumps(data)
     if fmt == "dot":
         return to_dot(analysis)
     if fmt == "graphml":
@@ -315,6 +332,42 @@ def dumps(data: Any) -> str:
 
 def to_json(analysis: Analysis, hints: Hints | None = None) -> str:
     return dumps(as_data(analysis, hints))
+
+
+def package_lines(packages: Packages) -> list[str]:
+    """One summary line, then a line per package: what of it the closure loads."""
+    uses, orphans = packages
+    installed = sum(u.installed for u in uses)
+    copied = sum(u.copied for u in uses)
+    share = f" ({100 * copied // installed}%)" if installed else ""
+    lines = [
+        f"packages: {len(uses)}, {human_size(installed)} installed; the closure loads {human_size(copied)} "
+        f"of them{share}; {len(orphans)} file(s) of no package"
+    ]
+    for use in uses:
+        lines.append(
+            f"  {use.name} {use.version}: {len(use.files)} file(s), {human_size(use.copied)} "
+            f"of {human_size(use.installed)}"
+        )
+    lines.extend(f"  (no package) {path}" for path in orphans)
+    return lines
+
+
+def packages_data(packages: Packages) -> dict[str, Any]:
+    uses, orphans = packages
+    return {
+        "installed": [
+            {
+                "name": u.name,
+                "version": u.version,
+                "installed_size": u.installed,
+                "copied_size": u.copied,
+                "files": list(u.files),
+            }
+            for u in uses
+        ],
+        "no_package": list(orphans),
+    }
 
 
 # -- graph formats -----------------------------------------------------------------

@@ -20,6 +20,7 @@ import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from minify import __version__, output, presets
@@ -51,8 +52,11 @@ from minify.image import (
 )
 from minify.loader.model import ProgramKind, Reader
 from minify.output import LOCK_NAME, LOCK_SCHEMA
+from minify.packages import APK_DB, DPKG, STATUS_D, apk_installed, ownership, unreadable_databases
 from minify.presets import NONROOT
 from minify.root import Root, read_host_file, within
+from minify.sbom import SBOM_NAME, SBOM_PATH
+from minify.sbom import document as spdx_document
 from minify.sensitive import why_secret
 from minify.target import Target
 from minify.trace import TRACE_NAME, Trace, run_trace
@@ -87,6 +91,7 @@ class RootfsOptions:
     trace_ok_exit: bool = False
     trace_exclude: tuple[str, ...] = ()  # globs of traced paths to leave out
     cache: bool = True  # the persistent cache of parsed ELF facts
+    package_metadata: bool = True  # status.d stanzas, os-release and the SBOM in the image
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,7 @@ class Prepared:
     dockerfile: str
     trace: Trace | None
     out: output.Destination
+    sbom: bytes = b""  # SPDX JSON of the image (OUT/sbom.spdx.json)
 
 
 def _load_trace(options: RootfsOptions, view: Root, out: output.Destination) -> Trace | None:
@@ -205,17 +211,19 @@ def prepare(options: RootfsOptions, *, folder: bool = True) -> Prepared:
     generated, dirs = _generated(options, additions, trace, view)
     extra, tree_warnings = _extra_closures(options, analysis, gathered, cwd)
     config = _config(options, analysis, _maps(options, cwd), additions.env)
-    plan = plan_image(
+    layout = partial(
+        plan_image,
         analysis,
         maps=_maps(options, cwd),
         extra=extra,
         config=config,
         scripts=scripts,
         extras=tuple(gathered.extras),
-        generated=tuple(generated),
         dirs=tuple(dirs),
         skip=skip,
     )
+    plan, sbom, package_warnings = _with_packages(options, layout, tuple(generated), analysis)
+    gathered.warnings.extend(package_warnings)
     if config.entrypoint and plan.lookup(config.entrypoint[0]) is None:
         raise PlanError(f"--entrypoint {config.entrypoint[0]} is not in the image")
     warnings = [*plan.warnings, *_skipped_warnings(analysis, gathered), *tree_warnings]
@@ -230,7 +238,33 @@ def prepare(options: RootfsOptions, *, folder: bool = True) -> Prepared:
         dockerfile = render_dockerfile(plan)
     except DockerfileError as exc:
         raise PlanError(str(exc)) from None
-    return Prepared(plan, dockerfile, trace, out)
+    return Prepared(plan, dockerfile, trace, out, sbom)
+
+
+def _with_packages(
+    options: RootfsOptions, layout: Callable[..., ImagePlan], generated: tuple[Generated, ...], analysis: Analysis
+) -> tuple[ImagePlan, bytes, list[str]]:
+    """The plan with each entry's owning package, the package metadata scanners read
+    and the SBOM in the image (unless ``--no-package-metadata``), and the SBOM."""
+    from minify.oci import source_date_epoch
+
+    view = analysis.target.root
+    plan = layout(generated=generated)
+    owned = ownership(plan, view)
+    apk_files, apk_warnings, apk_owners = apk_installed(plan, view)
+    warnings = [*owned.warnings, *apk_warnings, *unreadable_databases(view)]
+    has_dpkg = view.resolve(f"{DPKG}/status").is_file or view.resolve(STATUS_D).is_dir
+    if not has_dpkg and not view.resolve(APK_DB).is_file and not warnings:
+        warnings.append(f"note: {view.directory} has no dpkg database: scanners will see no packages in the image")
+    if options.package_metadata:
+        generated += owned.generated + apk_files
+        plan = layout(generated=generated)
+    sbom = spdx_document(plan, owned, analysis, source_date_epoch())
+    if options.package_metadata:
+        plan = layout(generated=(*generated, Generated(SBOM_PATH, sbom, reason="the SBOM of this image")))
+    owners = {**apk_owners, **owned.owners}
+    entries = tuple(replace(e, package=owners.get(e.path)) for e in plan.entries)
+    return replace(plan, entries=entries), sbom, warnings
 
 
 def _maps(options: RootfsOptions, cwd: str) -> tuple[Mapping, ...]:
@@ -505,8 +539,10 @@ def _config(
 
 def _entry_data(entry: Entry, sha: str | None) -> dict[str, Any]:
     owner = {"owner": f"{entry.owner[0]}:{entry.owner[1]}"} if entry.owned else {}
+    package = {"package": entry.package} if entry.package else {}
     return {
         **owner,
+        **package,
         "path": entry.path,
         "type": entry.type.value,
         "mode": f"{entry.mode:04o}",
@@ -564,6 +600,7 @@ def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None
             _write_text(os.path.join(tmp, LOCK_NAME), _dump(lock_data(plan, prepared.dockerfile, hashes)))
             if prepared.trace is not None:
                 _write_text(os.path.join(tmp, TRACE_NAME), prepared.trace.to_json())
+            _write_text(os.path.join(tmp, SBOM_NAME), prepared.sbom.decode("utf-8", "surrogateescape"))
             warnings.extend(verify_rootfs(rootfs, plan))
             os.chmod(tmp, 0o755)
             output.refuse_foreign(out.path, force=options.force)  # again, under the lock
@@ -821,7 +858,8 @@ def check(options: RootfsOptions) -> RootfsResult:
     hashes = {e.path: _source_sha256(root, e) for e in plan.files if e.content is None}
     hashes.update({e.path: hashlib.sha256(e.content).hexdigest() for e in plan.files if e.content is not None})
     lock = lock_data(plan, dockerfile, hashes)
-    for name, want in (("Dockerfile", dockerfile), (LOCK_NAME, _dump(lock))):
+    sbom = prepared.sbom.decode("utf-8", "surrogateescape")
+    for name, want in (("Dockerfile", dockerfile), (LOCK_NAME, _dump(lock)), (SBOM_NAME, sbom)):
         have = read_host_file(os.path.join(out, name))
         if have is None:
             differences.append(f"{name} is missing")

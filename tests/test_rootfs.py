@@ -21,11 +21,15 @@ def test_seed_rootfs_is_exactly_the_closure(tmp_path: Path, built: dict[str, Pat
     proc = cli("rootfs", "./pausle-dynamic", "-o", "out/", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["Dockerfile", "minify.lock.json", "rootfs"]
+    assert sorted(p.name for p in out.iterdir()) == ["Dockerfile", "minify.lock.json", "rootfs", "sbom.spdx.json"]
     listing = tree_listing(out / "rootfs")
-    files = {p for p, kind in listing.items() if not kind.startswith("->") and kind != "dir"}
+    everything = {p for p, kind in listing.items() if not kind.startswith("->") and kind != "dir"}
+    # what scanners read (README, "What scanners see"); everything else is the closure
+    metadata = {p for p in everything if p.startswith(("/var/lib/dpkg/status.d/", "/etc/", "/usr/share/minify/"))}
+    files = everything - metadata
     real = {os.path.realpath(HOST_INTERP), os.path.realpath(HOST_LIBC)}
     assert files == {"/pausle-dynamic"} | real
+    assert "/usr/share/minify/sbom.spdx.json" in metadata and "/etc/os-release" in metadata
     # the interpreter at its literal PT_INTERP path, through the same links as the host
     interp = out / "rootfs" / HOST_INTERP.lstrip("/")
     assert os.path.realpath(interp).endswith(os.path.basename(os.path.realpath(HOST_INTERP)))
@@ -207,7 +211,12 @@ def test_scripts_need_their_interpreter(tmp_path: Path, built: dict[str, Path]) 
 def test_output_folder_parents_are_created(tmp_path: Path, built: dict[str, Path]) -> None:
     proc = cli("rootfs", str(built["hello"]), "-o", str(tmp_path / "no/such/out"))
     assert proc.returncode == 0, proc.stderr
-    assert sorted(os.listdir(tmp_path / "no/such/out")) == ["Dockerfile", "minify.lock.json", "rootfs"]
+    assert sorted(os.listdir(tmp_path / "no/such/out")) == [
+        "Dockerfile",
+        "minify.lock.json",
+        "rootfs",
+        "sbom.spdx.json",
+    ]
 
 
 def test_dockerfile_options(tmp_path: Path, built: dict[str, Path]) -> None:

@@ -1,0 +1,410 @@
+"""Which installed package owns each file of an image, read from the root's own dpkg
+database, and the metadata that lets scanners see those packages in the image.
+
+An image made by copying files is invisible to syft, grype and trivy: they find
+packages through a package database, not through files. distroless keeps one dpkg
+stanza per package in ``/var/lib/dpkg/status.d/`` with its ``.md5sums``; minify writes
+the same, for exactly the packages one of whose files it copies, with only those
+files, and the distribution's identity (``/etc/os-release``, ``/etc/debian_version``).
+
+Everything is read from the root being analysed (never the host's database, never by
+running dpkg): ``var/lib/dpkg/status`` with ``info/PKG[:ARCH].list`` and ``.md5sums``,
+or ``status.d/`` for a root that is itself distroless-style. Paths are compared as the
+lists spell them, through the root's top-level symlinks into /usr, so
+``/lib/x86_64-linux-gnu/libc.so.6`` listed and ``/usr/lib/x86_64-linux-gnu/libc.so.6``
+copied (usrmerge) are one file.
+A broken stanza, an unreadable list, a package name that cannot be a file name: a
+warning naming the file and the line, and nothing invented.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from minify.errors import BadInput, PathError
+from minify.image import Entry, EntryType, Generated, ImagePlan
+
+if TYPE_CHECKING:
+    from minify.root import Root
+
+DPKG = "/var/lib/dpkg"
+STATUS_D = f"{DPKG}/status.d"
+#: The fields a status.d stanza keeps (distroless keeps these; Conffiles would name
+#: files the image does not have).
+KEPT_FIELDS = ("Package", "Status", "Source", "Version", "Architecture", "Maintainer", "Homepage")
+_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*")
+#: Bounds on what a hostile root can make us read.
+MAX_DB_BYTES = 256 << 20
+MAX_PACKAGES = 100_000
+
+
+@dataclass(frozen=True)
+class DebPackage:
+    name: str
+    version: str
+    architecture: str
+    fields: tuple[tuple[str, str], ...]  # the kept fields, in the order above
+    source: str | None = None  # the source package, without its version
+    installed_size: int = 0  # bytes (Installed-Size is in KiB)
+
+    @property
+    def stanza(self) -> str:
+        return "".join(f"{key}: {value}\n" for key, value in self.fields)
+
+
+@dataclass
+class PackageDb:
+    """The root's installed packages, who owns which file, and their md5sums."""
+
+    packages: dict[str, DebPackage] = field(default_factory=dict)
+    owner: dict[str, str] = field(default_factory=dict)  # normalised path -> package
+    md5: dict[str, str] = field(default_factory=dict)  # normalised path -> md5 (hex)
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Spellings:
+    """The ways a package list may spell a path of the root: as it is, and through
+    the root's top-level symlinks into /usr (usrmerge lists ``/lib/...`` for what is
+    at ``/usr/lib/...``)."""
+
+    def __init__(self, root: Root) -> None:
+        self.links: list[tuple[str, str]] = []  # (real folder, top-level link to it)
+        for name in root.listdir("/"):
+            try:
+                resolved = root.resolve(f"/{name}")
+            except PathError:
+                continue
+            if resolved.links and resolved.is_dir and resolved.path != f"/{name}":
+                self.links.append((resolved.path, f"/{name}"))
+
+    def of(self, path: str) -> set[str]:
+        out = {path}
+        for real, link in self.links:
+            if path.startswith(real + "/"):
+                out.add(link + path[len(real) :])
+            if path.startswith(link + "/"):
+                out.add(real + path[len(link) :])
+        return out
+
+
+def read_dpkg(root: Root, wanted: set[str] | None = None) -> PackageDb | None:
+    """The root's dpkg database, or None when it has none. With ``wanted`` (paths as a
+    package list may spell them), only the owners and md5sums of those are kept."""
+    status = root.read_bytes(f"{DPKG}/status", limit=MAX_DB_BYTES)
+    status_d = root.listdir(STATUS_D) if root.resolve(STATUS_D).is_dir else []
+    if status is None and not status_d:
+        return None
+    db = PackageDb()
+    if status is not None:
+        for package in _stanzas(status, f"{DPKG}/status", db.warnings):
+            _add(db, package)
+            for suffix in (f"{package.name}:{package.architecture}", package.name):
+                listed = root.read_bytes(f"{DPKG}/info/{suffix}.list", limit=MAX_DB_BYTES)
+                if listed is not None:
+                    _own(db, package.name, listed, wanted)
+                    sums = root.read_bytes(f"{DPKG}/info/{suffix}.md5sums", limit=MAX_DB_BYTES)
+                    _md5sums(db, sums, wanted)
+                    break
+    for name in sorted(n for n in status_d if not n.endswith(".md5sums")):
+        where = f"{STATUS_D}/{name}"
+        for package in _stanzas(root.read_bytes(where, limit=MAX_DB_BYTES) or b"", where, db.warnings):
+            _add(db, package)
+            sums = root.read_bytes(f"{STATUS_D}/{name}.md5sums", limit=MAX_DB_BYTES)
+            _md5sums(db, sums, wanted, owner=package.name)
+    return db
+
+
+def _add(db: PackageDb, package: DebPackage) -> None:
+    if len(db.packages) < MAX_PACKAGES:
+        db.packages.setdefault(package.name, package)
+
+
+def _stanzas(data: bytes, where: str, warnings: list[str]) -> list[DebPackage]:
+    """Installed packages of a status file, in the Debian control format."""
+    out = []
+    line_no = 0
+    for block in data.decode("utf-8", "replace").split("\n\n"):
+        start = line_no + 1
+        line_no += block.count("\n") + 2
+        fields = _fields(block, where, start, warnings)
+        if fields is None:
+            continue
+        name = fields.get("Package", "")
+        if not _NAME.fullmatch(name):
+            warnings.append(f"{where}:{start}: package name {name!r} is not a Debian package name; skipped")
+            continue
+        if not fields.get("Status", "").endswith(" installed") or "Version" not in fields:
+            continue
+        kept = tuple((k, fields[k]) for k in KEPT_FIELDS if k in fields)
+        source = fields.get("Source", "").split(" ", 1)[0] or None
+        size = fields.get("Installed-Size", "")
+        installed = int(size) * 1024 if size.isdigit() else 0
+        out.append(DebPackage(name, fields["Version"], fields.get("Architecture", ""), kept, source, installed))
+    return out
+
+
+def _fields(block: str, where: str, start: int, warnings: list[str]) -> dict[str, str] | None:
+    fields: dict[str, str] = {}
+    last = None
+    for offset, line in enumerate(block.split("\n")):
+        if not line.strip():
+            continue
+        if line[0] in " \t":
+            if last is None:
+                warnings.append(
+                    f"{where}:{start + offset}: a continuation line with no field before it; stanza skipped"
+                )
+                return None
+            continue  # multi-line values (Description, Conffiles) are not kept
+        key, sep, value = line.partition(":")
+        if not sep or not key or " " in key:
+            warnings.append(f"{where}:{start + offset}: not a 'Field: value' line; stanza skipped")
+            return None
+        last = key
+        fields[key] = value.strip()
+    return fields or None
+
+
+def _own(db: PackageDb, name: str, listed: bytes, wanted: set[str] | None) -> None:
+    for raw in listed.decode("utf-8", "surrogateescape").splitlines():
+        if raw.startswith("/") and (wanted is None or raw in wanted):
+            db.owner.setdefault(raw, name)
+
+
+def _md5sums(db: PackageDb, data: bytes | None, wanted: set[str] | None, *, owner: str | None = None) -> None:
+    """``MD5  path`` lines (paths without the leading slash)."""
+    for raw in (data or b"").decode("utf-8", "surrogateescape").splitlines():
+        digest, _, path = raw.partition("  ")
+        path = "/" + path.lstrip("/")
+        if len(digest) == 32 and len(path) > 1 and (wanted is None or path in wanted):
+            db.md5.setdefault(path, digest)
+            if owner is not None:
+                db.owner.setdefault(path, owner)
+
+
+# -- what the image carries --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Who owns each file of a plan, and the metadata files for the image."""
+
+    owners: dict[str, str]  # image path -> package (files and symlinks a package lists)
+    packages: tuple[DebPackage, ...]  # those with at least one file in the image, sorted
+    generated: tuple[Generated, ...]
+    warnings: tuple[str, ...]
+    distro: dict[str, str]  # os-release fields (ID, VERSION_ID, ...)
+
+
+def ownership(plan: ImagePlan, root: Root, db: PackageDb | None = None) -> Ownership:
+    """The owners of the plan's entries (from ``db``, else from the root's own
+    database) and the status.d stanzas, the md5sums of the copied files (checked
+    against their bytes) and the OS identity."""
+    distro_files, distro = _distribution(root)
+    spellings = _Spellings(root)
+    entries = [e for e in plan.entries if e.content is None and _attributable(e, root)]
+    names = {e.path: spellings.of(e.source or e.path) | spellings.of(e.path) for e in entries}
+    if db is None:
+        db = read_dpkg(root, set().union(*names.values()) if names else set())
+    if db is None:
+        return Ownership({}, (), (), (), distro)
+    owners: dict[str, str] = {}
+    sums: dict[str, list[str]] = {}
+    warnings = list(db.warnings)
+    for entry in entries:
+        spelt = sorted(names[entry.path])
+        name = next((db.owner[p] for p in spelt if p in db.owner and db.owner[p] in db.packages), None)
+        if name is None:
+            continue
+        owners[entry.path] = name
+        digest = next((db.md5[p] for p in spelt if p in db.md5), None)
+        if entry.type is EntryType.FILE and digest is not None:
+            have = _md5(root, entry.source or entry.path, entry.ident)
+            if have is not None and have != digest:
+                warnings.append(f"{entry.path}: its md5 differs from {name}'s md5sums (changed after installation)")
+            sums.setdefault(name, []).append(f"{digest}  {entry.path.lstrip('/')}\n")
+    packages = tuple(db.packages[n] for n in sorted(set(owners.values())))
+    generated = list(distro_files)
+    for package in packages:
+        generated.append(Generated(f"{STATUS_D}/{package.name}", package.stanza.encode(), reason="package metadata"))
+        if package.name in sums:
+            body = "".join(sorted(sums[package.name])).encode("utf-8", "surrogateescape")
+            generated.append(Generated(f"{STATUS_D}/{package.name}.md5sums", body, reason="package metadata"))
+    return Ownership(owners, packages, tuple(generated), tuple(warnings), distro)
+
+
+def _attributable(entry: Entry, root: Root) -> bool:
+    """Files, and symlinks to files: a folder (or a link to one, /lib -> usr/lib) is
+    listed by every package with a file below it, so it has no one owner."""
+    if entry.type is EntryType.FILE:
+        return True
+    if entry.type is not EntryType.SYMLINK:
+        return False
+    try:
+        return root.resolve(entry.source or entry.path).is_file
+    except PathError:
+        return False
+
+
+def _md5(root: Root, path: str, ident: tuple[int, int] | None) -> str | None:
+    try:
+        fd, _ = root.open_file(path, ident)
+    except (PathError, BadInput):
+        return None
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        offset = 0
+        while chunk := os.pread(fd, 1 << 20, offset):
+            digest.update(chunk)
+            offset += len(chunk)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def _distribution(root: Root) -> tuple[list[Generated], dict[str, str]]:
+    """/etc/os-release as a real file (the root may have a link to ../usr/lib/os-release),
+    and /etc/debian_version or /etc/lsb-release where the root has them."""
+    files = []
+    distro: dict[str, str] = {}
+    for path in ("/etc/os-release", "/etc/debian_version", "/etc/lsb-release"):
+        data = root.read_bytes(path, limit=1 << 16)
+        if data is None and path == "/etc/os-release":
+            data = root.read_bytes("/usr/lib/os-release", limit=1 << 16)
+        if data is None:
+            continue
+        files.append(Generated(path, data, reason="distribution identity, for scanners"))
+        if path == "/etc/os-release":
+            for line in data.decode("utf-8", "replace").splitlines():
+                key, sep, value = line.partition("=")
+                if sep:
+                    distro[key.strip()] = value.strip().strip('"')
+    return files, distro
+
+
+# -- which packages a closure comes from ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackageUse:
+    """One installed package a closure takes files from, and how much of it."""
+
+    name: str
+    version: str
+    installed: int  # the package's Installed-Size, in bytes
+    copied: int  # the bytes of its files that the closure loads
+    files: tuple[str, ...]  # those files (realpaths in the root)
+
+
+def packages_used(root: Root, objects: dict[str, int]) -> tuple[tuple[PackageUse, ...], tuple[str, ...]]:
+    """The packages that own the loaded files (``objects``: realpath -> size), and the
+    files no package owns (the user's own)."""
+    spellings = _Spellings(root)
+    names = {path: spellings.of(path) for path in objects}
+    db = read_dpkg(root, set().union(*names.values()) if names else set())
+    owned: dict[str, list[str]] = {}
+    orphans = []
+    for path in sorted(objects):
+        owner = None
+        if db is not None:
+            owner = next(
+                (db.owner[p] for p in sorted(names[path]) if p in db.owner and db.owner[p] in db.packages), None
+            )
+        if owner is None:
+            orphans.append(path)
+        else:
+            owned.setdefault(owner, []).append(path)
+    uses = []
+    for name, files in sorted(owned.items()):
+        package = db.packages[name] if db is not None else None
+        assert package is not None
+        uses.append(
+            PackageUse(name, package.version, package.installed_size, sum(objects[f] for f in files), tuple(files))
+        )
+    return tuple(uses), tuple(orphans)
+
+
+# -- Alpine's apk database, and roots scanners cannot read ---------------------------
+
+APK_DB = "/lib/apk/db/installed"
+RPM_DBS = ("/var/lib/rpm/rpmdb.sqlite", "/var/lib/rpm/Packages", "/usr/lib/sysimage/rpm/rpmdb.sqlite")
+
+
+def apk_installed(plan: ImagePlan, root: Root) -> tuple[tuple[Generated, ...], tuple[str, ...], dict[str, str]]:
+    """The root's ``lib/apk/db/installed`` cut down to the packages one of whose files
+    the image holds, each with only those files (F: folder, R: file and their a:/Z:
+    lines); the owners by image path; warnings."""
+    data = root.read_bytes(APK_DB, limit=MAX_DB_BYTES)
+    if data is None:
+        return (), (), {}
+    spellings = _Spellings(root)
+    entries = [e for e in plan.entries if e.content is None and _attributable(e, root)]
+    wanted: dict[str, str] = {}
+    for entry in entries:
+        for spelt in spellings.of(entry.source or entry.path) | spellings.of(entry.path):
+            wanted.setdefault(spelt.lstrip("/"), entry.path)
+    kept: list[str] = []
+    owners: dict[str, str] = {}
+    warnings: list[str] = []
+    for number, block in enumerate(data.decode("utf-8", "surrogateescape").split("\n\n"), 1):
+        lines = [line for line in block.split("\n") if line]
+        if not lines:
+            continue
+        name = next((line[2:] for line in lines if line.startswith("P:")), "")
+        if not _NAME.fullmatch(name.lower()):
+            warnings.append(f"{APK_DB}: package #{number}: no usable P: name; skipped")
+            continue
+        filtered = _apk_files(lines, wanted, owners, name)
+        if filtered is not None:
+            kept.append("\n".join(filtered) + "\n")
+    if not kept:
+        return (), tuple(warnings), owners
+    body = "\n".join(kept).encode("utf-8", "surrogateescape") + b"\n"
+    generated = [Generated(APK_DB, body, reason="package metadata")]
+    release = root.read_bytes("/etc/alpine-release", limit=1 << 12)
+    if release is not None:
+        generated.append(Generated("/etc/alpine-release", release, reason="distribution identity, for scanners"))
+    return tuple(generated), tuple(warnings), owners
+
+
+def _apk_files(lines: list[str], wanted: dict[str, str], owners: dict[str, str], name: str) -> list[str] | None:
+    """One package's lines with only the wanted files; None when it has none."""
+    head: list[str] = []
+    files: list[str] = []
+    folder: str | None = None
+    folder_line: str | None = None
+    keep = False
+    for line in lines:
+        key = line[:2]
+        if key == "F:":
+            folder, folder_line, keep = line[2:], line, False
+        elif key == "R:":
+            path = f"{folder}/{line[2:]}" if folder else line[2:]
+            keep = path in wanted
+            if keep:
+                owners[wanted[path]] = name
+                if folder_line is not None:
+                    files.append(folder_line)
+                    folder_line = None
+                files.append(line)
+        elif key in ("a:", "Z:"):
+            if keep:
+                files.append(line)
+        elif key in ("M:",):  # a folder's mode line
+            continue
+        elif folder is None:
+            head.append(line)
+    return head + files if files else None
+
+
+def unreadable_databases(root: Root) -> list[str]:
+    """Package databases minify does not read (RPM): said plainly, not guessed at."""
+    return [
+        f"note: {path} is an RPM database, which minify does not read: scanners will see no packages in the image"
+        for path in RPM_DBS
+        if root.resolve(path).is_file
+    ][:1]

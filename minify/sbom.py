@@ -1,0 +1,196 @@
+"""An SPDX 2.3 SBOM of an image plan, written and validated by spdx-tools.
+
+One package per Debian package that owns a file of the image (name, version, purl,
+supplier, source package), one for everything else (the user's programs, files minify
+generates), a file entry with SHA1 and SHA256 for every regular file, and the
+relationships: the document DESCRIBES the image, the image CONTAINS each package, each
+package CONTAINS its files, each program DEPENDS_ON the packages of its closure.
+Deterministic: ``created`` from SOURCE_DATE_EPOCH, everything sorted, SPDX ids derived
+from paths and names, the namespace from the content.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import os
+import re
+from typing import TYPE_CHECKING
+
+from minify import __version__
+from minify.image import EntryType, ImagePlan
+
+if TYPE_CHECKING:
+    from spdx_tools.spdx.model import Package
+
+    from minify.closure import Analysis
+    from minify.packages import DebPackage, Ownership
+    from minify.root import Root
+
+SBOM_NAME = "sbom.spdx.json"
+SBOM_PATH = f"/usr/share/minify/{SBOM_NAME}"
+INPUTS = "SPDXRef-Package-inputs"
+IMAGE = "SPDXRef-Image"
+
+
+def spdx_id(kind: str, text: str) -> str:
+    """A stable SPDX id: letters, digits, '.' and '-' only, unique by a short hash."""
+    clean = re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-")[:60] or "x"
+    return f"SPDXRef-{kind}-{clean}-{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+def file_digests(plan: ImagePlan, root: Root) -> dict[str, tuple[str, str]]:
+    """(sha1, sha256) of every regular file of the plan, from the bytes it will hold."""
+    out = {}
+    for entry in plan.files:
+        sha1, sha256 = hashlib.sha1(usedforsecurity=False), hashlib.sha256()
+        if entry.content is not None:
+            sha1.update(entry.content)
+            sha256.update(entry.content)
+        else:
+            fd, _ = root.open_file(entry.source or entry.path, entry.ident)
+            try:
+                offset = 0
+                while chunk := os.pread(fd, 1 << 20, offset):
+                    sha1.update(chunk)
+                    sha256.update(chunk)
+                    offset += len(chunk)
+            finally:
+                os.close(fd)
+        out[entry.path] = (sha1.hexdigest(), sha256.hexdigest())
+    return out
+
+
+def document(plan: ImagePlan, owned: Ownership, analysis: Analysis, epoch: int) -> bytes:
+    """The SBOM as SPDX 2.3 JSON bytes, validated by spdx-tools."""
+    from spdx_tools.spdx.model import (
+        Checksum,
+        ChecksumAlgorithm,
+        CreationInfo,
+        Document,
+        File,
+        PackageVerificationCode,
+        Relationship,
+        RelationshipType,
+    )
+    from spdx_tools.spdx.model.actor import Actor, ActorType
+    from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream
+
+    digests = file_digests(plan, analysis.target.root)
+    name = plan.config.entrypoint[0] if plan.config.entrypoint else "image"
+    namespace = hashlib.sha256(repr(sorted(digests.items())).encode("utf-8", "surrogateescape")).hexdigest()
+    info = CreationInfo(
+        spdx_version="SPDX-2.3",
+        spdx_id="SPDXRef-DOCUMENT",
+        name=f"minify image of {name}",
+        document_namespace=f"https://minify.invalid/spdx/{namespace}",
+        creators=[Actor(ActorType.TOOL, f"minify-{__version__}")],
+        created=datetime.datetime.fromtimestamp(epoch, datetime.UTC).replace(tzinfo=None),
+    )
+    contents: dict[str, list[str]] = {}
+    for path in sorted(digests):
+        contents.setdefault(spdx_id("Package", owned.owners[path]) if path in owned.owners else INPUTS, []).append(
+            digests[path][0]
+        )
+    packages = [_image_package(name), _inputs_package()]
+    packages += [_deb_package(p, owned.distro) for p in owned.packages]
+    for package in packages[1:]:
+        sha1s = contents.get(package.spdx_id, [])
+        package.files_analyzed = bool(sha1s)
+        if sha1s:  # SPDX 2.3 7.9: SHA1 of the sorted SHA1s of the package's files
+            package.verification_code = PackageVerificationCode(
+                hashlib.sha1("".join(sorted(sha1s)).encode(), usedforsecurity=False).hexdigest()
+            )
+    files = []
+    relationships = [Relationship("SPDXRef-DOCUMENT", RelationshipType.DESCRIBES, IMAGE)]
+    relationships += [Relationship(IMAGE, RelationshipType.CONTAINS, p.spdx_id) for p in packages[1:]]
+    for path in sorted(digests):
+        sha1, sha256 = digests[path]
+        file_id = spdx_id("File", path)
+        checksums = [Checksum(ChecksumAlgorithm.SHA1, sha1), Checksum(ChecksumAlgorithm.SHA256, sha256)]
+        files.append(File(name=f".{path}", spdx_id=file_id, checksums=checksums))
+        owner = owned.owners.get(path)
+        relationships.append(
+            Relationship(spdx_id("Package", owner) if owner else INPUTS, RelationshipType.CONTAINS, file_id)
+        )
+    relationships += _dependencies(plan, owned, analysis)
+    doc = Document(info, packages=packages, files=files, relationships=relationships)
+    stream = io.StringIO()
+    write_document_to_stream(doc, stream, validate=True)  # raises ValueError naming what is invalid
+    return stream.getvalue().encode("utf-8", "surrogateescape")
+
+
+def _image_package(name: str) -> Package:
+    from spdx_tools.spdx.model import Package, SpdxNoAssertion
+
+    return Package(IMAGE, f"image of {name}", SpdxNoAssertion(), files_analyzed=False)
+
+
+def _inputs_package() -> Package:
+    from spdx_tools.spdx.model import Package, SpdxNoAssertion
+
+    return Package(
+        INPUTS,
+        "inputs and generated files",
+        SpdxNoAssertion(),
+        files_analyzed=False,
+        comment="the programs given to minify, and files minify writes itself; no package owns them",
+    )
+
+
+def _deb_package(package: DebPackage, distro: dict[str, str]) -> Package:
+    from spdx_tools.spdx.model import (
+        ExternalPackageRef,
+        ExternalPackageRefCategory,
+        Package,
+        SpdxNoAssertion,
+    )
+    from spdx_tools.spdx.model.actor import Actor, ActorType
+
+    fields = dict(package.fields)
+    namespace = distro.get("ID", "debian")
+    qualifiers = f"arch={package.architecture}" if package.architecture else ""
+    if distro.get("VERSION_ID"):
+        qualifiers += f"{'&' if qualifiers else ''}distro={namespace}-{distro['VERSION_ID']}"
+    purl = f"pkg:deb/{namespace}/{package.name}@{_purl_escape(package.version)}" + (
+        f"?{qualifiers}" if qualifiers else ""
+    )
+    maintainer = fields.get("Maintainer", "")
+    found = re.fullmatch(r"\s*(.*?)\s*<([^>]*)>\s*", maintainer)
+    supplier = Actor(ActorType.PERSON, found.group(1), found.group(2)) if found and found.group(1) else None
+    return Package(
+        spdx_id("Package", package.name),
+        package.name,
+        SpdxNoAssertion(),
+        version=package.version,
+        supplier=supplier or SpdxNoAssertion(),
+        files_analyzed=False,
+        homepage=fields.get("Homepage") or None,
+        source_info=f"built package from: {package.source}" if package.source else None,
+        external_references=[ExternalPackageRef(ExternalPackageRefCategory.PACKAGE_MANAGER, "purl", purl)],
+    )
+
+
+def _purl_escape(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.~_-]", lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), text)
+
+
+def _dependencies(plan: ImagePlan, owned: Ownership, analysis: Analysis) -> list[object]:
+    """Each program DEPENDS_ON the packages that own a file of its closure."""
+    from spdx_tools.spdx.model import Relationship, RelationshipType
+
+    out: list[object] = []
+    for program, image_path in zip(analysis.programs, plan.programs, strict=False):
+        entry = plan.lookup(image_path)
+        if entry is None or entry.type is not EntryType.FILE:
+            continue
+        needs = set()
+        for obj in program.objects[1:]:
+            found = plan.lookup(obj.path) or plan.lookup(obj.realpath)
+            owner = owned.owners.get(found.path) if found else None
+            if owner:
+                needs.add(owner)
+        program_id = spdx_id("File", entry.path)
+        out.extend(Relationship(program_id, RelationshipType.DEPENDS_ON, spdx_id("Package", n)) for n in sorted(needs))
+    return out
