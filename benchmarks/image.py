@@ -26,7 +26,7 @@ default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
 [engine]
 cgroup_manager = "cgroupfs"
 """
-SEED = "int main(void){return pause();}\n"
+SEED = "#include <unistd.h>\nint main(void){return pause();}\n"
 
 
 def minify_exe() -> str:
