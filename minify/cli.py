@@ -20,6 +20,7 @@ from minify.errors import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, MinifyError
 
 if TYPE_CHECKING:
     from minify.closure import Analysis
+    from minify.image import ImagePlan
     from minify.oci import ImageResult
     from minify.render import Packages
     from minify.rootfs import RootfsOptions, RootfsResult
@@ -45,6 +46,8 @@ class Format(StrEnum):
     json = "json"
     dot = "dot"
     graphml = "graphml"
+    svg = "svg"
+    png = "png"
 
 
 @app.callback()
@@ -96,6 +99,30 @@ def _split_preload(text: str | None) -> tuple[str, ...]:
     return tuple(p for p in (text or "").replace(":", " ").split() if p)
 
 
+_AnalyzeHwcapsOpt = Annotated[
+    str,
+    typer.Option(
+        "--hwcaps",
+        help="host, baseline or a level such as x86-64-v3.  [default: host for this machine's architecture]",
+        metavar="MODE",
+        show_default=False,
+    ),
+]
+_HintsOpt = Annotated[
+    bool | None,
+    typer.Option("--hints/--no-hints", help="Hints from imported symbols (default: on for up to 20 inputs)."),
+]
+_AllOpt = Annotated[
+    bool, typer.Option("--all", help="Tree: also every request for a library already loaded (ldd -v style).")
+]
+_PackagesOpt = Annotated[
+    bool, typer.Option("--packages", help="Tree and JSON: the root's installed packages the closure loads files of.")
+]
+_SizesOpt = Annotated[
+    bool, typer.Option("--sizes", help="Tree and JSON: the heaviest files, their share and what pulled them in.")
+]
+
+
 @app.command()
 def analyze(
     paths: Annotated[list[str], typer.Argument(help="Programs, libraries or folders to analyse.", metavar="PATH")],
@@ -104,26 +131,11 @@ def analyze(
     cwd: CwdOpt = None,
     library_path: LibPathOpt = None,
     preload: PreloadOpt = None,
-    hwcaps: Annotated[
-        str,
-        typer.Option(
-            "--hwcaps",
-            help="host, baseline or a level such as x86-64-v3.  [default: host for this machine's architecture]",
-            metavar="MODE",
-            show_default=False,
-        ),
-    ] = "default",
-    hints: Annotated[
-        bool | None,
-        typer.Option("--hints/--no-hints", help="Hints from imported symbols (default: on for up to 20 inputs)."),
-    ] = None,
-    show_all: Annotated[
-        bool, typer.Option("--all", help="Tree: also every request for a library already loaded (ldd -v style).")
-    ] = False,
-    packages: Annotated[
-        bool,
-        typer.Option("--packages", help="Tree and JSON: the root's installed packages the closure loads files of."),
-    ] = False,
+    hwcaps: _AnalyzeHwcapsOpt = "default",
+    hints: _HintsOpt = None,
+    show_all: _AllOpt = False,
+    packages: _PackagesOpt = False,
+    sizes: _SizesOpt = False,
     no_cache: NoCacheOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -146,8 +158,12 @@ def analyze(
     )
     shown = hints if hints is not None else len(result.programs) <= HINTS_AUTO_MAX
     found = _guard(verbose, lambda: for_analysis(result)) if shown and fmt.value in ("tree", "json") else {}
-    used = _guard(verbose, lambda: _packages_used(result)) if packages else None
-    sys.stdout.write(render(result, fmt.value, found, everything=show_all, packages=used))
+    used = _guard(verbose, lambda: _packages_used(result)) if packages or sizes else None
+    if fmt in (Format.svg, Format.png):
+        _write_image(verbose, result, fmt)
+    else:
+        text = render(result, fmt.value, found, everything=show_all, packages=used, sizes=sizes, package_view=packages)
+        sys.stdout.write(text)
     for program in result.programs:
         if program.error:
             _say("error", program.error)
@@ -245,6 +261,11 @@ _TraceOkExitOpt = Annotated[
     bool, typer.Option("--trace-ok-exit", help="Accept a non-zero exit of the --trace command (with a warning).")
 ]
 
+_GraphOpt = Annotated[
+    str | None,
+    typer.Option("--graph", help="Also draw the plan here (.svg, .png with Graphviz, or .dot).", metavar="FILE"),
+]
+
 _NoPackageMetadataOpt = Annotated[
     bool,
     typer.Option(
@@ -291,6 +312,7 @@ def rootfs(
     trace_ok_exit: _TraceOkExitOpt = False,
     trace_exclude: _TraceExcludeOpt = None,
     no_package_metadata: _NoPackageMetadataOpt = False,
+    graph: _GraphOpt = None,
     check_only: _CheckOnlyOpt = False,
     force: _ForceOpt = False,
     no_cache: NoCacheOpt = False,
@@ -304,8 +326,11 @@ def rootfs(
     if check_only:
         checked = _guard(verbose, lambda: _print_differences(check, options))
         raise typer.Exit(_say_up_to_date(output, checked))
+    _guard(verbose, lambda: _graph_format(graph))
     _note_trace(trace)
-    _report_rootfs(_guard(verbose, lambda: _with_progress(build, options)), output)
+    built = _guard(verbose, lambda: _with_progress(build, options))
+    _report_rootfs(built, output)
+    _guard(verbose, lambda: _write_graph(graph, built.plan))
 
 
 class ImageFormat(StrEnum):
@@ -350,6 +375,7 @@ def image(
     trace_ok_exit: _TraceOkExitOpt = False,
     trace_exclude: _TraceExcludeOpt = None,
     no_package_metadata: _NoPackageMetadataOpt = False,
+    graph: _GraphOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace DEST even if minify did not write it.")] = False,
     no_cache: NoCacheOpt = False,
     verbose: VerboseOpt = False,
@@ -361,9 +387,11 @@ def image(
     raw = dict(locals())
     dest = _guard(verbose, lambda: parse_dest(output, tag))
     options = _guard(verbose, lambda: _rootfs_options(raw))
+    _guard(verbose, lambda: _graph_format(graph))
     _note_trace(trace)
     result = _guard(verbose, lambda: _with_progress(lambda o, **kw: write_image(o, dest, **kw), options))
     _report_image(result, fmt)
+    _guard(verbose, lambda: _write_graph(graph, result.plan))
 
 
 def _report_image(result: ImageResult, fmt: ImageFormat) -> None:
@@ -450,6 +478,39 @@ def trace(
     _say("note", f"{len(record.files)} files recorded")
 
 
+def _graph_format(path: str | None) -> str | None:
+    """svg, png or dot, from the name ``--graph`` gives; checked before any work."""
+    if path is None:
+        return None
+    fmt = os.path.splitext(path)[1].lstrip(".").lower()
+    if fmt not in ("svg", "png", "dot"):
+        raise MinifyError(f"--graph {path}: name a .svg, .png or .dot file")
+    return fmt
+
+
+def _write_graph(path: str | None, plan: ImagePlan) -> None:
+    """The plan's graph, drawn (svg, png) or as DOT text."""
+    fmt = _graph_format(path)
+    if path is None or fmt is None:
+        return
+    from minify.render import draw, plan_dot
+
+    text = plan_dot(plan)
+    data = text.encode() if fmt == "dot" else draw(text, fmt)
+    with open(path, "wb") as fh:
+        fh.write(data)
+    _say("note", f"the plan's graph: {path}")
+
+
+def _write_image(verbose: bool, result: Analysis, fmt: Format) -> None:
+    """The graph drawn by Graphviz, as bytes on stdout."""
+    from minify.render import render_image
+
+    drawn = _guard(verbose, lambda: render_image(result, fmt.value))
+    sys.stdout.flush()
+    sys.stdout.buffer.write(drawn)
+
+
 def _packages_used(result: Analysis) -> Packages:
     from minify.packages import packages_used
 
@@ -515,6 +576,11 @@ def _report_rootfs(result: RootfsResult, output: str) -> None:
         f"image layer about {human_size(result.layer_bytes)} "
         f"(the inputs alone: {human_size(result.input_bytes)}); verified: every program resolves in the rootfs"
     )
+    from minify.render import plan_size_lines
+
+    typer.echo("the heaviest files:")
+    for line in plan_size_lines(result.plan):
+        typer.echo(line)
     typer.echo(f"build it with: podman build {output}")
 
 

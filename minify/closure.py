@@ -176,7 +176,8 @@ def build_graph(analysis: Analysis) -> nx.DiGraph:
             target = dep.target
             if target is None:
                 target = f"missing:{dep.name}"
-                g.add_node(target, role="missing", requested=dep.name, size=0)
+                searched = "; ".join(f"{s.source}: {s.directory or '-'} ({s.outcome})" for s in dep.searched)
+                g.add_node(target, role="missing", requested=dep.name, size=0, searched=searched)
             g.add_edge(
                 dep.requester,
                 target,

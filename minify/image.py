@@ -102,6 +102,7 @@ class ImagePlan:
     warnings: tuple[str, ...] = ()
     input_bytes: int = 0  # what the inputs themselves weigh
     machines: tuple[str, ...] = ()  # the inputs' architectures (Arch.name), sorted
+    requests: tuple[tuple[str, str, str], ...] = ()  # (image path, image path it loads, how found)
 
     @property
     def files(self) -> tuple[Entry, ...]:
@@ -459,8 +460,9 @@ def plan_image(
         planner.add_generated(item)
     for path, mode, owner in dirs:
         planner.add(Entry(path, EntryType.DIR, mode, reasons=("preset",), owner=owner))
+    entries = planner.finish()
     return ImagePlan(
-        planner.finish(),
+        entries,
         config,
         root.directory,
         tuple(programs),
@@ -468,7 +470,20 @@ def plan_image(
         tuple(planner.warnings),
         input_bytes=sum(p.objects[0].size for p in analysis.programs if p.objects) + script_bytes,
         machines=tuple(sorted({p.machine for p in analysis.programs if p.machine})),
+        requests=_requests(entries, closures),
     )
+
+
+def _requests(entries: tuple[Entry, ...], closures: tuple[ProgramClosure, ...]) -> tuple[tuple[str, str, str], ...]:
+    """The loader's requests between files of the image, at their image paths."""
+    by_source = {e.source: e.path for e in entries if e.source and e.type is EntryType.FILE}
+    found = {
+        (by_source[d.requester], by_source[d.target], d.how.value)
+        for c in closures
+        for d in c.dependencies
+        if d.target in by_source and d.requester in by_source and d.how is not None and d.target != d.requester
+    }
+    return tuple(sorted(found))
 
 
 def _refuse_incomplete(analysis: Analysis) -> None:

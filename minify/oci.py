@@ -440,9 +440,7 @@ def _temporary(out: output.Destination) -> Iterator[str]:
 
 def _place(layout: str, dest: ImageDest, out: output.Destination, epoch: int) -> None:
     """The layout folder as DEST (``oci:``), or its tar renamed over DEST."""
-    if dest.transport is Transport.OCI:
-        if os.path.lexists(out.path) and not os.path.isdir(out.path):
-            os.unlink(out.path)  # an archive of ours where a folder is wanted
+    if dest.transport is Transport.OCI:  # (an existing DEST is a folder: output.destination checked)
         old = output.swap_into_place(layout, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -6,13 +6,16 @@ with sorted keys so the same analysis always prints the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import posixpath
 import re
 from typing import TYPE_CHECKING, Any
 
 from minify.closure import Analysis, Dependency, LoadedObject, ProgramClosure
 from minify.hints import Hint
+from minify.image import Entry, ImagePlan
 from minify.loader.model import How
 
 if TYPE_CHECKING:
@@ -20,7 +23,7 @@ if TYPE_CHECKING:
 
     from minify.packages import PackageUse
 
-FORMATS = ("tree", "list", "json", "dot", "graphml")
+FORMATS = ("tree", "list", "json", "dot", "graphml", "svg", "png")
 JSON_SCHEMA_VERSION = 1
 #: What ``minify.packages.packages_used`` returns.
 Packages = tuple[tuple["PackageUse", ...], tuple[str, ...]]
@@ -37,18 +40,25 @@ def render(
     *,
     everything: bool = False,
     packages: Packages | None = None,
+    sizes: bool = False,
+    package_view: bool = True,
 ) -> str:
     """``packages`` (from ``minify.packages.packages_used``) adds the packages view to
-    the tree and JSON formats."""
+    the tree and JSON formats (unless not ``package_view``: then it only gives the
+    sizes their totals per package), ``sizes`` where the bytes go."""
     if fmt == "tree":
         text = tree(analysis, hints or {}, everything=everything)
-        return printable(text + ("".join(f"{line}\n" for line in package_lines(packages)) if packages else ""))
+        extra = package_lines(packages) if packages and package_view else []
+        extra += size_lines(analysis, packages) if sizes else []
+        return printable(text + "".join(f"{line}\n" for line in extra))
     if fmt == "list":
         return printable(ldd_list(analysis))
     if fmt == "json":
         data = as_data(analysis, hints or {})
-        if packages is not None:
+        if packages is not None and package_view:
             data["packages"] = packages_data(packages)
+        if sizes:
+            data["sizes"] = sizes_data(analysis, packages)
         return dumps(data)
     if fmt == "dot":
         return to_dot(analysis)
@@ -334,6 +344,160 @@ def to_json(analysis: Analysis, hints: Hints | None = None) -> str:
     return dumps(as_data(analysis, hints))
 
 
+def sizes_data(analysis: Analysis, packages: Packages | None = None, *, top: int = 10) -> dict[str, Any]:
+    """Where the bytes go: the heaviest objects with their share of the total and the
+    chain of requests that pulled each in, and (with ``packages``) the bytes per package."""
+    import networkx as nx
+
+    objects = analysis.objects()
+    total = sum(o.size for o in objects.values())
+    g = analysis.graph
+    starts = [p.realpath for p in analysis.programs if p.realpath in g]
+    heaviest = []
+    for obj in sorted(objects.values(), key=lambda o: (-o.size, o.realpath))[:top]:
+        chain: list[str] = []
+        for start in starts:
+            try:
+                path = nx.shortest_path(g, start, obj.realpath)
+            except (nx.NetworkXNoPath, nx.NodeNotFound):
+                continue
+            if not chain or len(path) < len(chain):
+                chain = path
+        share = obj.size / total if total else 0.0
+        heaviest.append({"realpath": obj.realpath, "size": obj.size, "share": round(share, 4), "chain": chain})
+    out: dict[str, Any] = {"total": total, "files": len(objects), "heaviest": heaviest}
+    if packages is not None:
+        uses, orphans = packages
+        out["packages"] = sorted(
+            ({"name": u.name, "size": u.copied} for u in uses), key=lambda p: (-p["size"], p["name"])
+        )
+        out["no_package"] = sum(objects[p].size for p in orphans if p in objects)
+    return out
+
+
+def size_lines(analysis: Analysis, packages: Packages | None = None) -> list[str]:
+    data = sizes_data(analysis, packages)
+    names = {o.realpath: o.soname or posixpath.basename(o.path) for o in analysis.objects().values()}
+    lines = [f"sizes: {data['files']} file(s), {human_size(data['total'])}; the heaviest:"]
+    for item in data["heaviest"]:
+        chain = " -> ".join(names.get(step, posixpath.basename(step)) for step in item["chain"])
+        lines.append(f"  {human_size(item['size']):>9} {100 * item['share']:5.1f}%  {chain}")
+    if "packages" in data:
+        by_package = ", ".join(f"{p['name']} {human_size(p['size'])}" for p in data["packages"][:8])
+        more = f" and {len(data['packages']) - 8} more" if len(data["packages"]) > 8 else ""
+        lines.append(f"  by package: {by_package}{more}; no package: {human_size(data['no_package'])}")
+    return lines
+
+
+def render_image(analysis: Analysis, fmt: str) -> bytes:
+    """The DOT graph drawn by Graphviz's ``dot`` (through pydot) as SVG or PNG."""
+    return draw(to_dot(analysis), fmt)
+
+
+def draw(dot_text: str, fmt: str) -> bytes:
+    """DOT text drawn by Graphviz's ``dot`` as ``fmt`` (svg, png); one line when
+    Graphviz is not installed."""
+    import shutil
+
+    from minify.errors import MinifyError
+
+    if shutil.which("dot") is None:
+        raise MinifyError(
+            f"drawing {fmt} needs Graphviz's dot: install the graphviz package (apt-get install graphviz)"
+        )
+    import pydot
+
+    graphs = pydot.graph_from_dot_data(dot_text) or []
+    if len(graphs) != 1:
+        raise MinifyError("the graph could not be read back for drawing")
+    data = graphs[0].create(prog="dot", format=fmt)
+    return data if isinstance(data, bytes) else str(data).encode()
+
+
+#: Why a file of a plan is there, by the first word of its first reason, as drawn.
+PLAN_STYLE = {
+    "input": ("#9ecae1", "#08519c"),
+    "closure": ("#f0f0f0", "#525252"),
+    "preset": ("#c7e9c0", "#238b45"),
+    "added": ("#fdd0a2", "#a63603"),
+    "traced": ("#dadaeb", "#54278f"),
+    "generated": ("#ffffcc", "#b8860b"),
+}
+
+
+def _plan_kind(entry: Entry) -> str:
+    reason = entry.reasons[0] if entry.reasons else ""
+    if entry.content is not None:
+        return "generated"
+    if reason.startswith("input"):
+        return "input"
+    if reason.startswith("--with"):
+        return "preset"
+    if reason.startswith(("--add", "symlink in")):
+        return "added"
+    if reason.startswith(("traced", ".note.dlopen")):
+        return "traced" if reason.startswith("traced") else "added"
+    return "closure"
+
+
+def plan_dot(plan: ImagePlan) -> str:
+    """The plan drawn: every file of the image in a box per folder, coloured by why it
+    is there (input, closure, preset, added, traced, generated), with the loader's
+    requests between the objects as edges."""
+    import pydot
+
+    graph = pydot.Dot(graph_type="digraph", rankdir="LR", fontname="Helvetica", compound="true")
+    clusters: dict[str, pydot.Subgraph] = {}
+    for entry in plan.files:
+        folder = posixpath.dirname(entry.path)
+        cluster = clusters.get(folder)
+        if cluster is None:
+            name = "cluster_" + hashlib.sha256(folder.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+            cluster = pydot.Subgraph(name, label=_dot_quote(escape(folder)), style="rounded", color="#bdbdbd")
+            clusters[folder] = cluster
+        kind = _plan_kind(entry)
+        fill, colour = PLAN_STYLE[kind]
+        label = f"{escape(posixpath.basename(entry.path))}\n{human_size(entry.size)}"
+        cluster.add_node(
+            pydot.Node(
+                _dot_quote(escape(entry.path)),
+                label=_dot_quote(label),
+                shape="box",
+                style="filled",
+                fillcolor=_dot_quote(fill),
+                color=_dot_quote(colour),
+                tooltip=_dot_quote(escape("; ".join(entry.reasons))),
+                kind=kind,
+            )
+        )
+    for folder in sorted(clusters):
+        graph.add_subgraph(clusters[folder])
+    for source, target, how in plan.requests:
+        graph.add_edge(pydot.Edge(_dot_quote(escape(source)), _dot_quote(escape(target)), label=_dot_quote(how)))
+    return str(graph.to_string())
+
+
+def plan_size_lines(plan: ImagePlan, top: int = 3) -> list[str]:
+    """The heaviest files of a plan, their share, and the requests that bring each in."""
+    total = plan.total_size or 1
+    loads: dict[str, list[str]] = {}
+    for source, target, _ in plan.requests:
+        loads.setdefault(source, []).append(target)
+    chains = {p: [p] for p in plan.programs}
+    queue = list(plan.programs)
+    while queue:  # breadth first: the shortest chain to each file
+        here = queue.pop(0)
+        for there in loads.get(here, []):
+            if there not in chains:
+                chains[there] = [*chains[here], there]
+                queue.append(there)
+    lines = []
+    for entry in sorted(plan.files, key=lambda e: (-e.size, e.path))[:top]:
+        chain = " -> ".join(posixpath.basename(p) for p in chains.get(entry.path, [entry.path]))
+        lines.append(f"  {human_size(entry.size):>9} {100 * entry.size / total:5.1f}%  {escape(chain)}")
+    return lines
+
+
 def package_lines(packages: Packages) -> list[str]:
     """One summary line, then a line per package: what of it the closure loads."""
     uses, orphans = packages
@@ -388,13 +552,63 @@ def _clean_graph(analysis: Analysis) -> nx.DiGraph:
         for key, value in list(data.items()):
             data[key] = escape(value) if isinstance(value, str) else value
     clean.graph = {k: escape(v) if isinstance(v, str) else v for k, v in g.graph.items()}
+    _present(clean, analysis)
     return clean
+
+
+#: How each role is drawn: shape, style, fill and line colour.
+ROLE_STYLE = {
+    "input": ("box", "filled,bold", "#9ecae1", "#08519c"),
+    "interpreter": ("box", "filled", "#c7e9c0", "#238b45"),
+    "library": ("box", "filled", "#f0f0f0", "#525252"),
+    "filtee": ("box", "filled,dashed", "#fdd0a2", "#a63603"),
+    "preload": ("box", "filled,dashed", "#fdd0a2", "#a63603"),
+    "missing": ("box", "filled,dashed", "#fcbba1", "#cb181d"),
+    "vdso": ("ellipse", "dotted", "#ffffff", "#737373"),
+}
+
+
+def _present(g: nx.DiGraph, analysis: Analysis) -> None:
+    """Attributes for looking at the graph, beside the ones for tools: a label with the
+    soname and size, a colour and shape by role, a line as heavy as the object's share
+    of the bytes, and each edge labelled by how the loader found the name."""
+    total = sum(data.get("size", 0) for _, data in g.nodes(data=True)) or 1
+    g.graph.update(rankdir="LR", fontname="Helvetica")
+    for node, data in g.nodes(data=True):
+        role = data.get("role", "library")
+        shape, style, fill, colour = ROLE_STYLE.get(role, ROLE_STYLE["library"])
+        name = data.get("soname") or posixpath.basename(str(data.get("path") or data.get("requested") or node))
+        size = int(data.get("size", 0))
+        if role == "missing":
+            data["label"] = f"{data.get('requested', name)}\nnot found"
+            data["tooltip"] = f"searched: {data.get('searched') or 'nowhere'}"
+        elif role == "vdso":
+            data["label"] = f"{node}\n(kernel)"
+            data["tooltip"] = "mapped by the kernel, not a file"
+        else:
+            data["label"] = f"{name}\n{human_size(size)}"
+            data["tooltip"] = str(data.get("realpath", node))
+        share = size / total
+        data.update(shape=shape, style=style, fillcolor=fill, color=colour, fontname="Helvetica")
+        data["penwidth"] = f"{1 + 5 * share:.2f}"
+        data["share"] = f"{share:.4f}"
+    origins = {o.realpath for p in analysis.programs for o in p.objects if "$ORIGIN" in (o.rpath or o.runpath or "")}
+    for source, _, data in g.edges(data=True):
+        how = str(data.get("how", ""))
+        origin = " $ORIGIN" if source in origins and how in ("rpath", "runpath") else ""
+        data["label"] = f"{how}{origin}"
+        data["fontname"] = "Helvetica"
+        if how == "not found":
+            data.update(color="#cb181d", style="dashed")
+        elif data.get("kind") == "vdso":
+            data["style"] = "dotted"
 
 
 def to_dot(analysis: Analysis) -> str:
     import networkx as nx
 
     g = _clean_graph(analysis)
+    graph_attrs = dict(g.graph)
     # pydot treats ':' as a port separator and keywords specially: quote every name,
     # and escape quotes and backslashes inside.
     quoted = nx.relabel_nodes(g, {n: _dot_quote(n) for n in g.nodes})
@@ -405,7 +619,11 @@ def to_dot(analysis: Analysis) -> str:
         for key, value in list(data.items()):
             data[key] = _dot_quote(value)
     quoted.graph = {}
-    return str(nx.nx_pydot.to_pydot(quoted).to_string())
+    dot = nx.nx_pydot.to_pydot(quoted)
+    for key, value in graph_attrs.items():
+        if key in ("rankdir", "fontname"):
+            dot.set(key, _dot_quote(value))
+    return str(dot.to_string())
 
 
 def _dot_quote(value: object) -> str:
@@ -417,5 +635,7 @@ def to_graphml(analysis: Analysis) -> str:
     import networkx as nx
 
     buf = io.BytesIO()
-    nx.write_graphml(_clean_graph(analysis), buf)
+    g = _clean_graph(analysis)
+    g.graph = {k: v for k, v in g.graph.items() if k in ("root",)}
+    nx.write_graphml(g, buf)
     return buf.getvalue().decode("utf-8")

@@ -14,7 +14,7 @@ packages=(
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
     podman runc uidmap
     strace util-linux coreutils dash
-    pax-utils libtree skopeo umoci docker-registry
+    pax-utils libtree skopeo umoci docker-registry graphviz
     xz-utils openssl git sqlite3 curl gdb
     python3 python3-venv tzdata ca-certificates libzstd1 libc-bin libcap2-bin systemd ruby less postgresql
 )
