@@ -32,6 +32,7 @@ from itertools import repeat
 from typing import Any
 
 from minify.elf import ElfHeader, ElfInfo, SymbolRef, Symbols, VersionNeed
+from minify.root import read_all
 
 #: Bump when the stored shape or meaning changes.
 FORMAT = 2
@@ -113,7 +114,7 @@ class FactCache:
         return os.path.join(self.folder, f"{key[1] & 0xFF:02x}", f"{name}.{kind.value}.json")
 
     def info(self, st: os.stat_result, header: ElfHeader) -> ElfInfo | None:
-        data = self._load(st, Kind.INFO)
+        data = self.load(st, Kind.INFO)
         if data is None:
             return None
         try:
@@ -122,7 +123,7 @@ class FactCache:
             return None
 
     def symbols(self, st: os.stat_result) -> Symbols | None:
-        data = self._load(st, Kind.SYMBOLS)
+        data = self.load(st, Kind.SYMBOLS)
         if data is None:
             return None
         try:
@@ -131,19 +132,13 @@ class FactCache:
             return None
 
     def store_info(self, st: os.stat_result, info: ElfInfo) -> None:
-        self._store(st, Kind.INFO, _info_to(info))
+        self.store(st, Kind.INFO, _info_to(info))
 
     def store_symbols(self, st: os.stat_result, symbols: Symbols) -> None:
-        self._store(st, Kind.SYMBOLS, _symbols_to(symbols))
+        self.store(st, Kind.SYMBOLS, _symbols_to(symbols))
 
     def load(self, st: os.stat_result, kind: Kind) -> dict[str, Any] | None:
         """The entry of ``kind`` for this version of a file, or None."""
-        return self._load(st, kind)
-
-    def store(self, st: os.stat_result, kind: Kind, data: dict[str, Any]) -> None:
-        self._store(st, kind, data)
-
-    def _load(self, st: os.stat_result, kind: Kind) -> dict[str, Any] | None:
         if not self.enabled:
             return None
         key = key_of(st)
@@ -152,8 +147,8 @@ class FactCache:
         except OSError:
             return None
         try:
-            raw = _read_all(fd)
-            if raw is None:
+            raw = read_all(fd, MAX_ENTRY_BYTES + 1)
+            if len(raw) > MAX_ENTRY_BYTES:
                 return None
             data = json.loads(raw)
         except (OSError, ValueError):
@@ -164,7 +159,7 @@ class FactCache:
             return None
         return data
 
-    def _store(self, st: os.stat_result, kind: Kind, data: dict[str, Any]) -> None:
+    def store(self, st: os.stat_result, kind: Kind, data: dict[str, Any]) -> None:
         if not self.enabled:
             return
         key = key_of(st)
@@ -183,20 +178,6 @@ class FactCache:
                 with contextlib.suppress(OSError):
                     os.unlink(temporary)
                 raise
-
-
-def _read_all(fd: int) -> bytes | None:
-    """A whole entry from its descriptor; None for one larger than any entry."""
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return b"".join(chunks)
-        total += len(chunk)
-        if total > MAX_ENTRY_BYTES:
-            return None
-        chunks.append(chunk)
 
 
 def _usable(folder: str) -> bool:

@@ -399,9 +399,7 @@ def _report_image(result: ImageResult, fmt: ImageFormat) -> None:
     from minify.oci import Transport
     from minify.render import dumps, human_size
 
-    for warning in result.warnings:
-        kind, _, rest = warning.partition(": ")
-        _say(kind, rest) if kind in ("note", "hint") else _say("warning", warning)
+    _say_warnings(result.warnings)
     if fmt is ImageFormat.json:
         sys.stdout.write(dumps(result.as_data()))
         return
@@ -562,26 +560,30 @@ def _say_up_to_date(output: str, result: RootfsResult) -> int:
 
 def _report_rootfs(result: RootfsResult, output: str) -> None:
     """Warnings and notes on stderr; what was written, and how to build it."""
-    from minify.render import human_size
+    from minify.render import human_size, plan_size_lines
 
-    for warning in result.warnings:
-        kind, _, rest = warning.partition(": ")
-        if kind in ("note", "hint"):
-            _say(kind, rest)
-        else:
-            _say("warning", warning)
+    _say_warnings(result.warnings)
     files = len(result.plan.files)
     typer.echo(
         f"{result.output}: {files} files, {human_size(result.plan.total_size)}; "
         f"image layer about {human_size(result.layer_bytes)} "
         f"(the inputs alone: {human_size(result.input_bytes)}); verified: every program resolves in the rootfs"
     )
-    from minify.render import plan_size_lines
-
     typer.echo("the heaviest files:")
     for line in plan_size_lines(result.plan):
         typer.echo(line)
     typer.echo(f"build it with: podman build {output}")
+
+
+def _say_warnings(warnings: tuple[str, ...]) -> None:
+    """A plan's warnings on stderr: "note: ..." and "hint: ..." as themselves, the rest
+    as warnings."""
+    for warning in warnings:
+        kind, _, rest = warning.partition(": ")
+        if kind in ("note", "hint"):
+            _say(kind, rest)
+        else:
+            _say("warning", warning)
 
 
 def _commas(text: str | None) -> tuple[str, ...]:

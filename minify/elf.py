@@ -18,7 +18,7 @@ from enum import Enum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from minify.elfimage import compact_image
+from minify.elfimage import DT_STRSZ, DT_STRTAB, PT_DYNAMIC, compact_image, dynamic_pairs
 from minify.errors import BadInput, CorruptElf, FileTooLarge, NotElf, NotRegularFile
 from minify.root import kind_of
 
@@ -31,7 +31,6 @@ ELF_MAGIC = b"\x7fELF"
 #: file, a disk image or a mistake, and must not be read into memory.
 MAX_ELF_SIZE = 1 << 30
 
-PT_DYNAMIC = 2
 PT_INTERP = 3
 ET_EXEC = 2
 ET_DYN = 3
@@ -285,11 +284,9 @@ _LIEF: Any = None
 _CONFIGS: dict[object, Any] = {}
 
 # Dynamic tags, compared as integers: LIEF's enum differs between releases (0.15 has no
-# FILTER member) and warns on values it does not know.
-DT_NULL = 0
+# FILTER member) and warns on values it does not know. (DT_STRTAB and DT_STRSZ come
+# from minify.elfimage, which reads the dynamic section too.)
 DT_NEEDED = 1
-DT_STRTAB = 5
-DT_STRSZ = 10
 DT_SONAME = 14
 DT_RPATH = 15
 DT_RUNPATH = 29
@@ -655,15 +652,8 @@ def _facts_from_raw(binary: Any, f: Opened, header: ElfHeader, size: int) -> Elf
     """Every dynamic entry up to DT_NULL, read from the file's PT_DYNAMIC, for the
     objects whose dynamic section is longer than LIEF reads; strings through LIEF."""
     offset, length = header.dynamic
-    fmt = ("<" if header.endian is Endian.LITTLE else ">") + ("qQ" if header.elf_class == 64 else "iI")
-    step = struct.calcsize(fmt)
-    raw = f.pread(length, offset)
-    pairs: list[tuple[int, int]] = []
-    for at in range(0, len(raw) - step + 1, step):
-        tag, value = struct.unpack_from(fmt, raw, at)
-        if tag == DT_NULL:
-            break
-        pairs.append((tag, value))
+    end = "<" if header.endian is Endian.LITTLE else ">"
+    pairs = dynamic_pairs(f.pread(length, offset), end, is64=header.elf_class == 64)
     strtab = _dynamic_strings(binary, pairs)
 
     def strings(tag: int) -> list[str]:

@@ -106,16 +106,23 @@ class _Layout:
         if self.dynamic is None:
             return None
         offset, _, size = self.dynamic
-        raw = self.f.pread(size, offset)
-        fmt = self.end + ("qQ" if self.is64 else "iI")
-        step = struct.calcsize(fmt)
         out: dict[int, int] = {}
-        for at in range(0, len(raw) - step + 1, step):
-            tag, value = struct.unpack_from(fmt, raw, at)
-            if tag == DT_NULL:
-                break
+        for tag, value in dynamic_pairs(self.f.pread(size, offset), self.end, is64=self.is64):
             out.setdefault(tag, value)
         return out
+
+
+def dynamic_pairs(raw: bytes, end: str, *, is64: bool) -> list[tuple[int, int]]:
+    """(d_tag, d_val) of a raw dynamic section (``end``: "<" or ">"), up to DT_NULL."""
+    fmt = end + ("qQ" if is64 else "iI")
+    step = struct.calcsize(fmt)
+    pairs = []
+    for at in range(0, len(raw) - step + 1, step):
+        tag, value = struct.unpack_from(fmt, raw, at)
+        if tag == DT_NULL:
+            break
+        pairs.append((tag, value))
+    return pairs
 
 
 def compact_image(f: Opened, header: ElfHeader, *, symbols: bool) -> bytes | None:

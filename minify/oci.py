@@ -207,12 +207,19 @@ def write_layer(
     )
 
 
-def _add(tar: tarfile.TarFile, entry: Entry, rootfs: str, epoch: int, capability: bytes | None) -> None:
-    info = tarfile.TarInfo(entry.path.lstrip("/"))
-    info.mode = entry.mode & 0o7777
-    info.uid, info.gid = entry.owner if entry.owned else (0, 0)
+def _member(name: str, mode: int, epoch: int, owner: tuple[int, int] = (0, 0)) -> tarfile.TarInfo:
+    """A tar member with every field that could vary between runs fixed: the owner by
+    number only (no user or group names), the mtime ``epoch``."""
+    info = tarfile.TarInfo(name)
+    info.mode = mode
+    info.uid, info.gid = owner
     info.uname = info.gname = ""
     info.mtime = epoch
+    return info
+
+
+def _add(tar: tarfile.TarFile, entry: Entry, rootfs: str, epoch: int, capability: bytes | None) -> None:
+    info = _member(entry.path.lstrip("/"), entry.mode & 0o7777, epoch, entry.owner)
     if capability:
         # the PAX record GNU tar and containers/storage read file capabilities from
         # (tarfile writes a value that is not UTF-8 back as the same bytes)
@@ -350,13 +357,13 @@ def tar_layout(folder: str, path: str, epoch: int) -> None:
     with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(names):
             full = os.path.join(folder, name)
-            info = tarfile.TarInfo(name)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = epoch, 0, 0, "", ""
             if os.path.isdir(full):
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                info = _member(name, 0o755, epoch)
+                info.type = tarfile.DIRTYPE
                 tar.addfile(info)
             else:
-                info.mode, info.size = 0o644, os.path.getsize(full)
+                info = _member(name, 0o644, epoch)
+                info.size = os.path.getsize(full)
                 with open(full, "rb") as fh:
                     tar.addfile(info, fh)
 
@@ -398,7 +405,7 @@ def write_image(
 ) -> ImageResult:
     """Plan as ``minify rootfs`` does, materialise and verify the rootfs, write the
     image beside DEST, and rename it into place."""
-    from minify.rootfs import capabilities_of, materialise, prepare, verify_rootfs
+    from minify.rootfs import materialise, prepare, verify_rootfs
 
     epoch = source_date_epoch()
     prepared = prepare(replace(options, output=dest.path), folder=dest.transport is Transport.OCI)
@@ -410,10 +417,10 @@ def write_image(
     with output.writing(out) as notes, _temporary(out) as tmp:
         warnings.extend(notes)
         rootfs = os.path.join(tmp, "rootfs")
-        materialise(plan, rootfs, progress=progress)
+        _, _, capabilities = materialise(plan, rootfs, progress=progress)  # the layer keeps them
         warnings.extend(verify_rootfs(rootfs, plan))
         layout = os.path.join(tmp, "layout")
-        written = write_layout(plan, rootfs, layout, dest, epoch=epoch, capabilities=capabilities_of(plan))
+        written = write_layout(plan, rootfs, layout, dest, epoch=epoch, capabilities=capabilities)
         refuse_foreign(dest, force=options.force)  # again, under the lock
         _place(layout, dest, out, epoch)
     return ImageResult(dest, written.digest, written.compressed, written.uncompressed, platform, plan, tuple(warnings))

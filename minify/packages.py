@@ -19,14 +19,12 @@ warning naming the file and the line, and nothing invented.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from minify.errors import BadInput, PathError
-from minify.image import Entry, EntryType, Generated, ImagePlan
+from minify.errors import PathError
+from minify.image import Digests, Entry, EntryType, Generated, ImagePlan
 
 if TYPE_CHECKING:
     from minify.root import Root
@@ -95,9 +93,10 @@ def read_dpkg(root: Root, wanted: set[str] | None = None) -> PackageDb | None:
     """The root's dpkg database, or None when it has none. With ``wanted`` (paths as a
     package list may spell them), only the owners and md5sums of those are kept."""
     status = root.read_bytes(f"{DPKG}/status", limit=MAX_DB_BYTES)
-    status_d = root.listdir(STATUS_D) if root.resolve(STATUS_D).is_dir else []
-    if status is None and not status_d:
+    has_status_d = root.resolve(STATUS_D).is_dir
+    if status is None and not has_status_d:
         return None
+    status_d = root.listdir(STATUS_D) if has_status_d else []
     db = PackageDb()
     if status is not None:
         for package in _stanzas(status, f"{DPKG}/status", db.warnings):
@@ -198,35 +197,34 @@ class Ownership:
     generated: tuple[Generated, ...]
     warnings: tuple[str, ...]
     distro: dict[str, str]  # os-release fields (ID, VERSION_ID, ...)
+    found: bool = True  # the root has a dpkg database
 
 
-def ownership(plan: ImagePlan, root: Root, db: PackageDb | None = None) -> Ownership:
-    """The owners of the plan's entries (from ``db``, else from the root's own
-    database) and the status.d stanzas, the md5sums of the copied files (checked
-    against their bytes) and the OS identity."""
+def ownership(
+    plan: ImagePlan, root: Root, digests: dict[str, Digests], names: dict[str, set[str]] | None = None
+) -> Ownership:
+    """The owners of the plan's entries (``names``: ``spelt_entries`` of the plan) from
+    the root's own database, the status.d stanzas, the md5sums of the copied files
+    (checked against their bytes, ``digests``) and the OS identity."""
     distro_files, distro = _distribution(root)
-    spellings = _Spellings(root)
-    entries = [e for e in plan.entries if e.content is None and _attributable(e, root)]
-    names = {e.path: spellings.of(e.source or e.path) | spellings.of(e.path) for e in entries}
+    names = spelt_entries(plan, root) if names is None else names
+    db = read_dpkg(root, set().union(*names.values()) if names else set())
     if db is None:
-        db = read_dpkg(root, set().union(*names.values()) if names else set())
-    if db is None:
-        return Ownership({}, (), (), (), distro)
+        return Ownership({}, (), (), (), distro, found=False)
     owners: dict[str, str] = {}
     sums: dict[str, list[str]] = {}
     warnings = list(db.warnings)
-    for entry in entries:
-        spelt = sorted(names[entry.path])
+    for path, spellings in names.items():
+        spelt = sorted(spellings)
         name = next((db.owner[p] for p in spelt if p in db.owner and db.owner[p] in db.packages), None)
         if name is None:
             continue
-        owners[entry.path] = name
+        owners[path] = name
         digest = next((db.md5[p] for p in spelt if p in db.md5), None)
-        if entry.type is EntryType.FILE and digest is not None:
-            have = _md5(root, entry.source or entry.path, entry.ident)
-            if have is not None and have != digest:
-                warnings.append(f"{entry.path}: its md5 differs from {name}'s md5sums (changed after installation)")
-            sums.setdefault(name, []).append(f"{digest}  {entry.path.lstrip('/')}\n")
+        if path in digests and digest is not None:
+            if digests[path].md5 != digest:
+                warnings.append(f"{path}: its md5 differs from {name}'s md5sums (changed after installation)")
+            sums.setdefault(name, []).append(f"{digest}  {path.lstrip('/')}\n")
     packages = tuple(db.packages[n] for n in sorted(set(owners.values())))
     generated = list(distro_files)
     for package in packages:
@@ -235,6 +233,17 @@ def ownership(plan: ImagePlan, root: Root, db: PackageDb | None = None) -> Owner
             body = "".join(sorted(sums[package.name])).encode("utf-8", "surrogateescape")
             generated.append(Generated(f"{STATUS_D}/{package.name}.md5sums", body, reason="package metadata"))
     return Ownership(owners, packages, tuple(generated), tuple(warnings), distro)
+
+
+def spelt_entries(plan: ImagePlan, root: Root) -> dict[str, set[str]]:
+    """The plan's files from the root, and its symlinks to files, each with every way
+    a package database may spell it (from its source and its image path)."""
+    spellings = _Spellings(root)
+    return {
+        e.path: spellings.of(e.source or e.path) | spellings.of(e.path)
+        for e in plan.entries
+        if e.content is None and _attributable(e, root)
+    }
 
 
 def _attributable(entry: Entry, root: Root) -> bool:
@@ -248,22 +257,6 @@ def _attributable(entry: Entry, root: Root) -> bool:
         return root.resolve(entry.source or entry.path).is_file
     except PathError:
         return False
-
-
-def _md5(root: Root, path: str, ident: tuple[int, int] | None) -> str | None:
-    try:
-        fd, _ = root.open_file(path, ident)
-    except (PathError, BadInput):
-        return None
-    digest = hashlib.md5(usedforsecurity=False)
-    try:
-        offset = 0
-        while chunk := os.pread(fd, 1 << 20, offset):
-            digest.update(chunk)
-            offset += len(chunk)
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
 
 
 def _distribution(root: Root) -> tuple[list[Generated], dict[str, str]]:
@@ -334,19 +327,19 @@ APK_DB = "/lib/apk/db/installed"
 RPM_DBS = ("/var/lib/rpm/rpmdb.sqlite", "/var/lib/rpm/Packages", "/usr/lib/sysimage/rpm/rpmdb.sqlite")
 
 
-def apk_installed(plan: ImagePlan, root: Root) -> tuple[tuple[Generated, ...], tuple[str, ...], dict[str, str]]:
+def apk_installed(
+    plan: ImagePlan, root: Root, names: dict[str, set[str]] | None = None
+) -> tuple[tuple[Generated, ...], tuple[str, ...], dict[str, str]]:
     """The root's ``lib/apk/db/installed`` cut down to the packages one of whose files
     the image holds, each with only those files (F: folder, R: file and their a:/Z:
     lines); the owners by image path; warnings."""
     data = root.read_bytes(APK_DB, limit=MAX_DB_BYTES)
     if data is None:
         return (), (), {}
-    spellings = _Spellings(root)
-    entries = [e for e in plan.entries if e.content is None and _attributable(e, root)]
-    wanted: dict[str, str] = {}
-    for entry in entries:
-        for spelt in spellings.of(entry.source or entry.path) | spellings.of(entry.path):
-            wanted.setdefault(spelt.lstrip("/"), entry.path)
+    wanted: dict[str, str] = {}  # as apk spells it (no leading /) -> image path
+    for path, spellings in (spelt_entries(plan, root) if names is None else names).items():
+        for spelt in spellings:
+            wanted.setdefault(spelt.lstrip("/"), path)
     kept: list[str] = []
     owners: dict[str, str] = {}
     warnings: list[str] = []

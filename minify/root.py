@@ -353,6 +353,20 @@ def read_all(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def hash_fd(fd: int, *algorithms: str) -> tuple[str, ...]:
+    """The hex digests (hashlib names: md5, sha1, sha256, ...) of an open file, all in
+    one read of it."""
+    import hashlib
+
+    digests = [hashlib.new(name, usedforsecurity=False) for name in algorithms]
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        for digest in digests:
+            digest.update(chunk)
+        offset += len(chunk)
+    return tuple(d.hexdigest() for d in digests)
+
+
 def kind_of(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "directory"

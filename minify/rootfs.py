@@ -39,6 +39,7 @@ from minify.errors import (
 )
 from minify.hints import Hint, for_analysis, presets_called_for
 from minify.image import (
+    Digests,
     Entry,
     EntryType,
     Extra,
@@ -47,15 +48,16 @@ from minify.image import (
     ImagePlan,
     Mapping,
     clean_path,
+    plan_digests,
     plan_image,
     user_spec,
 )
 from minify.loader.model import ProgramKind, Reader
-from minify.output import LOCK_NAME, LOCK_SCHEMA
-from minify.packages import APK_DB, DPKG, STATUS_D, apk_installed, ownership, unreadable_databases
+from minify.output import LOCK_NAME, LOCK_SCHEMA, SBOM_NAME
+from minify.packages import APK_DB, apk_installed, ownership, spelt_entries, unreadable_databases
 from minify.presets import NONROOT
-from minify.root import Root, read_host_file, within
-from minify.sbom import SBOM_NAME, SBOM_PATH
+from minify.root import Root, hash_fd, read_host_file, within
+from minify.sbom import SBOM_PATH
 from minify.sbom import document as spdx_document
 from minify.sensitive import why_secret
 from minify.target import Target
@@ -113,6 +115,7 @@ class Prepared:
     trace: Trace | None
     out: output.Destination
     sbom: bytes = b""  # SPDX JSON of the image (OUT/sbom.spdx.json)
+    digests: dict[str, Digests] = field(default_factory=dict)  # of every file of the plan
 
 
 def _load_trace(options: RootfsOptions, view: Root, out: output.Destination) -> Trace | None:
@@ -210,11 +213,12 @@ def prepare(options: RootfsOptions, *, folder: bool = True) -> Prepared:
     gathered.extras.extend(Extra(path, None, ".note.dlopen") for path in noted)
     generated, dirs = _generated(options, additions, trace, view)
     extra, tree_warnings = _extra_closures(options, analysis, gathered, cwd)
-    config = _config(options, analysis, _maps(options, cwd), additions.env)
+    maps = _maps(options, cwd)
+    config = _config(options, analysis, maps, additions.env)
     layout = partial(
         plan_image,
         analysis,
-        maps=_maps(options, cwd),
+        maps=maps,
         extra=extra,
         config=config,
         scripts=scripts,
@@ -222,7 +226,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True) -> Prepared:
         dirs=tuple(dirs),
         skip=skip,
     )
-    plan, sbom, package_warnings = _with_packages(options, layout, tuple(generated), analysis)
+    plan, sbom, package_warnings, digests = _with_packages(options, layout, tuple(generated), analysis)
     gathered.warnings.extend(package_warnings)
     if config.entrypoint and plan.lookup(config.entrypoint[0]) is None:
         raise PlanError(f"--entrypoint {config.entrypoint[0]} is not in the image")
@@ -238,33 +242,38 @@ def prepare(options: RootfsOptions, *, folder: bool = True) -> Prepared:
         dockerfile = render_dockerfile(plan)
     except DockerfileError as exc:
         raise PlanError(str(exc)) from None
-    return Prepared(plan, dockerfile, trace, out, sbom)
+    return Prepared(plan, dockerfile, trace, out, sbom, digests)
 
 
 def _with_packages(
     options: RootfsOptions, layout: Callable[..., ImagePlan], generated: tuple[Generated, ...], analysis: Analysis
-) -> tuple[ImagePlan, bytes, list[str]]:
+) -> tuple[ImagePlan, bytes, list[str], dict[str, Digests]]:
     """The plan with each entry's owning package, the package metadata scanners read
-    and the SBOM in the image (unless ``--no-package-metadata``), and the SBOM."""
+    and the SBOM in the image (unless ``--no-package-metadata``); the SBOM, warnings,
+    and the digests of the plan's files."""
     from minify.oci import source_date_epoch
 
     view = analysis.target.root
     plan = layout(generated=generated)
-    owned = ownership(plan, view)
-    apk_files, apk_warnings, apk_owners = apk_installed(plan, view)
-    warnings = [*owned.warnings, *apk_warnings, *unreadable_databases(view)]
-    has_dpkg = view.resolve(f"{DPKG}/status").is_file or view.resolve(STATUS_D).is_dir
-    if not has_dpkg and not view.resolve(APK_DB).is_file and not warnings:
+    digests = plan_digests(plan, view)  # each file of the root read once, for all three uses
+    names = spelt_entries(plan, view)  # the ways a package database may spell each file
+    owned = ownership(plan, view, digests, names)
+    apk_files, apk_warnings, apk_owners = apk_installed(plan, view, names)
+    rpm = unreadable_databases(view)
+    warnings = [*owned.warnings, *apk_warnings, *rpm]
+    if not owned.found and not view.resolve(APK_DB).is_file and not rpm:
         warnings.append(f"note: {view.directory} has no dpkg database: scanners will see no packages in the image")
     if options.package_metadata:
         generated += owned.generated + apk_files
         plan = layout(generated=generated)
-    sbom = spdx_document(plan, owned, analysis, source_date_epoch())
+        digests = plan_digests(plan, view, digests)
+    sbom = spdx_document(plan, owned, analysis, source_date_epoch(), digests)
     if options.package_metadata:
         plan = layout(generated=(*generated, Generated(SBOM_PATH, sbom, reason="the SBOM of this image")))
+        digests = plan_digests(plan, view, digests)
     owners = {**apk_owners, **owned.owners}
     entries = tuple(replace(e, package=owners.get(e.path)) for e in plan.entries)
-    return replace(plan, entries=entries), sbom, warnings
+    return replace(plan, entries=entries), sbom, warnings, digests
 
 
 def _maps(options: RootfsOptions, cwd: str) -> tuple[Mapping, ...]:
@@ -303,7 +312,7 @@ def _gather(
         added = _parse_add(spec, view, cwd)
         got.extras.append(added)
         got.named.update((view.realpath(added.path), added.path))
-        if reader.is_elf(view.resolve(added.path)):
+        if _is_elf_file(view, reader, added.path):
             got.elf.append(added.path)
         elif view.resolve(added.path).is_dir:
             got.tree_elves.extend(loadable_files(view, reader, added.path, skip=skip))
@@ -319,7 +328,7 @@ def _gather_trace(
     got.warnings.extend([*warnings, *_not_elf_note(view, reader, traced)])
     for path in traced:
         got.extras.append(Extra(path, None, "traced"))
-        if reader.is_elf(view.resolve(path)):
+        if _is_elf_file(view, reader, path):
             got.elf.append(path)
 
 
@@ -591,7 +600,7 @@ def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None
         old: str | None = None
         try:
             rootfs = os.path.join(tmp, "rootfs")
-            hashes, copy_warnings = materialise(plan, rootfs, progress=progress)
+            hashes, copy_warnings, _ = materialise(plan, rootfs, progress=progress)
             warnings.extend(copy_warnings)
             write_owned(plan, os.path.join(tmp, "owned"))
             _write_text(os.path.join(tmp, "Dockerfile"), prepared.dockerfile)
@@ -642,22 +651,25 @@ def _inside(base: str, path: str) -> str:
 
 def materialise(
     plan: ImagePlan, directory: str, *, progress: Callable[[int, int], None] | None = None
-) -> tuple[dict[str, str], list[str]]:
+) -> tuple[dict[str, str], list[str], dict[str, bytes]]:
     """Write the entries of ``plan`` under ``directory`` (which must not exist).
 
-    Returns the sha256 of every file written (of the very bytes written) and warnings
-    (file capabilities that a plain copy drops)."""
+    Returns the sha256 of every file written (of the very bytes written), warnings
+    (file capabilities that a plain copy drops), and those capabilities
+    (``security.capability``) by image path, for a writer that can keep them."""
     os.mkdir(directory, 0o755)
     base = os.path.realpath(directory)
     root = Root(plan.root)
     hashes: dict[str, str] = {}
     warnings: list[str] = []
+    capabilities: dict[str, bytes] = {}
     total = len(plan.entries)
     for done, entry in enumerate(plan.entries, 1):
         sha, capability = _materialise_entry(root, base, entry)
         if sha is not None:
             hashes[entry.path] = sha
         if capability:
+            capabilities[entry.path] = capability
             warnings.append(f"{entry.path}: file capabilities (security.capability) dropped")
         if progress is not None:
             progress(done, total)
@@ -668,12 +680,12 @@ def materialise(
     for entry in reversed(plan.entries):  # children first, so folder times stick
         os.utime(base + entry.path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
     os.utime(base, (FIXED_MTIME, FIXED_MTIME))
-    return hashes, warnings
+    return hashes, warnings, capabilities
 
 
-def _materialise_entry(root: Root, base: str, entry: Entry) -> tuple[str | None, bool]:
-    """Write one entry; the sha256 of a file's bytes, and whether a file capability
-    was dropped."""
+def _materialise_entry(root: Root, base: str, entry: Entry) -> tuple[str | None, bytes | None]:
+    """Write one entry; the sha256 of a file's bytes, and the file capability a copy
+    of it dropped."""
     dest = _inside(base, entry.path)
     if entry.type is EntryType.DIR:
         os.mkdir(dest, 0o700)
@@ -686,11 +698,11 @@ def _materialise_entry(root: Root, base: str, entry: Entry) -> tuple[str | None,
         os.link(_inside(base, entry.target), dest, follow_symlinks=False)
     elif entry.content is not None:
         _write(entry.content, dest, entry.mode)
-        return hashlib.sha256(entry.content).hexdigest(), False
+        return hashlib.sha256(entry.content).hexdigest(), None
     else:
         assert entry.source is not None
         return _copy(root, entry, dest)
-    return None, False
+    return None, None
 
 
 def write_owned(plan: ImagePlan, directory: str) -> None:
@@ -738,15 +750,15 @@ def _open_source(root: Root, entry: Entry) -> int:
     return fd
 
 
-def _copy(root: Root, entry: Entry, dest: str) -> tuple[str, bool]:
-    """Copy one file from the root; the sha256 of what was written, and whether the
-    source had file capabilities."""
+def _copy(root: Root, entry: Entry, dest: str) -> tuple[str, bytes | None]:
+    """Copy one file from the root; the sha256 of what was written, and the source's
+    file capabilities (which a plain copy drops)."""
     src_fd = _open_source(root, entry)
     try:
         try:
-            capability = bool(os.getxattr(src_fd, "security.capability"))
+            capability = os.getxattr(src_fd, "security.capability") or None
         except OSError:
-            capability = False
+            capability = None
         digest = hashlib.sha256()
         dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -765,41 +777,8 @@ def _copy(root: Root, entry: Entry, dest: str) -> tuple[str, bool]:
     return digest.hexdigest(), capability
 
 
-def capabilities_of(plan: ImagePlan) -> dict[str, bytes]:
-    """The file capabilities (``security.capability``) of the plan's files, read from
-    their sources in the root: an image layer keeps them, a plain copy cannot."""
-    root = Root(plan.root)
-    out = {}
-    for entry in plan.files:
-        if entry.content is not None:
-            continue
-        fd = _open_source(root, entry)
-        try:
-            value = os.getxattr(fd, "security.capability")
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-        if value:
-            out[entry.path] = value
-    return out
-
-
-def _source_sha256(root: Root, entry: Entry) -> str:
-    fd = _open_source(root, entry)
-    try:
-        return _sha256_fd(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256_fd(fd: int) -> str:
-    digest = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, COPY_CHUNK, offset):
-        digest.update(chunk)
-        offset += len(chunk)
-    return digest.hexdigest()
+    return hash_fd(fd, "sha256")[0]
 
 
 # -- verification and --check --------------------------------------------------------
@@ -854,9 +833,7 @@ def check(options: RootfsOptions) -> RootfsResult:
             differences.append(f"{TRACE_NAME} is missing (--check never runs --trace)")
         elif prepared.trace.command != tuple(shlex.split(options.trace)):
             differences.append(f"{TRACE_NAME} records another command than --trace")
-    root = Root(plan.root)
-    hashes = {e.path: _source_sha256(root, e) for e in plan.files if e.content is None}
-    hashes.update({e.path: hashlib.sha256(e.content).hexdigest() for e in plan.files if e.content is not None})
+    hashes = {path: d.sha256 for path, d in prepared.digests.items()}
     lock = lock_data(plan, dockerfile, hashes)
     sbom = prepared.sbom.decode("utf-8", "surrogateescape")
     for name, want in (("Dockerfile", dockerfile), (LOCK_NAME, _dump(lock)), (SBOM_NAME, sbom)):

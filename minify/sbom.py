@@ -14,21 +14,20 @@ from __future__ import annotations
 import datetime
 import hashlib
 import io
-import os
 import re
 from typing import TYPE_CHECKING
 
 from minify import __version__
 from minify.image import EntryType, ImagePlan
+from minify.output import SBOM_NAME
 
 if TYPE_CHECKING:
     from spdx_tools.spdx.model import Package
 
     from minify.closure import Analysis
+    from minify.image import Digests
     from minify.packages import DebPackage, Ownership
-    from minify.root import Root
 
-SBOM_NAME = "sbom.spdx.json"
 SBOM_PATH = f"/usr/share/minify/{SBOM_NAME}"
 INPUTS = "SPDXRef-Package-inputs"
 IMAGE = "SPDXRef-Image"
@@ -40,30 +39,9 @@ def spdx_id(kind: str, text: str) -> str:
     return f"SPDXRef-{kind}-{clean}-{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
-def file_digests(plan: ImagePlan, root: Root) -> dict[str, tuple[str, str]]:
-    """(sha1, sha256) of every regular file of the plan, from the bytes it will hold."""
-    out = {}
-    for entry in plan.files:
-        sha1, sha256 = hashlib.sha1(usedforsecurity=False), hashlib.sha256()
-        if entry.content is not None:
-            sha1.update(entry.content)
-            sha256.update(entry.content)
-        else:
-            fd, _ = root.open_file(entry.source or entry.path, entry.ident)
-            try:
-                offset = 0
-                while chunk := os.pread(fd, 1 << 20, offset):
-                    sha1.update(chunk)
-                    sha256.update(chunk)
-                    offset += len(chunk)
-            finally:
-                os.close(fd)
-        out[entry.path] = (sha1.hexdigest(), sha256.hexdigest())
-    return out
-
-
-def document(plan: ImagePlan, owned: Ownership, analysis: Analysis, epoch: int) -> bytes:
-    """The SBOM as SPDX 2.3 JSON bytes, validated by spdx-tools."""
+def document(plan: ImagePlan, owned: Ownership, analysis: Analysis, epoch: int, digests: dict[str, Digests]) -> bytes:
+    """The SBOM as SPDX 2.3 JSON bytes, validated by spdx-tools; ``digests`` has every
+    regular file of the plan (``minify.image.plan_digests``)."""
     from spdx_tools.spdx.model import (
         Checksum,
         ChecksumAlgorithm,
@@ -77,9 +55,10 @@ def document(plan: ImagePlan, owned: Ownership, analysis: Analysis, epoch: int) 
     from spdx_tools.spdx.model.actor import Actor, ActorType
     from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream
 
-    digests = file_digests(plan, analysis.target.root)
+    files_of = {path: digests[path] for path in sorted(digests) if plan.entry(path) is not None}
     name = plan.config.entrypoint[0] if plan.config.entrypoint else "image"
-    namespace = hashlib.sha256(repr(sorted(digests.items())).encode("utf-8", "surrogateescape")).hexdigest()
+    listing = [(path, (d.sha1, d.sha256)) for path, d in files_of.items()]
+    namespace = hashlib.sha256(repr(listing).encode("utf-8", "surrogateescape")).hexdigest()
     info = CreationInfo(
         spdx_version="SPDX-2.3",
         spdx_id="SPDXRef-DOCUMENT",
@@ -89,9 +68,9 @@ def document(plan: ImagePlan, owned: Ownership, analysis: Analysis, epoch: int) 
         created=datetime.datetime.fromtimestamp(epoch, datetime.UTC).replace(tzinfo=None),
     )
     contents: dict[str, list[str]] = {}
-    for path in sorted(digests):
+    for path, d in files_of.items():
         contents.setdefault(spdx_id("Package", owned.owners[path]) if path in owned.owners else INPUTS, []).append(
-            digests[path][0]
+            d.sha1
         )
     packages = [_image_package(name), _inputs_package()]
     packages += [_deb_package(p, owned.distro) for p in owned.packages]
@@ -105,10 +84,9 @@ def document(plan: ImagePlan, owned: Ownership, analysis: Analysis, epoch: int) 
     files = []
     relationships = [Relationship("SPDXRef-DOCUMENT", RelationshipType.DESCRIBES, IMAGE)]
     relationships += [Relationship(IMAGE, RelationshipType.CONTAINS, p.spdx_id) for p in packages[1:]]
-    for path in sorted(digests):
-        sha1, sha256 = digests[path]
+    for path, d in files_of.items():
         file_id = spdx_id("File", path)
-        checksums = [Checksum(ChecksumAlgorithm.SHA1, sha1), Checksum(ChecksumAlgorithm.SHA256, sha256)]
+        checksums = [Checksum(ChecksumAlgorithm.SHA1, d.sha1), Checksum(ChecksumAlgorithm.SHA256, d.sha256)]
         files.append(File(name=f".{path}", spdx_id=file_id, checksums=checksums))
         owner = owned.owners.get(path)
         relationships.append(

@@ -56,11 +56,16 @@ def rootfs_of(directory: str) -> str:
     return directory
 
 
-def elf_files(rootfs: str) -> list[str]:
+def elf_files(rootfs: str | Target) -> list[str]:
     """Loadable ELF files of the rootfs (paths inside it), symlinks not followed; an
     unreadable one is listed too, and reported as that file's error."""
-    target = Target(rootfs, cache=False)
+    target = rootfs if isinstance(rootfs, Target) else _uncached(rootfs)
     return loadable_files(target.root, target.reader, "/", unreadable=True)
+
+
+def _uncached(root: str) -> Target:
+    """A rootfs just written is new inodes: cache entries of it would never be hit."""
+    return Target(root, cache=False)
 
 
 #: A link into these is resolved by the container runtime's mounts, not the image.
@@ -71,12 +76,13 @@ def verify(directory: str) -> VerifyReport:
     """Resolve every ELF file of the rootfs with the rootfs as the root, and every
     symlink of it."""
     rootfs = os.path.realpath(rootfs_of(directory))
-    files = elf_files(rootfs)
-    problems = check_files(rootfs, files) + dangling_links(rootfs)
+    target = _uncached(rootfs)  # one view of the rootfs, and its loader models, for both steps
+    files = elf_files(target)
+    problems = check_files(target, files) + dangling_links(rootfs)
     return VerifyReport(rootfs, tuple(files), tuple(dict.fromkeys(problems)))
 
 
-def check_files(root: str, files: list[str]) -> list[Problem]:
+def check_files(root: str | Target, files: list[str]) -> list[Problem]:
     """Libraries, versions and symbols of ``files`` (paths inside ``root``).
 
     A library that a program among them loads is checked as part of that program, as
@@ -84,8 +90,8 @@ def check_files(root: str, files: list[str]) -> list[Problem]:
     brought in first: systemd's private libraries). A library no program loads (a
     plugin) may use what the programs have loaded: glibc reuses a loaded object by
     its soname."""
-    # not cached: a rootfs just written is new inodes, whose entries would never be hit
-    analysis = analyze(files, root=Target(root, cache=False), cwd="/", hwcaps="baseline", cpuinfo="")
+    target = root if isinstance(root, Target) else _uncached(root)
+    analysis = analyze(files, root=target, cwd="/", hwcaps="baseline", cpuinfo="")
     programs = [p for p in analysis.programs if not p.library_input]
     loaded = {o.realpath for p in programs for o in p.objects}
     names = {n for p in programs for o in p.objects for n in (o.soname, posixpath.basename(o.path)) if n}

@@ -282,3 +282,21 @@ def test_the_python_api_writes_the_plan_of_rootfs(tmp_path: Path, hello: Path) -
     index = json.loads((tmp_path / "api/index.json").read_text())
     assert index["manifests"][0]["digest"] == result.digest
     assert skopeo("inspect", f"oci:{tmp_path}/api")["Digest"] == result.digest
+
+
+def test_file_capabilities_are_kept_in_the_layer(tmp_path: Path, hello: Path) -> None:
+    """A plain rootfs copy drops them (with a warning); the layer keeps them as the PAX
+    record GNU tar and containers/storage read."""
+    need_tool("setcap")
+    subprocess.run(["setcap", "cap_net_bind_service+ep", str(hello)], check=True)
+    want = os.getxattr(hello, "security.capability")
+    digest = image("./hello", "-o", "cap.tar", cwd=tmp_path)
+    blobs = members(tmp_path / "cap.tar")
+    manifest = json.loads(blobs[f"blobs/sha256/{digest.split(':')[1]}"])
+    layer = blobs["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]]
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer)), encoding="utf-8", errors="surrogateescape") as tar:
+        member = tar.getmember("hello")
+        record = member.pax_headers["SCHILY.xattr.security.capability"]
+        others = [m.name for m in tar if "SCHILY.xattr.security.capability" in m.pax_headers and m.name != "hello"]
+    assert record.encode("utf-8", "surrogateescape") == want
+    assert others == []
