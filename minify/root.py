@@ -341,11 +341,16 @@ def read_host_file(path: str, limit: int = 256 << 20) -> bytes | None:
 
 
 def read_all(fd: int, limit: int) -> bytes:
-    """Up to ``limit`` bytes of an open file, from its start."""
+    """Up to ``limit`` bytes of an open file, from its start. A read asks for what the
+    file holds (one byte more, to see its end), not a fixed megabyte: a buffer of the
+    size asked is allocated each time, and most files read here are small. Past the
+    size fstat gave (a file that grows meanwhile), reads go on in 64 KB pieces."""
+    size = os.fstat(fd).st_size
     chunks = []
     offset = 0
     while offset < limit:
-        chunk = os.pread(fd, min(1 << 20, limit - offset), offset)
+        want = size - offset + 1 if offset < size else 1 << 16
+        chunk = os.pread(fd, min(1 << 20, limit - offset, want), offset)
         if not chunk:
             break
         chunks.append(chunk)
