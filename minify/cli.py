@@ -173,7 +173,31 @@ def analyze(
 
 
 # the options of `minify rootfs`
-_RootfsPaths = Annotated[list[str], typer.Argument(help="Programs (or folders of them) to ship.", metavar="PATH")]
+_RootfsPaths = Annotated[
+    list[str] | None,
+    typer.Argument(help="Programs (or folders of them) to ship; with --from, paths inside the image.", metavar="PATH"),
+]
+_FromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        help="Minify this image: oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG], "
+        "containers-storage:NAME. Its Entrypoint and Cmd name the program; its config is kept.",
+        metavar="SOURCE",
+    ),
+]
+_PlatformOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--platform", help="The image of a multi-platform --from to use (default: this machine's).", metavar="OS/ARCH"
+    ),
+]
+_MaxUnpackedOpt = Annotated[
+    str,
+    typer.Option(
+        "--max-unpacked-size", help="Refuse a --from image whose layers unpack to more (K, M, G, T).", metavar="SIZE"
+    ),
+]
 
 _OutputOpt = Annotated[
     str, typer.Option("--output", "-o", help="Output folder: rootfs/, Dockerfile, lock file.", metavar="OUT")
@@ -292,8 +316,11 @@ _ForceOpt = Annotated[
 
 @app.command()
 def rootfs(
-    paths: _RootfsPaths,
     output: _OutputOpt,
+    paths: _RootfsPaths = None,
+    from_: _FromOpt = None,
+    platform: _PlatformOpt = None,
+    max_unpacked_size: _MaxUnpackedOpt = "8G",
     root: RootOpt = "/",
     cwd: CwdOpt = None,
     map_: _MapOpt = None,
@@ -353,8 +380,11 @@ _ImageFormatOpt = Annotated[ImageFormat, typer.Option("--format", "-f", help="Wh
 
 @app.command()
 def image(
-    paths: _RootfsPaths,
     output: _DestOpt,
+    paths: _RootfsPaths = None,
+    from_: _FromOpt = None,
+    platform: _PlatformOpt = None,
+    max_unpacked_size: _MaxUnpackedOpt = "8G",
     tag: _TagOpt = None,
     fmt: _ImageFormatOpt = ImageFormat.text,
     root: RootOpt = "/",
@@ -403,6 +433,7 @@ def _report_image(result: ImageResult, fmt: ImageFormat) -> None:
     if fmt is ImageFormat.json:
         sys.stdout.write(dumps(result.as_data()))
         return
+    _report_source(result.report)
     dest = result.dest
     typer.echo(f"wrote {dest}")
     typer.echo(f"digest: {result.digest}")
@@ -522,8 +553,10 @@ def _rootfs_options(raw: dict[str, Any]) -> RootfsOptions:
     from minify.rootfs import RootfsOptions
 
     user = raw["user"]
+    if not raw["paths"] and raw["from_"] is None:
+        raise MinifyError("name the programs to ship (PATH...), or an image to minify (--from SOURCE)")
     return RootfsOptions(
-        paths=tuple(raw["paths"]),
+        paths=tuple(raw["paths"] or ()),
         output=raw["output"],
         root=raw["root"],
         cwd=raw["cwd"],
@@ -545,7 +578,20 @@ def _rootfs_options(raw: dict[str, Any]) -> RootfsOptions:
         trace_exclude=tuple(raw["trace_exclude"] or ()),
         cache=not raw["no_cache"],
         package_metadata=not raw["no_package_metadata"],
+        source=raw["from_"],
+        platform=raw["platform"],
+        max_unpacked=_size(raw["max_unpacked_size"], "--max-unpacked-size"),
     )
+
+
+def _size(text: str, what: str) -> int:
+    """``8G``, ``512M``, ``100000``: a size in bytes (K, M, G, T are powers of 1024)."""
+    import re
+
+    match = re.fullmatch(r"(\d+)([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    if match is None:
+        raise MinifyError(f"{what} {text!r}: expected a size such as 8G, 512M or 100000")
+    return int(match.group(1)) << (10 * " KMGT".index(match.group(2).upper() or " "))
 
 
 def _note_trace(trace: str | None) -> None:
@@ -563,6 +609,7 @@ def _report_rootfs(result: RootfsResult, output: str) -> None:
     from minify.render import human_size, plan_size_lines
 
     _say_warnings(result.warnings)
+    _report_source(result.report)
     files = len(result.plan.files)
     typer.echo(
         f"{result.output}: {files} files, {human_size(result.plan.total_size)}; "
@@ -573,6 +620,15 @@ def _report_rootfs(result: RootfsResult, output: str) -> None:
     for line in plan_size_lines(result.plan):
         typer.echo(line)
     typer.echo(f"build it with: podman build {output}")
+
+
+def _report_source(report: dict[str, Any] | None) -> None:
+    if report is None:
+        return
+    from minify.render import source_lines
+
+    for line in source_lines(report):
+        typer.echo(line)
 
 
 def _say_warnings(warnings: tuple[str, ...]) -> None:

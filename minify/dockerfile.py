@@ -28,6 +28,14 @@ def render(plan: ImagePlan) -> str:
     lines.extend(f"COPY --chown={e.owner[0]}:{e.owner[1]} owned{e.path} {e.path}" for e in _owned_tops(plan))
     lines.extend(f"ENV {key}={quote(value, f'--env {key}')}" for key, value in config.env)
     lines.extend(f"LABEL {key}={quote(value, f'label {key}')}" for key, value in config.labels)
+    if config.exposed_ports:
+        lines.append("EXPOSE " + " ".join(_text(p, "an exposed port") for p in config.exposed_ports))
+    if config.volumes:
+        lines.append(f"VOLUME {exec_form(config.volumes, 'a volume')}")
+    if config.stop_signal:
+        lines.append(f"STOPSIGNAL {_text(config.stop_signal, 'the stop signal')}")
+    if config.working_dir:
+        lines.append(f"WORKDIR {_text(config.working_dir, 'the working folder')}")
     if config.user:
         lines.append(f"USER {config.user}")
     if config.entrypoint:

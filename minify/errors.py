@@ -14,6 +14,8 @@
     ├── DockerfileError          a value a Dockerfile cannot express exactly
     ├── TraceFailed              the traced command failed, timed out, no strace
     ├── OutputError              OUT exists and is not ours, cannot write
+    ├── ImageSourceError         `--from`: an image that cannot be read, or is refused
+    │   └── HostileLayer         a layer that would write outside its root, or a tar bomb
     ├── VerificationFailed       the finished rootfs does not resolve (exit 1)
     └── OutOfDate                `--check`: OUT differs from what would be made (exit 1)
 
@@ -116,6 +118,16 @@ class TraceFailed(MinifyError):
 
 class OutputError(MinifyError):
     """The output folder cannot be written as asked."""
+
+
+class ImageSourceError(MinifyError):
+    """``--from``: the image cannot be read (a missing blob, a digest that does not
+    match, no entrypoint), or is refused."""
+
+
+class HostileLayer(ImageSourceError):
+    """A layer that names a path outside its root (absolute, ``..``, a link leaving
+    it, a hard link to a name not seen) or unpacks past ``--max-unpacked-size``."""
 
 
 class VerificationFailed(MinifyError):

@@ -128,6 +128,12 @@ class ImageConfig:
     user: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    # kept from a source image (--from); a new image has none of them
+    working_dir: str | None = None
+    exposed_ports: tuple[str, ...] = ()  # "80/tcp"
+    volumes: tuple[str, ...] = ()
+    stop_signal: str | None = None
+    platform: tuple[tuple[str, str], ...] = ()  # os, architecture, variant
 
 
 @dataclass(frozen=True)

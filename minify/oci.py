@@ -39,6 +39,7 @@ from minify.image import Entry, EntryType, ImagePlan
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from minify.fromimage import Origin
     from minify.rootfs import RootfsOptions
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -142,7 +143,10 @@ def platform_of(plan: ImagePlan) -> dict[str, str]:
     out = {"architecture": architecture, "os": "linux"}
     if variant:
         out["variant"] = variant
-    return out
+    kept = dict(plan.config.platform)  # a source image's (--from), kept as it says it
+    if kept and kept.get("architecture") != architecture:
+        raise PlanError(f"the source image says {kept.get('architecture')}, its programs are {architecture}")
+    return kept or out
 
 
 @dataclass(frozen=True)
@@ -154,13 +158,16 @@ class ImageResult:
     platform: dict[str, str]
     plan: ImagePlan
     warnings: tuple[str, ...] = ()
+    report: dict[str, Any] | None = None  # --from: the source, what was kept and dropped
 
     def as_data(self) -> dict[str, Any]:
+        source = {"source": self.report} if self.report is not None else {}
         return {
             "dest": str(self.dest),
             "digest": self.digest,
             "size": {"compressed": self.compressed, "uncompressed": self.uncompressed},
             "platform": "/".join(self.platform[k] for k in ("os", "architecture", "variant") if k in self.platform),
+            **source,
         }
 
 
@@ -256,7 +263,13 @@ def config_document(plan: ImagePlan, platform: dict[str, str], diff_id: str, epo
     config = plan.config
     labels = dict(config.labels)
     labels["org.opencontainers.image.created"] = _created(epoch)
-    run: dict[str, Any] = {"Labels": labels, "WorkingDir": "/"}
+    run: dict[str, Any] = {"Labels": labels, "WorkingDir": config.working_dir or "/"}
+    if config.exposed_ports:
+        run["ExposedPorts"] = {port: {} for port in config.exposed_ports}
+    if config.volumes:
+        run["Volumes"] = {volume: {} for volume in config.volumes}
+    if config.stop_signal:
+        run["StopSignal"] = config.stop_signal
     if config.entrypoint:
         run["Entrypoint"] = list(config.entrypoint)
     if config.cmd:
@@ -405,10 +418,19 @@ def write_image(
 ) -> ImageResult:
     """Plan as ``minify rootfs`` does, materialise and verify the rootfs, write the
     image beside DEST, and rename it into place."""
+    from minify.fromimage import opened
+
+    with opened(replace(options, output=dest.path)) as (inner, origin):
+        return _write_image(inner, origin, dest, progress)
+
+
+def _write_image(
+    options: RootfsOptions, origin: Origin | None, dest: ImageDest, progress: Callable[[int, int], None] | None
+) -> ImageResult:
     from minify.rootfs import materialise, prepare, verify_rootfs
 
     epoch = source_date_epoch()
-    prepared = prepare(replace(options, output=dest.path), folder=dest.transport is Transport.OCI)
+    prepared = prepare(options, folder=dest.transport is Transport.OCI, origin=origin)
     plan, out = prepared.plan, prepared.out
     platform = platform_of(plan)
     refuse_foreign(dest, force=options.force)
@@ -423,7 +445,9 @@ def write_image(
         written = write_layout(plan, rootfs, layout, dest, epoch=epoch, capabilities=capabilities)
         refuse_foreign(dest, force=options.force)  # again, under the lock
         _place(layout, dest, out, epoch)
-    return ImageResult(dest, written.digest, written.compressed, written.uncompressed, platform, plan, tuple(warnings))
+    return ImageResult(
+        dest, written.digest, written.compressed, written.uncompressed, platform, plan, tuple(warnings), prepared.report
+    )
 
 
 def _make_parent(parent: str) -> None:

@@ -639,3 +639,20 @@ def to_graphml(analysis: Analysis) -> str:
     g.graph = {k: v for k, v in g.graph.items() if k in ("root",)}
     nx.write_graphml(g, buf)
     return buf.getvalue().decode("utf-8")
+
+
+def source_lines(report: dict[str, Any]) -> list[str]:
+    """``--from``: the source image, what the new one keeps of it and why, and the
+    biggest folders left out (what would be missing, if something is)."""
+    kept = report["kept"]
+    share = 100 * kept["bytes"] / (report["bytes"] or 1)
+    why = ", ".join(f"{n} {kind}" for kind, n in kept["why"].items())
+    lines = [
+        f"source: {report['source']} ({report['digest'][:19]}), {report['platform']}, {report['layers']} layer(s): "
+        f"{report['files']} files, {human_size(report['bytes'])}",
+        f"kept: {kept['files']} files, {human_size(kept['bytes'])} ({share:.1f}% of the source): {why}",
+    ]
+    if report["dropped"]:
+        lines.append("dropped, the biggest folders:")
+        lines.extend(f"  {d['folder']}: {d['files']} files, {human_size(d['bytes'])}" for d in report["dropped"])
+    return lines

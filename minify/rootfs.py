@@ -30,6 +30,7 @@ from minify.dockerfile import render_dockerignore
 from minify.errors import (
     BadInput,
     DockerfileError,
+    ImageSourceError,
     IncompleteClosure,
     OutOfDate,
     OutputError,
@@ -37,6 +38,8 @@ from minify.errors import (
     TraceFailed,
     VerificationFailed,
 )
+from minify.fromimage import DEFAULT_PATH, Origin, minify_labels, opened
+from minify.fromimage import report as source_report
 from minify.hints import Hint, for_analysis, presets_called_for
 from minify.image import (
     Digests,
@@ -62,6 +65,7 @@ from minify.sbom import document as spdx_document
 from minify.sensitive import why_secret
 from minify.target import Target
 from minify.trace import TRACE_NAME, Trace, run_trace
+from minify.unpack import DEFAULT_MAX_UNPACKED
 
 __all__ = ["LOCK_NAME", "RootfsOptions", "RootfsResult", "build", "check", "prepare"]
 
@@ -94,6 +98,9 @@ class RootfsOptions:
     trace_exclude: tuple[str, ...] = ()  # globs of traced paths to leave out
     cache: bool = True  # the persistent cache of parsed ELF facts
     package_metadata: bool = True  # status.d stanzas, os-release and the SBOM in the image
+    source: str | None = None  # --from: an image to minify (its flattened files are the root)
+    platform: str | None = None  # --platform OS/ARCH[/VARIANT] of a multi-platform source
+    max_unpacked: int = DEFAULT_MAX_UNPACKED  # --max-unpacked-size of a source image
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class RootfsResult:
     layer_bytes: int
     differences: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    report: dict[str, Any] | None = None  # --from: the source, what was kept and dropped
 
 
 @dataclass(frozen=True)
@@ -116,11 +124,25 @@ class Prepared:
     out: output.Destination
     sbom: bytes = b""  # SPDX JSON of the image (OUT/sbom.spdx.json)
     digests: dict[str, Digests] = field(default_factory=dict)  # of every file of the plan
+    report: dict[str, Any] | None = None  # --from: the source, what was kept and dropped
 
 
-def _load_trace(options: RootfsOptions, view: Root, out: output.Destination) -> Trace | None:
-    """A new trace when asked (this runs the command), else the one OUT recorded
-    (validated like any input: an edited file is not trusted)."""
+def _load_trace(options: RootfsOptions, view: Root, out: output.Destination, origin: Origin | None) -> Trace | None:
+    """A new trace when asked (this runs the command: inside a source image, run in
+    its flattened root), else the one OUT recorded (validated like any input: an
+    edited file is not trusted)."""
+    if options.trace is not None and origin is not None:
+        config = origin.config
+        command = options.trace or shlex.join((*config.entrypoint, *config.cmd))
+        env = {"PATH": DEFAULT_PATH, **dict(config.env)}
+        return run_trace(
+            command,
+            cwd=options.cwd or config.working_dir or "/",
+            user=options.trace_user,
+            ok_exit=options.trace_ok_exit,
+            root=view.directory,
+            env=env,
+        )
     if options.trace is not None:
         if not view.is_host:
             raise PlanError("--trace runs the command on this machine: it needs --root /")
@@ -188,10 +210,12 @@ class _Gathered:
     warnings: list[str] = field(default_factory=list)
 
 
-def prepare(options: RootfsOptions, *, folder: bool = True) -> Prepared:
+def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | None = None) -> Prepared:
     """Analyse and plan everything in memory: the plan and the Dockerfile. OUT is a
-    folder unless ``folder`` is False (an image archive)."""
-    target = Target(options.root, cache=options.cache)
+    folder unless ``folder`` is False (an image archive). With ``origin`` (``--from``,
+    inside ``fromimage.opened``) the root is the flattened source image."""
+    # a flattened image is new inodes every run: caching its facts would only grow the cache
+    target = Target(options.root, cache=options.cache and origin is None)
     view = target.root
     cwd = options.cwd if options.cwd is not None else (os.getcwd() if view.is_host else "/")
     inputs = tuple(view.host_path(view.resolve(posixpath.join(cwd, p)).path) for p in options.paths if p)
@@ -205,16 +229,16 @@ def prepare(options: RootfsOptions, *, folder: bool = True) -> Prepared:
     names = _preset_names(options, hints)
     additions = presets.resolve(names, analysis, tz=options.tz, charsets=options.charsets, terms=options.terms)
     gathered = _gather(options, analysis, additions, cwd, skip)
-    trace = _load_trace(options, view, out)
+    trace = _load_trace(options, view, out, origin)
     if trace is not None:
         _gather_trace(trace, options, analysis, out, gathered)
     noted, note_warnings = _dlopen_notes(analysis)
     gathered.elf.extend(noted)
     gathered.extras.extend(Extra(path, None, ".note.dlopen") for path in noted)
-    generated, dirs = _generated(options, additions, trace, view)
+    generated, dirs = _generated(options, additions, trace, view, origin)
     extra, tree_warnings = _extra_closures(options, analysis, gathered, cwd)
     maps = _maps(options, cwd)
-    config = _config(options, analysis, maps, additions.env)
+    config = _config(options, analysis, maps, additions.env, origin)
     layout = partial(
         plan_image,
         analysis,
@@ -226,12 +250,13 @@ def prepare(options: RootfsOptions, *, folder: bool = True) -> Prepared:
         dirs=tuple(dirs),
         skip=skip,
     )
-    plan, sbom, package_warnings, digests = _with_packages(options, layout, tuple(generated), analysis)
+    where = str(origin.source) if origin is not None else view.directory
+    plan, sbom, package_warnings, digests = _with_packages(options, layout, tuple(generated), analysis, where)
     gathered.warnings.extend(package_warnings)
-    if config.entrypoint and plan.lookup(config.entrypoint[0]) is None:
-        raise PlanError(f"--entrypoint {config.entrypoint[0]} is not in the image")
-    warnings = [*plan.warnings, *_skipped_warnings(analysis, gathered), *tree_warnings]
-    if not config.entrypoint:
+    _check_entrypoint(plan, config, options, origin)
+    warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered)]
+    warnings.extend(tree_warnings)
+    if not config.entrypoint and not (origin and config.cmd):
         warnings.append("no ENTRYPOINT: several inputs and no --entrypoint")
     warnings.extend(
         f"hint: {h}" for h in hints if h.preset not in names and not (trace is not None and h.preset is None)
@@ -242,11 +267,27 @@ def prepare(options: RootfsOptions, *, folder: bool = True) -> Prepared:
         dockerfile = render_dockerfile(plan)
     except DockerfileError as exc:
         raise PlanError(str(exc)) from None
-    return Prepared(plan, dockerfile, trace, out, sbom, digests)
+    report = source_report(origin, plan) if origin is not None else None
+    return Prepared(plan, dockerfile, trace, out, sbom, digests, report)
+
+
+def _check_entrypoint(plan: ImagePlan, config: ImageConfig, options: RootfsOptions, origin: Origin | None) -> None:
+    """``--entrypoint`` names a path of the image; a source's own was resolved through
+    its PATH already (``Origin.entry``)."""
+    if options.entrypoint is None and origin is not None:
+        if origin.entry is not None and plan.lookup(origin.entry) is None:
+            raise ImageSourceError(f"the entrypoint {origin.entry} did not make it into the image")
+        return
+    if config.entrypoint and plan.lookup(config.entrypoint[0]) is None:
+        raise PlanError(f"--entrypoint {config.entrypoint[0]} is not in the image")
 
 
 def _with_packages(
-    options: RootfsOptions, layout: Callable[..., ImagePlan], generated: tuple[Generated, ...], analysis: Analysis
+    options: RootfsOptions,
+    layout: Callable[..., ImagePlan],
+    generated: tuple[Generated, ...],
+    analysis: Analysis,
+    where: str,
 ) -> tuple[ImagePlan, bytes, list[str], dict[str, Digests]]:
     """The plan with each entry's owning package, the package metadata scanners read
     and the SBOM in the image (unless ``--no-package-metadata``); the SBOM, warnings,
@@ -262,7 +303,7 @@ def _with_packages(
     rpm = unreadable_databases(view)
     warnings = [*owned.warnings, *apk_warnings, *rpm]
     if not owned.found and not view.resolve(APK_DB).is_file and not rpm:
-        warnings.append(f"note: {view.directory} has no dpkg database: scanners will see no packages in the image")
+        warnings.append(f"note: {where} has no dpkg database: scanners will see no packages in the image")
     if options.package_metadata:
         generated += owned.generated + apk_files
         plan = layout(generated=generated)
@@ -333,12 +374,16 @@ def _gather_trace(
 
 
 def _generated(
-    options: RootfsOptions, additions: presets.Additions, trace: Trace | None, view: Root
+    options: RootfsOptions, additions: presets.Additions, trace: Trace | None, view: Root, origin: Origin | None
 ) -> tuple[list[Generated], list[tuple[str, int, tuple[int, int]]]]:
     """Files minify writes (users, nsswitch.conf) and empty folders (/tmp, a home, the
-    folders a trace listed)."""
+    folders a trace listed, a source image's working folder and its user's home)."""
     generated = list(additions.generated)
     dirs = list(additions.dirs)
+    if origin is not None:
+        dirs.extend(d for d in (origin.working_dir, origin.home) if d is not None and d[0] != "/")
+        if options.user is None:
+            generated.extend(origin.users)
     if trace is not None:
         dirs.extend((d, 0o755, (0, 0)) for d in trace.dirs if view.resolve(d).path == d and view.resolve(d).is_dir)
     if options.user == "nonroot":
@@ -520,7 +565,10 @@ def _config(
     analysis: Analysis,
     maps: tuple[Mapping, ...],
     preset_env: tuple[tuple[str, str], ...] = (),
+    origin: Origin | None = None,
 ) -> ImageConfig:
+    if origin is not None:
+        return _source_config(options, origin, preset_env)
     user = NONROOT if options.user == "nonroot" else options.user
     if user is not None:
         user_spec(user)
@@ -543,6 +591,24 @@ def _config(
     return ImageConfig(entrypoint, options.cmd, user, tuple(dict.fromkeys(env)), labels)
 
 
+def _source_config(options: RootfsOptions, origin: Origin, preset_env: tuple[tuple[str, str], ...]) -> ImageConfig:
+    """The source image's config, with what the options name instead; the environment
+    merged by name (the source's, the presets', ``--env``)."""
+    base = origin.config
+    user = NONROOT if options.user == "nonroot" else options.user
+    env = dict(base.env)
+    env.update(preset_env)
+    env.update(options.env)
+    return replace(
+        base,
+        entrypoint=(options.entrypoint,) if options.entrypoint else base.entrypoint,
+        cmd=options.cmd or base.cmd,
+        user=user or base.user,
+        env=tuple(env.items()),
+        labels=(*minify_labels(base), ("io.github.minify.source", origin.digest)),
+    )
+
+
 # -- lock file -----------------------------------------------------------------------
 
 
@@ -562,10 +628,15 @@ def _entry_data(entry: Entry, sha: str | None) -> dict[str, Any]:
     }
 
 
-def lock_data(plan: ImagePlan, dockerfile: str, hashes: dict[str, str]) -> dict[str, Any]:
-    """The lock file: every entry, with the sha256 of the bytes written (``hashes``)."""
+def lock_data(
+    plan: ImagePlan, dockerfile: str, hashes: dict[str, str], report: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The lock file: every entry, with the sha256 of the bytes written (``hashes``),
+    and for ``--from`` the report on the source image."""
     entries = [_entry_data(e, hashes.get(e.path)) for e in plan.entries]
+    source = {"source": report} if report is not None else {}
     return {
+        **source,
         "schema": LOCK_SCHEMA,
         "minify": __version__,
         "programs": list(plan.programs),
@@ -585,7 +656,12 @@ def _dump(data: dict[str, Any]) -> str:
 
 def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None = None) -> RootfsResult:
     """Write OUT atomically; verify the rootfs before it replaces anything."""
-    prepared = prepare(options)
+    with opened(options) as (inner, origin):
+        return _build(inner, origin, progress)
+
+
+def _build(options: RootfsOptions, origin: Origin | None, progress: Callable[[int, int], None] | None) -> RootfsResult:
+    prepared = prepare(options, origin=origin)
     plan, out = prepared.plan, prepared.out
     output.refuse_foreign(out.path, force=options.force)  # fail before the long part
     if not os.path.isdir(out.parent):
@@ -606,7 +682,8 @@ def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None
             _write_text(os.path.join(tmp, "Dockerfile"), prepared.dockerfile)
             if any(e.owned for e in plan.entries):
                 _write_text(os.path.join(tmp, ".dockerignore"), render_dockerignore(plan))
-            _write_text(os.path.join(tmp, LOCK_NAME), _dump(lock_data(plan, prepared.dockerfile, hashes)))
+            lock = lock_data(plan, prepared.dockerfile, hashes, prepared.report)
+            _write_text(os.path.join(tmp, LOCK_NAME), _dump(lock))
             if prepared.trace is not None:
                 _write_text(os.path.join(tmp, TRACE_NAME), prepared.trace.to_json())
             _write_text(os.path.join(tmp, SBOM_NAME), prepared.sbom.decode("utf-8", "surrogateescape"))
@@ -623,18 +700,20 @@ def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    return _result(replace(plan, warnings=tuple(dict.fromkeys(warnings))), out.path)
+    return _result(replace(plan, warnings=tuple(dict.fromkeys(warnings))), out.path, report=prepared.report)
 
 
 def _write_text(path: str, text: str) -> None:
     _write(text.encode("utf-8", "surrogateescape"), path, 0o644)
 
 
-def _result(plan: ImagePlan, out: str, differences: tuple[str, ...] = ()) -> RootfsResult:
+def _result(
+    plan: ImagePlan, out: str, differences: tuple[str, ...] = (), report: dict[str, Any] | None = None
+) -> RootfsResult:
     from minify.render import layer_size
 
     layer = layer_size([e.size for e in plan.entries])
-    return RootfsResult(plan, out, plan.input_bytes, layer, differences, plan.warnings)
+    return RootfsResult(plan, out, plan.input_bytes, layer, differences, plan.warnings, report)
 
 
 def _inside(base: str, path: str) -> str:
@@ -825,7 +904,12 @@ def _in_image(problem: str) -> str:
 def check(options: RootfsOptions) -> RootfsResult:
     """``--check``: write nothing, run nothing; list how OUT differs from what would
     be produced (a saved trace is reused, never run again)."""
-    prepared = prepare(replace(options, trace=None))
+    with opened(options) as (inner, origin):
+        return _check(inner, origin)
+
+
+def _check(options: RootfsOptions, origin: Origin | None) -> RootfsResult:
+    prepared = prepare(replace(options, trace=None), origin=origin)
     plan, dockerfile, out = prepared.plan, prepared.dockerfile, prepared.out.path
     differences: list[str] = []
     if options.trace is not None:
@@ -834,7 +918,7 @@ def check(options: RootfsOptions) -> RootfsResult:
         elif prepared.trace.command != tuple(shlex.split(options.trace)):
             differences.append(f"{TRACE_NAME} records another command than --trace")
     hashes = {path: d.sha256 for path, d in prepared.digests.items()}
-    lock = lock_data(plan, dockerfile, hashes)
+    lock = lock_data(plan, dockerfile, hashes, prepared.report)
     sbom = prepared.sbom.decode("utf-8", "surrogateescape")
     for name, want in (("Dockerfile", dockerfile), (LOCK_NAME, _dump(lock)), (SBOM_NAME, sbom)):
         have = read_host_file(os.path.join(out, name))
@@ -843,7 +927,7 @@ def check(options: RootfsOptions) -> RootfsResult:
         elif have != want.encode("utf-8", "surrogateescape"):
             differences.append(f"{name} differs")
     differences.extend(_tree_differences(os.path.join(out, "rootfs"), lock["entries"]))
-    result = _result(plan, out, tuple(differences))
+    result = _result(plan, out, tuple(differences), prepared.report)
     if differences:
         raise OutOfDate(tuple(differences))
     return result

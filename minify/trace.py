@@ -19,9 +19,10 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from minify.errors import TraceFailed
+from minify.errors import MinifyError, TraceFailed
 
 TRACE_NAME = "minify.trace"
 #: Paths a saved trace may list at most.
@@ -103,6 +104,8 @@ def run_trace(
     user: str | None = None,
     ok_exit: bool = False,
     echo: bool = True,
+    root: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Trace:
     """Run ``command`` under ``strace -f`` and return what it read.
 
@@ -110,28 +113,36 @@ def run_trace(
     what it needs, and are left out. ``user`` runs the command as that user (strace
     ``-u``: postgres' initdb refuses root). A non-zero exit fails the trace unless
     ``ok_exit``. With ``echo``, the command's own output goes to this process's stderr,
-    as bytes (``gzip -c`` writes binary), leaving stdout to minify."""
+    as bytes (``gzip -c`` writes binary), leaving stdout to minify.
+
+    With ``root`` (a flattened image) it runs inside it (``_inside``), with ``env``
+    as its environment and ``cwd`` inside the root; the paths recorded are its paths."""
     argv = shlex.split(command) if isinstance(command, str) else list(command)
     if not argv:
         raise TraceFailed("trace: no command given")
     strace = shutil.which("strace")
     if strace is None:
         raise TraceFailed("trace needs strace (apt-get install strace)")
-    as_user: list[str] = []
-    if user is not None:
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            raise TraceFailed(f"--trace-user {user}: no such user on this machine") from None
-        as_user = ["-u", user]
+    as_user = _as_user(user, root)
     workdir = cwd or os.getcwd()
     with tempfile.TemporaryDirectory(prefix="minify-trace-") as tmp:
         os.chmod(tmp, 0o755)
         prefix = os.path.join(tmp, "t")
-        cmd = [strace, "-f", "-ff", "-qq", "-y", "-s", "4096", "-e", f"trace={SYSCALLS}", *as_user, "-o", prefix, *argv]
+        traced = ["-e", f"trace={SYSCALLS}" + (",chroot" if root else ""), *as_user, "-o", prefix]
+        cmd = [strace, "-f", "-ff", "-qq", "-y", "-s", "4096", *traced, *argv]
+        if root is not None:
+            cmd = _inside(root, workdir, cmd[: -len(argv)], argv)
         sink = 2 if echo else subprocess.PIPE
         try:
-            proc = subprocess.run(cmd, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, timeout=timeout, cwd=workdir)
+            proc = subprocess.run(
+                cmd,
+                stdout=sink,
+                stderr=sink,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+                cwd=workdir if root is None else "/",
+                env=env,
+            )
         except subprocess.TimeoutExpired:
             raise TraceFailed(f"trace: `{shlex.join(argv)}` timed out after {timeout:.0f}s") from None
         except OSError as exc:
@@ -143,8 +154,51 @@ def run_trace(
                 + (f": {tail}" if tail else "")
                 + " (--trace-ok-exit accepts that)"
             )
-        files, dirs = _collect(tmp, workdir)
+        files, dirs = _collect(tmp, workdir, root)
     return Trace(tuple(argv), tuple(sorted(files)), tuple(sorted(dirs)), proc.returncode)
+
+
+def _as_user(user: str | None, root: str | None) -> list[str]:
+    """strace's ``-u USER``, for a user of this machine."""
+    if user is None:
+        return []
+    if root is not None:
+        raise TraceFailed("--trace-user: a command traced inside an image runs as root there")
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise TraceFailed(f"--trace-user {user}: no such user on this machine") from None
+    return ["-u", user]
+
+
+#: The devices a container runtime gives every container.
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def _inside(root: str, workdir: str, strace: list[str], argv: list[str]) -> list[str]:
+    """The command line that runs ``argv`` under ``strace`` inside ``root``, never on
+    this machine's files: in its own mount and PID namespaces with /proc, a /dev of
+    the usual devices and an empty /tmp mounted inside the root, chrooted by
+    ``unshare --root`` (strace itself stays outside, writing its record here)."""
+    tools = {name: shutil.which(name) for name in ("unshare", "mount", "sh")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        raise TraceFailed(f"--trace inside an image needs {', '.join(missing)} (util-linux)")
+    mounts = []
+    for name, what in (("proc", "-t proc proc"), ("dev", "-t tmpfs -o mode=755 tmpfs"), ("tmp", "-t tmpfs tmpfs")):
+        path = os.path.join(root, name)
+        if not os.path.lexists(path):
+            os.mkdir(path, 0o755)
+        if os.path.isdir(path) and not os.path.islink(path):  # never mount over a symlink: it could lead out
+            mounts.append(f'{tools["mount"]} {what} "$0/{name}"')
+            if name == "dev":
+                mounts.extend(f': > "$0/dev/{d}" && {tools["mount"]} --bind /dev/{d} "$0/dev/{d}"' for d in DEVICES)
+    script = " && ".join([*mounts, 'exec "$@"'])
+    unshare = [str(tools["unshare"]), "--mount", "--pid", "--fork", "--propagation", "private"]
+    if os.geteuid() != 0:
+        unshare.append("--map-root-user")
+    chroot = [str(tools["unshare"]), f"--root={root}", f"--wd={workdir}", "--"]
+    return [*unshare, str(tools["sh"]), "-c", script, root, *strace, *chroot, *argv]
 
 
 @dataclass
@@ -174,39 +228,80 @@ class _Calls:
         return path in self.made or path in self.made_dirs or path.startswith(below)
 
 
-def _collect(folder: str, cwd: str) -> tuple[set[str], set[str]]:
+def _collect(folder: str, cwd: str, root: str | None = None) -> tuple[set[str], set[str]]:
     """What the traced processes read (regular files) and listed (folders), less
-    everything they created or wrote, and everything below folders they created."""
+    everything they created or wrote, and everything below folders they created.
+    Inside a ``root``, what came before the chroot is left out, and folders strace
+    names by their host path are named inside the root."""
     calls = _Calls()
     for name in sorted(os.listdir(folder)):
         with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as fh:
-            for line in fh:
-                match = _CALL.match(line)
-                if not match or int(match.group(3)) < 0:
-                    continue
-                paths = [_absolute(d, n, cwd) for d, n in _PATH.findall(match.group(2))]
-                if paths:
-                    calls.add(match.group(1), match.group(2), paths)
+            lines = fh.readlines()
+        if root is not None:
+            lines = _after_chroot(lines)
+        for line in lines:
+            match = _CALL.match(line)
+            if not match or int(match.group(3)) < 0:
+                continue
+            paths = [_absolute(d, n, cwd, root) for d, n in _PATH.findall(match.group(2))]
+            if paths and None not in paths:
+                calls.add(match.group(1), match.group(2), paths)  # type: ignore[arg-type]
+    kind = _kind_in(root) if root is not None else _kind
     files: set[str] = set()
     dirs: set[str] = set()
     for path in calls.read | calls.listed:
         if calls.written(path) or path.startswith(SKIP_PREFIXES) or path in SKIP_FILES:
             continue
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode) and path in calls.read:
+        found = kind(path)
+        if found == "file" and path in calls.read:
             files.add(path)
-        elif stat.S_ISDIR(st.st_mode) and path in calls.listed:
+        elif found == "dir" and path in calls.listed:
             dirs.add(path)
     return files, dirs
 
 
-def _absolute(folder: str, name: str, cwd: str) -> str:
+def _after_chroot(lines: list[str]) -> list[str]:
+    """The calls after a successful chroot in the process that made it (before it,
+    unshare read this machine's files); other processes began inside."""
+    for number, line in enumerate(lines):
+        match = _CALL.match(line)
+        if match and match.group(1) == "chroot" and match.group(3) == "0":
+            return lines[number + 1 :]
+    return [] if any(line.startswith("chroot(") for line in lines) else lines
+
+
+def _kind(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return "file" if stat.S_ISREG(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) else None
+
+
+def _kind_in(root: str) -> Callable[[str], str | None]:
+    from minify.root import Root
+
+    view = Root(root)
+
+    def kind(path: str) -> str | None:
+        try:
+            res = view.resolve(path)
+        except MinifyError:
+            return None
+        return "file" if res.is_file else "dir" if res.is_dir else None
+
+    return kind
+
+
+def _absolute(folder: str, name: str, cwd: str, root: str | None = None) -> str | None:
     path = _unescape(name)
     if not path.startswith("/"):
-        path = os.path.join(_unescape(folder) if folder else cwd, path)
+        base = _unescape(folder) if folder else cwd
+        if folder and root is not None:
+            if base != root and not base.startswith(root.rstrip("/") + "/"):
+                return None  # a folder outside the root: not the traced command's
+            base = base[len(root.rstrip("/")) :] or "/"
+        path = os.path.join(base, path)
     return os.path.normpath(path)
 
 

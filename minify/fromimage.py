@@ -1,0 +1,374 @@
+"""``--from SOURCE``: an existing image becomes the root the rest of minify reads.
+
+The image is read (``minify.source``) and flattened (``minify.unpack``) into a private
+temporary folder, which is then analysed with the ordinary ``--root`` machinery, so
+no path of the host is read. The program to keep is the one the image runs: its
+``Entrypoint`` + ``Cmd``, resolved the way a runtime does (through the ``PATH`` of its
+``Env``, relative names from its ``WorkingDir``), and a ``#!`` script brings its
+interpreter (``/usr/bin/env NAME`` is followed to NAME). The source's config is kept:
+``Origin.config`` is what the new image says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from minify import __version__
+from minify.errors import ImageSourceError, MinifyError
+from minify.image import Generated, ImageConfig, ImagePlan
+from minify.root import Root
+from minify.source import ImageSource, Platform, SourceImage, parse_platform, parse_source, read_image
+from minify.unpack import Unpacked, flatten
+
+if TYPE_CHECKING:
+    from minify.rootfs import RootfsOptions
+
+#: The PATH runtimes (runc, crun) use when an image's Env sets none.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: ``#!`` lines followed at most (the kernel allows a few levels of interpreters).
+MAX_INTERPRETERS = 4
+#: What the kernel reads of a ``#!`` line.
+SHEBANG_BYTES = 256
+#: Folders listed as dropped in the report.
+DROPPED_SHOWN = 12
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The source image: what it runs, what its config says, what it weighs."""
+
+    source: ImageSource
+    digest: str
+    platform: Platform
+    config: ImageConfig  # the source's, as the new image keeps it
+    programs: tuple[str, ...]  # the entrypoint and its interpreters, paths in the image
+    entry: str | None  # the entrypoint's program, resolved
+    home: tuple[str, int, tuple[int, int]] | None  # the user's home folder (path, mode, owner)
+    working_dir: tuple[str, int, tuple[int, int]] | None
+    users: tuple[Generated, ...]  # /etc/passwd and /etc/group with the image's user
+    files: int = 0  # regular files of the flattened source
+    bytes: int = 0
+    layers: int = 0
+    folders: dict[str, tuple[int, int]] = field(default_factory=dict)  # folder -> (files, bytes), for the report
+    notes: tuple[str, ...] = ()
+
+
+@contextlib.contextmanager
+def opened(options: RootfsOptions) -> Iterator[tuple[RootfsOptions, Origin | None]]:
+    """With ``--from``: the options with the flattened image as their root and its
+    programs as inputs, and the Origin; the temporary root is removed afterwards."""
+    if options.source is None:
+        yield options, None
+        return
+    if options.root != "/":
+        raise MinifyError("--from and --root name two roots; give one")
+    source = parse_source(options.source)
+    platform = parse_platform(options.platform)
+    work = tempfile.mkdtemp(prefix="minify-from-")
+    try:
+        image, blobs = read_image(source, platform, work)
+        try:
+            unpacked = flatten(image, blobs, os.path.join(work, "root"), limit=options.max_unpacked)
+        finally:
+            blobs.close()
+        origin = _origin(image, unpacked, bool(options.paths))
+        paths = tuple(dict.fromkeys((*origin.programs, *options.paths)))
+        yield replace(options, root=unpacked.root, paths=paths), origin
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _origin(image: SourceImage, unpacked: Unpacked, named: bool) -> Origin:
+    view = Root(unpacked.root)
+    run = image.run
+    config = source_config(run, image.platform)
+    env = dict(config.env)
+    search = env.get("PATH", DEFAULT_PATH)
+    workdir = config.working_dir or "/"
+    argv = (*config.entrypoint, *config.cmd)
+    programs: list[str] = []
+    entry = None
+    if argv:
+        entry = _lookup(view, argv[0], search, workdir)
+        if entry is None:
+            raise ImageSourceError(
+                f"{image.source}: the entrypoint {argv[0]!r} is not an executable file in the image (PATH={search})"
+            )
+        programs = [entry, *_interpreters(view, entry, search)]
+    elif not named:
+        raise ImageSourceError(
+            f"{image.source}: the image has no Entrypoint and no Cmd; name the programs to keep as PATH arguments"
+        )
+    files, size, folders = _weigh(view)
+    home, users = _user(view, config.user, unpacked.owners)
+    return Origin(
+        image.source,
+        image.digest,
+        image.platform,
+        config,
+        tuple(programs),
+        entry,
+        home,
+        _folder(workdir, unpacked.owners) if config.working_dir else None,
+        users,
+        files,
+        size,
+        unpacked.layers,
+        folders,
+        tuple(unpacked.notes),
+    )
+
+
+def source_config(run: dict[str, Any], platform: Platform) -> ImageConfig:
+    """The fields of the source's config the new image keeps, checked for type."""
+
+    def strings(key: str) -> tuple[str, ...]:
+        value = run.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ImageSourceError(f"the image config's {key} is not a list of strings")
+        return tuple(value)
+
+    def keys(key: str) -> tuple[str, ...]:
+        value = run.get(key)
+        return tuple(sorted(value)) if isinstance(value, dict) else ()
+
+    def text(key: str) -> str | None:
+        value = run.get(key)
+        return value if isinstance(value, str) and value else None
+
+    env = tuple(_split_env(e) for e in strings("Env"))
+    labels = run.get("Labels")
+    label_pairs = tuple(sorted((str(k), str(v)) for k, v in labels.items())) if isinstance(labels, dict) else ()
+    return ImageConfig(
+        entrypoint=strings("Entrypoint"),
+        cmd=strings("Cmd"),
+        user=text("User"),
+        env=env,
+        labels=label_pairs,
+        working_dir=text("WorkingDir"),
+        exposed_ports=keys("ExposedPorts"),
+        volumes=keys("Volumes"),
+        stop_signal=text("StopSignal"),
+        platform=tuple(
+            (k, v)
+            for k, v in (("os", platform.os), ("architecture", platform.architecture), ("variant", platform.variant))
+            if v
+        ),
+    )
+
+
+def _split_env(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not key or not sep:
+        raise ImageSourceError(f"the image config's Env has {text!r}, not NAME=VALUE")
+    return key, value
+
+
+def minify_labels(config: ImageConfig) -> tuple[tuple[str, str], ...]:
+    """The source's labels, then minify's own (its description only where the source
+    has none)."""
+    labels = dict(config.labels)
+    labels.setdefault("org.opencontainers.image.description", "minified by minify: the exact loader closure")
+    labels["io.github.minify.version"] = __version__
+    return tuple(labels.items())
+
+
+# -- the program the image runs -------------------------------------------------------
+
+
+def _executable(view: Root, path: str) -> str | None:
+    res = view.resolve(path)
+    if res.is_file and res.mode is not None and res.mode & 0o111:
+        return path
+    return None
+
+
+def _lookup(view: Root, name: str, search: str, workdir: str) -> str | None:
+    """``name`` as a runtime finds it: a name with a slash from the working folder, a
+    bare name in each folder of PATH in turn."""
+    if "\0" in name or not name:
+        return None
+    if "/" in name:
+        return _executable(view, posixpath.normpath(posixpath.join(workdir, name)))
+    for folder in search.split(":"):
+        folder = posixpath.join(workdir, folder or ".")
+        found = _executable(view, posixpath.normpath(posixpath.join(folder, name)))
+        if found is not None:
+            return found
+    return None
+
+
+def _shebang(view: Root, path: str) -> tuple[str, str] | None:
+    """The interpreter and its one argument of a ``#!`` file, as the kernel splits them."""
+    try:
+        fd, _ = view.open_file(path)
+    except MinifyError:
+        return None
+    try:
+        head = os.pread(fd, SHEBANG_BYTES, 0)
+    finally:
+        os.close(fd)
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "surrogateescape").strip(" \t")
+    interp, _, arg = line.replace("\t", " ").partition(" ")
+    return (interp, arg.strip()) if interp else None
+
+
+def _interpreters(view: Root, program: str, search: str) -> list[str]:
+    """The interpreters a script needs, in order: ``#!/usr/bin/env python3`` gives
+    /usr/bin/env and python3 as PATH finds it."""
+    found: list[str] = []
+    current = program
+    for _ in range(MAX_INTERPRETERS):
+        line = _shebang(view, current)
+        if line is None:
+            return found
+        interp, arg = line
+        resolved = _executable(view, interp)
+        if resolved is None:
+            raise ImageSourceError(f"{program}: its #! interpreter {interp} is not in the image")
+        found.append(resolved)
+        current = resolved
+        if posixpath.basename(interp) == "env" and arg:
+            name = next((w for w in arg.split() if not w.startswith("-") and "=" not in w), None)
+            target = _lookup(view, name, search, "/") if name else None
+            if name and target is None:
+                raise ImageSourceError(f"{program}: #!{interp} {arg}: {name} is not in the image's PATH")
+            if target is not None:
+                found.append(target)
+                current = target
+    return found
+
+
+# -- the user, the working folder ------------------------------------------------------
+
+
+def _folder(path: str, owners: dict[str, tuple[int, int, int]]) -> tuple[str, int, tuple[int, int]]:
+    uid, gid, mode = owners.get(posixpath.normpath(path), (0, 0, 0o755))
+    return posixpath.normpath(path), mode, (uid, gid)
+
+
+def _user(
+    view: Root, user: str | None, owners: dict[str, tuple[int, int, int]]
+) -> tuple[tuple[str, int, tuple[int, int]] | None, tuple[Generated, ...]]:
+    """The home folder and the passwd and group lines of the image's ``User``: the
+    runtime looks a name up in /etc/passwd, and so may the program."""
+    if user is None:
+        return None, ()
+    if re.fullmatch(r"[^:\s]+(:[^:\s]+)?", user) is None:
+        raise ImageSourceError(f"the image's User {user!r} is not USER[:GROUP]")
+    name, _, group = user.partition(":")
+    passwd = [f for f in _lines(view, "/etc/passwd") if len(f) >= 7 and f[3].isdigit()]
+    groups = _lines(view, "/etc/group")
+    entry = next((f for f in passwd if name in (f[0], f[2])), None)
+    if entry is None:
+        if not name.isdigit():
+            raise ImageSourceError(f"the image's User {name!r} is not in its /etc/passwd")
+        return None, ()
+    gid = entry[3]
+    root = [f for f in passwd if f[2] == "0"][:1]
+    kept_users = [*root, entry] if entry not in root else root
+    kept_groups = [f for f in groups if f[2] in ("0", gid) or (group and group in (f[0], f[2]))]
+    why = f"the image's User {user}"
+    files = (
+        Generated("/etc/passwd", _join(kept_users), reason=why),
+        Generated("/etc/group", _join(kept_groups), reason=why),
+    )
+    home = entry[5] if len(entry) > 5 and entry[5].startswith("/") else None
+    if home is None or home == "/" or not view.resolve(home).is_dir:
+        return None, files
+    path, mode, _ = _folder(home, owners)
+    return (path, mode, (int(entry[2]), int(gid))), files
+
+
+def _lines(view: Root, path: str) -> list[list[str]]:
+    text = (view.read_bytes(path, limit=4 << 20) or b"").decode("utf-8", "surrogateescape")
+    fields = [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+    return [f for f in fields if len(f) >= 4 and f[2].isdigit()]
+
+
+def _join(lines: list[list[str]]) -> bytes:
+    return "".join(":".join(f) + "\n" for f in lines).encode("utf-8", "surrogateescape")
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def _weigh(view: Root) -> tuple[int, int, dict[str, tuple[int, int]]]:
+    """Regular files of the source and their bytes, in all and per folder (three
+    levels deep at most)."""
+    files = size = 0
+    folders: dict[str, list[int]] = {}
+    for item in view.walk("/"):
+        if not stat.S_ISREG(item.mode):
+            continue
+        files += 1
+        size += item.size
+        folder = _top(item.path)
+        counts = folders.setdefault(folder, [0, 0])
+        counts[0] += 1
+        counts[1] += item.size
+    return files, size, {k: (v[0], v[1]) for k, v in folders.items()}
+
+
+def _top(path: str) -> str:
+    parts = posixpath.dirname(path).strip("/").split("/")
+    return "/" + "/".join(p for p in parts[:3] if p)
+
+
+def report(origin: Origin, plan: ImagePlan) -> dict[str, Any]:
+    """What the source held, what the new image keeps, and the biggest folders dropped."""
+    kept: dict[str, list[int]] = {}
+    for entry in plan.files:
+        if entry.source is not None:
+            counts = kept.setdefault(_top(entry.source), [0, 0])
+            counts[0] += 1
+            counts[1] += entry.size
+    left: list[tuple[int, str, int]] = []
+    for folder, (files, size) in origin.folders.items():
+        have = kept.get(folder, [0, 0])
+        if size - have[1] > 0:
+            left.append((-(size - have[1]), folder, files - have[0]))
+    dropped = [{"folder": f, "files": n, "bytes": -b} for b, f, n in sorted(left)]
+    reasons: dict[str, int] = {}
+    for entry in plan.files:
+        kind = _reason_kind(entry.reasons[0] if entry.reasons else "")
+        reasons[kind] = reasons.get(kind, 0) + 1
+    return {
+        "source": str(origin.source),
+        "digest": origin.digest,
+        "platform": str(origin.platform),
+        "layers": origin.layers,
+        "files": origin.files,
+        "bytes": origin.bytes,
+        "kept": {"files": len(plan.files), "bytes": plan.total_size, "why": dict(sorted(reasons.items()))},
+        "dropped": dropped[:DROPPED_SHOWN],
+    }
+
+
+def _reason_kind(reason: str) -> str:
+    for prefix, kind in (
+        ("input", "program"),
+        ("interpreter", "loader"),
+        ("--with", "preset"),
+        ("--add", "--add"),
+        ("traced", "trace"),
+        ("the image's User", "users"),
+    ):
+        if reason.startswith(prefix):
+            return kind
+    if " by " in reason:
+        return "needed by a program"
+    return "other"

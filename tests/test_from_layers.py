@@ -1,0 +1,263 @@
+"""`--from`: layers applied as the OCI image spec says, and hostile or broken images
+refused with one line, nothing written outside minify's private temporary root (strace
+is the witness). The images are written here with tarfile (tests/layouts.py), so each
+case is exactly the one named."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MINIFY, Builder, chroot_run, strace_minify, written_paths
+from tests.layouts import fifo, file, folder, host_file, layer_tar, link, write_layout
+
+PASSWD = (
+    b"root:x:0:0:root:/root:/bin/sh\n"
+    b"daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+    b"app:x:1000:1000::/home/app:/bin/sh\n"
+)
+GROUP = b"root:x:0:\ndaemon:x:1:\napp:x:1000:\n"
+RUN = {
+    "Entrypoint": ["hello"],
+    "Cmd": ["--loud"],
+    "Env": ["PATH=/usr/local/bin:/bin", "MODE=test"],
+    "User": "app",
+    "WorkingDir": "/work",
+    "ExposedPorts": {"8080/tcp": {}},
+    "Volumes": {"/data": {}},
+    "StopSignal": "SIGINT",
+    "Labels": {"org.example.team": "tests"},
+}
+
+
+def minify(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run([*MINIFY, *args], capture_output=True, text=True, cwd=cwd, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def static_hello(tmp_path_factory: pytest.TempPathFactory, builder: Builder) -> Path:
+    """A static program: its image needs no library, so these images stay tiny."""
+    return builder.prog(tmp_path_factory.mktemp("static") / "hello", src="hello.c", flags=["-static"])
+
+
+def spec_layers(hello: Path) -> list[bytes]:
+    lower = layer_tar(
+        [
+            folder("bin"),
+            host_file("bin/hello", hello),
+            file("etc/passwd", PASSWD),
+            file("etc/group", GROUP),
+            folder("home/app", 0o750, (1000, 1000)),
+            folder("work", 0o770, (1000, 1000)),
+            file("opt/a/x", b"lower x"),
+            file("opt/a/y", b"lower y"),
+            file("opt/b/keep", b"kept"),
+            file("opt/d/old", b"deleted"),
+            link("opt/abs", "/opt/b"),
+            file("opt/same", b"whited out in the layer that writes it"),
+        ]
+    )
+    upper = layer_tar(
+        [
+            file("opt/same", b"written before its whiteout, in the same layer"),
+            folder("opt/a"),
+            file("opt/a/.wh..wh..opq"),
+            file("opt/a/z", b"upper z"),
+            file("opt/.wh.d"),
+            file("opt/.wh.same"),
+            file("opt/abs/new", b"through an absolute symlink, inside the root"),
+            link("opt/b/hard", "opt/b/keep", hard=True),
+            fifo("opt/fifo"),
+        ]
+    )
+    return [lower, upper]
+
+
+def test_layers_are_applied_as_the_image_spec_says(tmp_path: Path, static_hello: Path) -> None:
+    write_layout(tmp_path / "src", spec_layers(static_hello), RUN)
+    done = minify("rootfs", "--from", "oci:src", "--add", "/opt", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    top = tmp_path / "out/rootfs"
+    opt = sorted(str(p.relative_to(top)) for p in (top / "opt").rglob("*"))
+    # the opaque folder shows only the upper layer; a whited-out folder is gone; a
+    # whiteout hides only lower layers, never a file of its own layer
+    assert opt == ["opt/a", "opt/a/z", "opt/abs", "opt/b", "opt/b/hard", "opt/b/keep", "opt/b/new", "opt/same"]
+    assert (top / "opt/same").read_bytes() == b"written before its whiteout, in the same layer"
+    assert os.readlink(top / "opt/abs") == "/opt/b"
+    assert os.stat(top / "opt/b/hard").st_ino == os.stat(top / "opt/b/keep").st_ino
+    assert "1 FIFOs" in done.stderr
+    # the entrypoint found through the image's PATH, and it runs
+    assert chroot_run(top, "/bin/hello").stdout == "hello from minify\n"
+    # the user's entries (and root's) kept, others dropped; its home and WorkingDir made
+    assert (top / "etc/passwd").read_bytes() == PASSWD.replace(
+        b"daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n", b""
+    )
+    assert (top / "etc/group").read_bytes() == b"root:x:0:\napp:x:1000:\n"
+    lock = json.loads((tmp_path / "out/minify.lock.json").read_text())
+    owners = {e["path"]: (e.get("owner"), e["mode"]) for e in lock["entries"] if e["path"] in ("/work", "/home/app")}
+    assert owners == {"/work": ("1000:1000", "0770"), "/home/app": ("1000:1000", "0750")}
+    dockerfile = (tmp_path / "out/Dockerfile").read_text()
+    for line in ('ENTRYPOINT ["hello"]', 'CMD ["--loud"]', "USER app", "WORKDIR /work", "EXPOSE 8080/tcp"):
+        assert line in dockerfile.splitlines()
+    assert "ENV MODE='test'" in dockerfile and "LABEL org.example.team='tests'" in dockerfile
+    assert 'VOLUME ["/data"]' in dockerfile and "STOPSIGNAL SIGINT" in dockerfile
+    report = lock["source"]
+    assert report["layers"] == 2 and report["source"] == "oci:src" and report["digest"].startswith("sha256:")
+    # the flattened source: hello, passwd, group, z, keep, hard, new, same
+    assert report["files"] == 8 and report["kept"]["why"]["program"] == 1
+    # --check: the same source gives the same OUT
+    again = minify("rootfs", "--from", "oci:src", "--add", "/opt", "-o", "out", "--check", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "up to date" in again.stdout
+
+
+def test_check_sees_a_changed_source_image(tmp_path: Path, static_hello: Path) -> None:
+    write_layout(tmp_path / "src", spec_layers(static_hello), RUN)
+    assert minify("rootfs", "--from", "oci:src", "-o", "out", cwd=tmp_path).returncode == 0
+    changed = [*spec_layers(static_hello), layer_tar([file("etc/passwd", PASSWD + b"extra:x:7:7::/:/bin/sh\n")])]
+    (tmp_path / "src").rename(tmp_path / "old")
+    write_layout(tmp_path / "src", changed, RUN)
+    done = minify("rootfs", "--from", "oci:src", "-o", "out", "--check", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "minify.lock.json differs" in done.stdout
+
+
+def docker_archive(dest: Path, layers: list[bytes], run: dict[str, object]) -> None:
+    """What `docker save` writes: manifest.json, the config named by its digest, and
+    each layer as an uncompressed tar."""
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": run,
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in layers]},
+        }
+    ).encode()
+    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
+    names = [f"{hashlib.sha256(t).hexdigest()}/layer.tar" for t in layers]
+    manifest = json.dumps([{"Config": config_name, "RepoTags": ["localhost/small:1"], "Layers": names}]).encode()
+    with tarfile.open(dest, "w") as tar:
+        for name, data in [("manifest.json", manifest), (config_name, config), *zip(names, layers, strict=True)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_docker_archive_is_read_by_name_and_tag(tmp_path: Path, static_hello: Path) -> None:
+    docker_archive(tmp_path / "small.tar", spec_layers(static_hello), RUN)
+    done = minify("image", "--from", "docker-archive:small.tar:localhost/small:1", "-o", "oci:min", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "source: docker-archive:small.tar:localhost/small:1" in done.stdout
+
+
+# -- refused: one line, exit 2, nothing written outside the temporary root ---------------------
+
+
+def _hostile(hello: Path) -> dict[str, tuple[list[bytes], tuple[str, ...], str]]:
+    base = [host_file("bin/hello", hello)]
+    return {
+        "absolute name": ([layer_tar([*base, file("/etc/evil", b"x")])], (), "absolute path '/etc/evil'"),
+        "dot-dot": ([layer_tar([*base, file("usr/../../evil", b"x")])], (), "with '..'"),
+        "symlink out": ([layer_tar([*base, link("usr/evil", "../../etc")])], (), "leaves the root"),
+        "hard link to unseen": (
+            [layer_tar([*base, link("usr/a", "usr/never", hard=True)])],
+            (),
+            "a hard link to a name the layers have not written",
+        ),
+        "hard link up": ([layer_tar([*base, link("usr/a", "../etc/shadow", hard=True)])], (), "with '..'"),
+        "tar bomb": (
+            [layer_tar([*base, file("big", bytes(2 << 20))])],
+            ("--max-unpacked-size", "1M"),
+            "--max-unpacked-size",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["absolute name", "dot-dot", "symlink out", "hard link to unseen", "hard link up", "tar bomb"]
+)
+def test_a_hostile_layer_is_refused_and_nothing_is_written_outside(
+    tmp_path: Path, static_hello: Path, case: str
+) -> None:
+    layers, args, expected = _hostile(static_hello)[case]
+    write_layout(tmp_path / "src", layers, {"Entrypoint": ["/bin/hello"]})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    log = tmp_path / "strace.log"
+    env = dict(os.environ, TMPDIR=str(scratch), PYTHONDONTWRITEBYTECODE="1")
+    done = strace_minify(["image", "--from", "oci:src", *args, "-o", "oci:out"], log, cwd=tmp_path, env=env)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and expected in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+    written = written_paths(log)
+    assert written, "strace saw the layer being unpacked"
+    assert any(p.startswith(f"{scratch}/minify-from-") for p in written)
+    # (Python's tempfile also probes TMPDIR once with a file of its own)
+    outside = sorted(p for p in written if not p.startswith(f"{scratch}/"))
+    assert outside == []
+    assert os.listdir(scratch) == []  # the temporary root removed
+
+
+def test_an_absolute_symlink_is_followed_inside_the_root(tmp_path: Path, static_hello: Path) -> None:
+    marker = f"minify-test-{os.getpid()}"
+    layers = [layer_tar([host_file("bin/hello", static_hello), link("escape", "/tmp"), file(f"escape/{marker}", b"x")])]
+    write_layout(tmp_path / "src", layers, {"Entrypoint": ["/bin/hello"]})
+    done = minify("rootfs", "--from", "oci:src", "--add", f"/tmp/{marker}", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out/rootfs/tmp" / marker).read_bytes() == b"x"
+    assert not os.path.lexists(f"/tmp/{marker}")
+
+
+def _corrupt_blob(src: Path, digest: str) -> None:
+    blob = src / "blobs/sha256" / digest.split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["layer digest", "config digest", "missing blob", "no entrypoint", "entrypoint absent", "truncated archive"],
+)
+def test_a_broken_image_is_refused_with_one_line(tmp_path: Path, static_hello: Path, case: str) -> None:
+    layers = [layer_tar([host_file("bin/hello", static_hello)])]
+    run: dict[str, object] = {"Entrypoint": ["/bin/hello"]}
+    if case == "no entrypoint":
+        run = {}
+    if case == "entrypoint absent":
+        run = {"Cmd": ["nothere"], "Env": ["PATH=/bin"]}
+    source = "oci:src"
+    if case == "truncated archive":
+        docker_archive(tmp_path / "img.tar", layers, run)
+        data = (tmp_path / "img.tar").read_bytes()
+        (tmp_path / "img.tar").write_bytes(data[: len(data) // 2])
+        source = "docker-archive:img.tar"
+    else:
+        digests = write_layout(tmp_path / "src", layers, run, compress=case != "layer digest")
+        if case == "layer digest":
+            _corrupt_blob(tmp_path / "src", digests["layer1"])
+        elif case == "config digest":
+            _corrupt_blob(tmp_path / "src", digests["config"])
+        elif case == "missing blob":
+            (tmp_path / "src/blobs/sha256" / digests["layer1"].split(":")[1]).unlink()
+    expected = {
+        "layer digest": "not the digest",
+        "config digest": "not the digest",
+        "missing blob": "is missing",
+        "no entrypoint": "no Entrypoint and no Cmd",
+        "entrypoint absent": "'nothere' is not an executable file in the image",
+        "truncated archive": "img.tar",
+    }[case]
+    done = minify("image", "--from", source, "-o", "oci:out", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("minify: error: ") and expected in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()
