@@ -354,7 +354,7 @@ def rootfs(
         checked = _guard(verbose, lambda: _print_differences(check, options))
         raise typer.Exit(_say_up_to_date(output, checked))
     _guard(verbose, lambda: _graph_format(graph))
-    _note_trace(trace)
+    _note_trace(trace, from_)
     built = _guard(verbose, lambda: _with_progress(build, options))
     _report_rootfs(built, output)
     _guard(verbose, lambda: _write_graph(graph, built.plan))
@@ -418,7 +418,7 @@ def image(
     dest = _guard(verbose, lambda: parse_dest(output, tag))
     options = _guard(verbose, lambda: _rootfs_options(raw))
     _guard(verbose, lambda: _graph_format(graph))
-    _note_trace(trace)
+    _note_trace(trace, from_)
     result = _guard(verbose, lambda: _with_progress(lambda o, **kw: write_image(o, dest, **kw), options))
     _report_image(result, fmt)
     _guard(verbose, lambda: _write_graph(graph, result.plan))
@@ -594,8 +594,11 @@ def _size(text: str, what: str) -> int:
     return int(match.group(1)) << (10 * " KMGT".index(match.group(2).upper() or " "))
 
 
-def _note_trace(trace: str | None) -> None:
-    if trace is not None:
+def _note_trace(trace: str | None, source: str | None) -> None:
+    if trace is not None and source is not None:
+        what = f"`{trace}`" if trace else "the image's entrypoint"
+        _say("note", f"running {what} inside {source} (its files, unpacked) under strace, to record what it reads")
+    elif trace is not None:
         _say("note", f"running `{trace}` on this machine under strace, to record what it reads")
 
 

@@ -137,11 +137,15 @@ def parse_source(text: str) -> ImageSource:
     return ImageSource(transport, path, ref)
 
 
-def parse_platform(text: str | None) -> Platform:
-    """``--platform OS/ARCH[/VARIANT]``, or this machine's."""
+def host_platform() -> Platform:
+    arch, variant = PLATFORMS.get(host_arch(), (host_arch(), None))
+    return Platform("linux", arch, None if arch == "arm64" else variant)
+
+
+def parse_platform(text: str | None) -> Platform | None:
+    """``--platform OS/ARCH[/VARIANT]``, or None (an index gives this machine's)."""
     if text is None:
-        arch, variant = PLATFORMS.get(host_arch(), (host_arch(), None))
-        return Platform("linux", arch, None if arch == "arm64" else variant)
+        return None
     parts = text.split("/")
     if len(parts) not in (2, 3) or not all(re.fullmatch(r"[a-z0-9_]+", p) for p in parts):
         raise ImageSourceError(f"--platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/arm64")
@@ -201,8 +205,10 @@ class Blobs:
         path = os.path.join(self.where, name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ImageSourceError(f"{self.where}: {name} is missing: the image is incomplete") from None
         except OSError as exc:
-            raise ImageSourceError(f"{path}: {exc.strerror}: the image is incomplete") from None
+            raise ImageSourceError(f"{path}: {exc.strerror}") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise ImageSourceError(f"{path}: not a regular file")
@@ -251,9 +257,11 @@ def check_digest(data: bytes, digest: str, what: str) -> None:
 # -- reading an image ------------------------------------------------------------------
 
 
-def read_image(source: ImageSource, platform: Platform, work: str) -> tuple[SourceImage, Blobs]:
-    """The image SOURCE names, for ``platform``, checked; ``work`` is a private folder
-    for a containers-storage export. The caller closes the Blobs."""
+def read_image(source: ImageSource, platform: Platform | None, work: str) -> tuple[SourceImage, Blobs]:
+    """The image SOURCE names, checked: from an index, the one for ``platform`` (this
+    machine's when None); a single image must be for ``platform`` when one is named.
+    ``work`` is a private folder for a containers-storage export. The caller closes
+    the Blobs."""
     where = source.path
     if source.transport is SourceTransport.CONTAINERS_STORAGE:
         where = _export(source.path, work)
@@ -267,9 +275,9 @@ def read_image(source: ImageSource, platform: Platform, work: str) -> tuple[Sour
         if source_for_read.transport is SourceTransport.DOCKER_ARCHIVE:
             digest, config, layers = _docker_archive(blobs, source.ref)
         else:
-            digest, config, layers = _oci_layout(blobs, source_for_read.ref, platform)
+            digest, config, layers = _oci_layout(blobs, source_for_read.ref, platform or host_platform())
         found = _platform_of(config)
-        if (found.os, found.architecture) != (platform.os, platform.architecture):
+        if platform is not None and (found.os, found.architecture) != (platform.os, platform.architecture):
             raise ImageSourceError(f"{source}: the image is for {found}, not {platform} (--platform)")
     except BaseException:
         blobs.close()

@@ -12,10 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from minify.loader.arch import host_arch
+from minify.oci import PLATFORMS
+
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+#: This machine's OCI architecture: the images are for the machine the tests run on.
+HOST_ARCH = PLATFORMS[host_arch()][0]
 
 Member = Callable[[tarfile.TarFile], None]
 
@@ -89,7 +95,7 @@ def write_layout(
     *,
     compress: bool = True,
     ref: str | None = None,
-    architecture: str = "amd64",
+    architecture: str | None = None,
 ) -> dict[str, str]:
     """An OCI layout at ``dest`` with these layer tars (gzip-compressed unless not
     ``compress``) and ``run`` as the config's ``config``; returns the blobs' digests
@@ -103,7 +109,7 @@ def write_layout(
         media = MEDIA_LAYER + ("+gzip" if compress else "")
         described.append({"mediaType": media, "digest": digest, "size": len(stored)})
     config = {
-        "architecture": architecture,
+        "architecture": architecture or HOST_ARCH,
         "os": "linux",
         "config": run,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in layers]},

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import HOST_INTERP, HOST_LIBDIR, MINIFY, TRIPLET, Builder, Podman, need_tool, run
+from tests.conftest import HOST_INTERP, HOST_LIBDIR, MINIFY, TRIPLET, Builder, Podman, copy_host_path, need_tool, run
 from tests.layouts import file, folder, layer_tar
 
 UID = 4242
@@ -58,33 +58,16 @@ class Fat:
     images: dict[str, str]  # variant -> podman image id (pulled from the layout)
 
 
-def _copy(src: str, top: Path) -> None:
-    """A path of this machine into the fat root at the same place: hard links where
-    the file systems allow (fast), copies where not."""
-    if not os.path.lexists(src):
-        return
-    dest = top / src.lstrip("/")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if os.path.lexists(dest):
-        return
-    if os.path.islink(src) or not os.path.isdir(src):
-        run(["cp", "-a", src, str(dest)])
-        return
-    if subprocess.run(["cp", "-al", src, str(dest)], capture_output=True).returncode != 0:
-        shutil.rmtree(dest, ignore_errors=True)
-        run(["cp", "-a", src, str(dest)])
-
-
 def _assemble(top: Path, builder: Builder) -> None:
     for name in ("/bin", "/sbin", "/lib", "/lib64", "/usr/lib64"):
-        _copy(name, top)  # links where the machine is usrmerged, folders where not
+        copy_host_path(name, top)  # links where the machine is usrmerged, folders where not
     python = os.path.realpath("/usr/bin/python3")
     for path in ("/usr/bin/curl", "/usr/bin/env", "/usr/bin/python3", python, HOST_INTERP):
-        _copy(path, top)
+        copy_host_path(path, top)
     for path in (os.path.realpath(HOST_LIBDIR), f"/usr/lib/{TRIPLET}", f"/usr/lib/{os.path.basename(python)}"):
-        _copy(path, top)
+        copy_host_path(path, top)
     for path in ("/etc", "/var/lib/dpkg", "/usr/share/doc", "/usr/share/zoneinfo", "/usr/share/ca-certificates"):
-        _copy(path, top)
+        copy_host_path(path, top)
     for where, words in (("wh", "lower wh"), ("opq", "lower opq"), ("fallback", "fallback"), ("app/lib", "origin")):
         lib = top / "opt" / where / "libgreet.so.1"
         builder.lib(lib, "greet", src="greet.c", flags=[f'-DGREETING="{words}"'])

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MINIFY, Builder, chroot_run, strace_minify, written_paths
-from tests.layouts import fifo, file, folder, host_file, layer_tar, link, write_layout
+from tests.conftest import CONTAINERS_CONF, MINIFY, Builder, Podman, chroot_run, strace_minify, written_paths
+from tests.layouts import HOST_ARCH, fifo, file, folder, host_file, layer_tar, link, write_layout
 
 PASSWD = (
     b"root:x:0:0:root:/root:/bin/sh\n"
@@ -135,7 +135,7 @@ def docker_archive(dest: Path, layers: list[bytes], run: dict[str, object]) -> N
     each layer as an uncompressed tar."""
     config = json.dumps(
         {
-            "architecture": "amd64",
+            "architecture": HOST_ARCH,
             "os": "linux",
             "config": run,
             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in layers]},
@@ -261,3 +261,85 @@ def test_a_broken_image_is_refused_with_one_line(tmp_path: Path, static_hello: P
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("minify: error: ") and expected in lines[0], done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _platform_index(dest: Path, hello: Path) -> None:
+    """An index of two platforms: this machine's (a working image) and s390x, whose
+    manifest names a config blob that is not there."""
+    write_layout(dest, [layer_tar([host_file("bin/hello", hello)])], {"Entrypoint": ["/bin/hello"]})
+    index = json.loads((dest / "index.json").read_text())
+    good = index["manifests"][0]
+    good["platform"] = {"os": "linux", "architecture": HOST_ARCH}
+    broken = json.dumps(
+        {
+            "schemaVersion": 2,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "sha256:" + "0" * 64,
+                "size": 2,
+            },
+            "layers": [],
+        }
+    ).encode()
+    digest = hashlib.sha256(broken).hexdigest()
+    (dest / "blobs/sha256" / digest).write_bytes(broken)
+    other = {"mediaType": good["mediaType"], "digest": f"sha256:{digest}", "size": len(broken)}
+    nested = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{**other, "platform": {"os": "linux", "architecture": "s390x"}}, good],
+        }
+    ).encode()
+    nested_digest = hashlib.sha256(nested).hexdigest()
+    (dest / "blobs/sha256" / nested_digest).write_bytes(nested)
+    top = {
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": f"sha256:{nested_digest}",
+        "size": len(nested),
+    }
+    (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
+
+
+def test_a_multi_platform_index_gives_this_machines_image_or_the_one_named(tmp_path: Path, static_hello: Path) -> None:
+    _platform_index(tmp_path / "src", static_hello)
+    done = minify("image", "--from", "oci:src", "-o", "oci:out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"linux/{HOST_ARCH}" in done.stdout
+    other = minify("image", "--from", "oci:src", "--platform", "linux/s390x", "-o", "oci:out2", cwd=tmp_path)
+    assert other.returncode == 2 and "is missing" in other.stderr  # it went for the s390x manifest
+    absent = minify("image", "--from", "oci:src", "--platform", "linux/mips64le", "-o", "oci:out3", cwd=tmp_path)
+    assert absent.returncode == 2
+    assert f"no image for linux/mips64le (it has: linux/s390x, linux/{HOST_ARCH})" in absent.stderr
+
+
+def test_containers_storage_is_read_through_podman(tmp_path: Path, static_hello: Path, podman: Podman) -> None:
+    write_layout(tmp_path / "src", spec_layers(static_hello)[:1], RUN)  # (podman refuses the upper's tricks)
+    image = podman("pull", "-q", f"oci:{tmp_path / 'src'}").stdout.strip().splitlines()[-1]
+    conf = tmp_path / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    env = dict(os.environ, CONTAINERS_CONF=str(conf))
+    try:
+        done = subprocess.run(
+            [*MINIFY, "rootfs", "--from", f"containers-storage:{image}", "-o", "out"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        lock = json.loads((tmp_path / "out/minify.lock.json").read_text())
+        assert lock["source"]["source"] == f"containers-storage:{image}" and lock["source"]["layers"] == 1
+        assert chroot_run(tmp_path / "out/rootfs", "/bin/hello").stdout == "hello from minify\n"
+    finally:
+        podman("rmi", "-f", image, check=False)
+    gone = subprocess.run(
+        [*MINIFY, "rootfs", "--from", "containers-storage:localhost/minify-test-absent:1", "-o", "out2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert gone.returncode == 2 and "podman save failed" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1
