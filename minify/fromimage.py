@@ -1,12 +1,13 @@
 """``--from SOURCE``: an existing image becomes the root the rest of minify reads.
 
 The image is read (``minify.source``) and flattened (``minify.unpack``) into a private
-temporary folder, which is then analysed with the ordinary ``--root`` machinery, so
-no path of the host is read. The program to keep is the one the image runs: its
-``Entrypoint`` + ``Cmd``, resolved the way a runtime does (through the ``PATH`` of its
-``Env``, relative names from its ``WorkingDir``), and a ``#!`` script brings its
-interpreter (``/usr/bin/env NAME`` is followed to NAME). The source's config is kept:
-``Origin.config`` is what the new image says.
+temporary folder beside OUT (``.minify-from-OUT-*``, removed afterwards), which is
+then analysed with the ordinary ``--root`` machinery, so no path of the host is read.
+The program to keep is the one the image runs: its ``Entrypoint`` + ``Cmd``, resolved
+the way a runtime does (through the ``PATH`` of its ``Env``, relative names from its
+``WorkingDir``), and a ``#!`` script brings its interpreter (``/usr/bin/env NAME`` is
+followed to NAME). The source's config is kept: ``Origin.config`` is what the new
+image says.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from minify import __version__
-from minify.errors import ImageSourceError, MinifyError
+from minify.errors import ImageSourceError, MinifyError, OutputError
 from minify.image import Generated, ImageConfig, ImagePlan
 from minify.root import Root
 from minify.source import ImageSource, Platform, SourceImage, parse_platform, parse_source, read_image
@@ -73,7 +74,7 @@ def opened(options: RootfsOptions) -> Iterator[tuple[RootfsOptions, Origin | Non
         raise MinifyError("--from and --root name two roots; give one")
     source = parse_source(options.source)
     platform = parse_platform(options.platform)
-    work = tempfile.mkdtemp(prefix="minify-from-")
+    work = _workspace(options.output)
     try:
         image, blobs = read_image(source, platform, work)
         try:
@@ -85,6 +86,19 @@ def opened(options: RootfsOptions) -> Iterator[tuple[RootfsOptions, Origin | Non
         yield replace(options, root=unpacked.root, paths=paths), origin
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _workspace(output: str) -> str:
+    """A private folder beside OUT for the flattened image: on OUT's file system (an
+    image is often bigger than a tmpfs /tmp), and nowhere else."""
+    out = os.path.abspath(output or ".")
+    parent = os.path.dirname(out)
+    try:
+        if not os.path.isdir(parent):
+            os.makedirs(parent)
+        return tempfile.mkdtemp(prefix=f".minify-from-{os.path.basename(out)}-", dir=parent)
+    except OSError as exc:
+        raise OutputError(f"{parent}: cannot write the unpacked image here ({exc.strerror})") from None
 
 
 def _origin(image: SourceImage, unpacked: Unpacked, named: bool) -> Origin:
