@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shutil
 import stat
@@ -162,6 +163,7 @@ class Blobs:
         self.where = where
         self._tar: tarfile.TarFile | None = None
         self._members: dict[str, tarfile.TarInfo] = {}
+        self._links: dict[str, str] = {}  # docker save's older format links repeated layers
         try:
             st = os.stat(where)
         except OSError as exc:
@@ -180,6 +182,8 @@ class Blobs:
                     break
                 if member.isfile():
                     self._members[_clean(member.name)] = member
+                elif member.issym():
+                    self._links[_clean(member.name)] = member.linkname
             else:
                 raise ImageSourceError(f"{where}: more than {MAX_ARCHIVE_MEMBERS} members; not an image archive")
         except (tarfile.TarError, OSError, EOFError) as exc:
@@ -189,15 +193,24 @@ class Blobs:
         if self._tar is not None:
             self._tar.close()
 
+    def _follow(self, name: str) -> str:
+        """A member name with the archive's own symlinks followed (a few, relative)."""
+        for _ in range(8):
+            target = self._links.get(name)
+            if target is None or target.startswith("/"):
+                return name
+            name = _clean(posixpath.join(posixpath.dirname(name), target))
+        return name
+
     def has(self, name: str) -> bool:
         if self._tar is not None:
-            return _clean(name) in self._members
+            return self._follow(_clean(name)) in self._members
         return _regular(os.path.join(self.where, name))
 
     def open(self, name: str) -> IO[bytes]:
         """A member or file for reading: regular files only, never through a symlink."""
         if self._tar is not None:
-            member = self._members.get(_clean(name))
+            member = self._members.get(self._follow(_clean(name)))
             handle = self._tar.extractfile(member) if member is not None else None
             if handle is None:
                 raise ImageSourceError(f"{self.where}: {name} is missing from the archive")

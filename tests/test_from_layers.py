@@ -130,9 +130,10 @@ def test_check_sees_a_changed_source_image(tmp_path: Path, static_hello: Path) -
     assert "minify.lock.json differs" in done.stdout
 
 
-def docker_archive(dest: Path, layers: list[bytes], run: dict[str, object]) -> None:
+def docker_archive(dest: Path, layers: list[bytes], run: dict[str, object], *, linked: bool = False) -> None:
     """What `docker save` writes: manifest.json, the config named by its digest, and
-    each layer as an uncompressed tar."""
+    each layer as an uncompressed tar (``linked``: the last one as a symlink to a copy,
+    as older docker versions wrote repeated layers)."""
     config = json.dumps(
         {
             "architecture": HOST_ARCH,
@@ -146,13 +147,18 @@ def docker_archive(dest: Path, layers: list[bytes], run: dict[str, object]) -> N
     manifest = json.dumps([{"Config": config_name, "RepoTags": ["localhost/small:1"], "Layers": names}]).encode()
     with tarfile.open(dest, "w") as tar:
         for name, data in [("manifest.json", manifest), (config_name, config), *zip(names, layers, strict=True)]:
-            info = tarfile.TarInfo(name)
+            info = tarfile.TarInfo(f"copy/{name}" if linked and name == names[-1] else name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+        if linked:
+            info = tarfile.TarInfo(names[-1])
+            info.type = tarfile.SYMTYPE
+            info.linkname = f"../copy/{names[-1]}"
+            tar.addfile(info)
 
 
 def test_a_docker_archive_is_read_by_name_and_tag(tmp_path: Path, static_hello: Path) -> None:
-    docker_archive(tmp_path / "small.tar", spec_layers(static_hello), RUN)
+    docker_archive(tmp_path / "small.tar", spec_layers(static_hello), RUN, linked=True)
     done = minify("image", "--from", "docker-archive:small.tar:localhost/small:1", "-o", "oci:min", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "source: docker-archive:small.tar:localhost/small:1" in done.stdout
