@@ -77,20 +77,15 @@ def host_libc_into(root: Path, *, interp_link: str | None = None) -> Path:
 
 
 def copy_host_path(src: str, top: Path) -> None:
-    """A path of this machine into a root being assembled, at the same place: hard
-    links where the file systems allow (fast), copies where not; symlinks as symlinks."""
+    """A path of this machine into a root being assembled, at the same place; symlinks
+    as symlinks. Copied, never hard-linked: a link would change the ctime of the
+    machine's own files (and a write through it, the files themselves)."""
     if not os.path.lexists(src):
         return
     dest = top / src.lstrip("/")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if os.path.lexists(dest):
-        return
-    if os.path.islink(src) or not os.path.isdir(src):
-        run(["cp", "-a", src, str(dest)])
-        return
-    if subprocess.run(["cp", "-al", src, str(dest)], capture_output=True).returncode != 0:
-        shutil.rmtree(dest, ignore_errors=True)
-        run(["cp", "-a", src, str(dest)])
+    if not os.path.lexists(dest):
+        run(["cp", "-a", "--reflink=auto", src, str(dest)])
 
 
 def need_tool(*tools: str) -> None:
