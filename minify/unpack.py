@@ -63,18 +63,15 @@ def flatten(image: SourceImage, blobs: Blobs, root: str, *, limit: int = DEFAULT
     for number, layer in enumerate(image.layers, 1):
         plain = os.path.join(os.path.dirname(root), f"layer-{number}.tar")
         what = f"{image.source}: layer {number} ({layer.diff_id[:19]})"
-        _decompress(blobs, layer, plain, budget, what, limit)
         try:
-            with _Tree(root) as tree, open(plain, "rb") as raw:
-                capped = _Capped(raw, what)
-                with tarfile.open(fileobj=cast("IO[bytes]", capped), mode="r:") as tar:
-                    members = _check(tar, what, limit)
-                    tree.whiteouts(members)
-                    tree.write(tar, members, skipped, done.owners)
-        except tarfile.TarError as exc:
-            raise ImageSourceError(f"{what}: not a readable tar ({exc})") from None
+            _decompress(blobs, layer, plain, budget, what, limit)
+            _apply(plain, root, what, limit, skipped, done.owners)
+        except OSError as exc:  # no space left, a name too long for this file system, ...
+            name = f" {exc.filename}:" if exc.filename else ""
+            raise ImageSourceError(f"{what}:{name} cannot be unpacked here ({exc.strerror or exc})") from None
         finally:
-            os.unlink(plain)
+            if os.path.lexists(plain):
+                os.unlink(plain)
         done.layers = number
     if skipped:
         done.notes.append(
@@ -82,6 +79,21 @@ def flatten(image: SourceImage, blobs: Blobs, root: str, *, limit: int = DEFAULT
             + ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items()))
         )
     return done
+
+
+def _apply(
+    plain: str, root: str, what: str, limit: int, skipped: dict[str, int], owners: dict[str, tuple[int, int, int]]
+) -> None:
+    """One layer's plain tar: checked whole, its whiteouts applied, then its files."""
+    try:
+        with _Tree(root) as tree, open(plain, "rb") as raw:
+            capped = _Capped(raw, what)
+            with tarfile.open(fileobj=cast("IO[bytes]", capped), mode="r:") as tar:
+                members = _check(tar, what, limit)
+                tree.whiteouts(members)
+                tree.write(tar, members, skipped, owners)
+    except tarfile.TarError as exc:
+        raise ImageSourceError(f"{what}: not a readable tar ({exc})") from None
 
 
 # -- unpacking a blob to a plain tar ---------------------------------------------------
