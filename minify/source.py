@@ -327,7 +327,9 @@ def _oci_layout(blobs: Blobs, ref: str | None, platform: Platform) -> tuple[str,
     manifests = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(manifests, list) or not manifests:
         raise ImageSourceError(f"{blobs.where}: index.json lists no image")
-    chosen = _by_ref(blobs.where, manifests, ref)
+    platformed = ref is None and len(manifests) > 1 and all(isinstance(m, dict) and "platform" in m for m in manifests)
+    # (skopeo copy --all writes each platform's manifest straight into index.json)
+    chosen = _by_platform(blobs.where, manifests, platform) if platformed else _by_ref(blobs.where, manifests, ref)
     for _ in range(MAX_INDEX_DEPTH):
         digest = _field(chosen, "digest", str, blobs.where)
         doc = blobs.document(blob_name(digest), digest)

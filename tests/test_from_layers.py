@@ -265,9 +265,10 @@ def test_a_broken_image_is_refused_with_one_line(tmp_path: Path, static_hello: P
     assert not (tmp_path / "out").exists()
 
 
-def _platform_index(dest: Path, hello: Path) -> None:
+def _platform_index(dest: Path, hello: Path, *, flat: bool = False) -> None:
     """An index of two platforms: this machine's (a working image) and s390x, whose
-    manifest names a config blob that is not there."""
+    manifest names a config blob that is not there; nested (as registries serve it) or
+    ``flat`` in index.json (as `skopeo copy --all` writes it)."""
     write_layout(dest, [layer_tar([host_file("bin/hello", hello)])], {"Entrypoint": ["/bin/hello"]})
     index = json.loads((dest / "index.json").read_text())
     good = index["manifests"][0]
@@ -286,12 +287,12 @@ def _platform_index(dest: Path, hello: Path) -> None:
     digest = hashlib.sha256(broken).hexdigest()
     (dest / "blobs/sha256" / digest).write_bytes(broken)
     other = {"mediaType": good["mediaType"], "digest": f"sha256:{digest}", "size": len(broken)}
+    both = [{**other, "platform": {"os": "linux", "architecture": "s390x"}}, good]
+    if flat:
+        (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": both}))
+        return
     nested = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{**other, "platform": {"os": "linux", "architecture": "s390x"}}, good],
-        }
+        {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": both}
     ).encode()
     nested_digest = hashlib.sha256(nested).hexdigest()
     (dest / "blobs/sha256" / nested_digest).write_bytes(nested)
@@ -303,8 +304,11 @@ def _platform_index(dest: Path, hello: Path) -> None:
     (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
 
 
-def test_a_multi_platform_index_gives_this_machines_image_or_the_one_named(tmp_path: Path, static_hello: Path) -> None:
-    _platform_index(tmp_path / "src", static_hello)
+@pytest.mark.parametrize("flat", [False, True], ids=["nested", "flat"])
+def test_a_multi_platform_index_gives_this_machines_image_or_the_one_named(
+    tmp_path: Path, static_hello: Path, flat: bool
+) -> None:
+    _platform_index(tmp_path / "src", static_hello, flat=flat)
     done = minify("image", "--from", "oci:src", "-o", "oci:out", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"linux/{HOST_ARCH}" in done.stdout
