@@ -406,6 +406,9 @@ def image(
     trace_exclude: _TraceExcludeOpt = None,
     no_package_metadata: _NoPackageMetadataOpt = False,
     graph: _GraphOpt = None,
+    check_only: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 if DEST is not the image that would be written.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace DEST even if minify did not write it.")] = False,
     no_cache: NoCacheOpt = False,
     verbose: VerboseOpt = False,
@@ -418,6 +421,10 @@ def image(
     dest = _guard(verbose, lambda: parse_dest(output, tag))
     options = _guard(verbose, lambda: _rootfs_options(raw))
     _guard(verbose, lambda: _graph_format(graph))
+    if check_only:
+        checked = _guard(verbose, lambda: _print_differences(lambda o: write_image(o, dest, check=True), options))
+        typer.echo(f"{dest}: up to date ({checked.digest})")
+        raise typer.Exit(EXIT_OK)
     _note_trace(trace, from_)
     result = _guard(verbose, lambda: _with_progress(lambda o, **kw: write_image(o, dest, **kw), options))
     _report_image(result, fmt)

@@ -33,7 +33,7 @@ from enum import StrEnum
 from typing import IO, TYPE_CHECKING, Any
 
 from minify import __version__, output
-from minify.errors import OutputError, PlanError
+from minify.errors import OutOfDate, OutputError, PlanError
 from minify.image import Entry, EntryType, ImagePlan
 
 if TYPE_CHECKING:
@@ -384,8 +384,8 @@ def tar_layout(folder: str, path: str, epoch: int) -> None:
 # -- ownership of an existing DEST ---------------------------------------------------
 
 
-def _ours(path: str) -> bool:
-    """A DEST minify wrote: an index.json (in the folder or the tar) with its mark."""
+def _own_index(path: str) -> dict[str, Any] | None:
+    """The index.json of a DEST minify wrote (in the folder or the tar), with its mark."""
     try:
         if os.path.isdir(path) and not os.path.islink(path):
             with open(os.path.join(path, "index.json"), "rb") as fh:
@@ -394,13 +394,29 @@ def _ours(path: str) -> bool:
             with tarfile.open(path, "r:") as tar:
                 member = tar.extractfile("index.json")
                 if member is None:
-                    return False
+                    return None
                 index = json.loads(member.read(1 << 20))
         else:
-            return False
+            return None
     except (OSError, ValueError, KeyError, tarfile.TarError):
-        return False
-    return isinstance(index, dict) and OWNER_ANNOTATION in (index.get("annotations") or {})
+        return None
+    if isinstance(index, dict) and OWNER_ANNOTATION in (index.get("annotations") or {}):
+        return index
+    return None
+
+
+def _ours(path: str) -> bool:
+    return _own_index(path) is not None
+
+
+def _digest_of(path: str) -> str | None:
+    """The manifest digest of the image minify wrote at DEST, if it did."""
+    index = _own_index(path)
+    manifests = index.get("manifests") if index else None
+    if isinstance(manifests, list) and len(manifests) == 1 and isinstance(manifests[0], dict):
+        digest = manifests[0].get("digest")
+        return digest if isinstance(digest, str) else None
+    return None
 
 
 def refuse_foreign(dest: ImageDest, *, force: bool) -> None:
@@ -414,18 +430,28 @@ def refuse_foreign(dest: ImageDest, *, force: bool) -> None:
 
 
 def write_image(
-    options: RootfsOptions, dest: ImageDest, *, progress: Callable[[int, int], None] | None = None
+    options: RootfsOptions,
+    dest: ImageDest,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    check: bool = False,
 ) -> ImageResult:
     """Plan as ``minify rootfs`` does, materialise and verify the rootfs, write the
-    image beside DEST, and rename it into place."""
+    image beside DEST, and rename it into place. With ``check`` (``--check``), DEST is
+    left as it is: the image is made beside it, and its digest must be DEST's
+    (``OutOfDate`` otherwise), which the byte for byte reproducible output allows."""
     from minify.fromimage import opened
 
     with opened(replace(options, output=dest.path)) as (inner, origin):
-        return _write_image(inner, origin, dest, progress)
+        return _write_image(inner, origin, dest, progress, check)
 
 
 def _write_image(
-    options: RootfsOptions, origin: Origin | None, dest: ImageDest, progress: Callable[[int, int], None] | None
+    options: RootfsOptions,
+    origin: Origin | None,
+    dest: ImageDest,
+    progress: Callable[[int, int], None] | None,
+    check: bool,
 ) -> ImageResult:
     from minify.rootfs import materialise, prepare, verify_rootfs
 
@@ -443,11 +469,22 @@ def _write_image(
         warnings.extend(verify_rootfs(rootfs, plan))
         layout = os.path.join(tmp, "layout")
         written = write_layout(plan, rootfs, layout, dest, epoch=epoch, capabilities=capabilities)
-        refuse_foreign(dest, force=options.force)  # again, under the lock
-        _place(layout, dest, out, epoch)
+        if check:
+            _compare(dest, written.digest)
+        else:
+            refuse_foreign(dest, force=options.force)  # again, under the lock
+            _place(layout, dest, out, epoch)
     return ImageResult(
         dest, written.digest, written.compressed, written.uncompressed, platform, plan, tuple(warnings), prepared.report
     )
+
+
+def _compare(dest: ImageDest, digest: str) -> None:
+    have = _digest_of(dest.path)
+    if have is None:
+        raise OutOfDate((f"{dest.path}: missing, or not an image minify wrote",))
+    if have != digest:
+        raise OutOfDate((f"{dest}: its image is {have}; it would be {digest}",))
 
 
 def _make_parent(parent: str) -> None:

@@ -190,36 +190,61 @@ def _same_config(fat: dict[str, Any], small: dict[str, Any]) -> None:
     assert (small["os"], small["architecture"]) == (fat["os"], fat["architecture"])
 
 
-def test_curl_from_podman_save(tmp_path: Path, fat: Fat, podman: Podman) -> None:
-    archive = tmp_path / "fat-curl.tar"
-    podman("save", "-o", str(archive), fat.images["curl"])  # docker-archive, as `docker save` writes it
-    result = minify(
-        "image",
-        "--from",
-        f"docker-archive:{archive}",
-        "-o",
-        "docker-archive:min.tar:localhost/minify-test-min-curl:1",
-        cwd=tmp_path,
-    )
+TRANSPORTS = ("docker-archive", "oci")
+
+
+def source(transport: str, variant: str, fat: Fat, podman: Podman, tmp_path: Path) -> str:
+    """The fat variant as SOURCE: the OCI layout by ref, or what `podman save` writes
+    (a docker-archive, as `docker save` does; podman writes its own stored layers back,
+    whiteouts included)."""
+    if transport == "oci":
+        return f"oci:{fat.layout}:{variant}"
+    archive = tmp_path / f"fat-{variant}.tar"
+    podman("save", "-o", str(archive), fat.images[variant])
+    return f"docker-archive:{archive}"
+
+
+def load(podman: Podman, dest: str, tmp_path: Path) -> str:
+    """The minified image in podman: loaded from an archive, pulled from a layout."""
+    if dest.startswith("docker-archive:"):
+        out = podman("load", "-q", "-i", str(tmp_path / dest.split(":")[1])).stdout
+    else:
+        out = podman("pull", "-q", f"oci:{tmp_path}/{dest.split(':', 1)[1]}").stdout
+    return out.strip().splitlines()[-1].split()[-1]
+
+
+def minified(transport: str, variant: str) -> str:
+    if transport == "oci":
+        return f"oci:min:{variant}"
+    return f"docker-archive:min.tar:localhost/minify-test-min-{variant}:1"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_curl(tmp_path: Path, fat: Fat, podman: Podman, transport: str) -> None:
+    src = source(transport, "curl", fat, podman, tmp_path)
+    dest = minified(transport, "curl")
+    result = minify("image", "--from", src, "-o", dest, cwd=tmp_path)
     assert result["size"]["uncompressed"] < fat.size / 10
     assert result["source"]["bytes"] > fat.size * 0.9  # the report weighed the whole source
-    _same_config(config_of(f"docker-archive:{archive}"), config_of(f"docker-archive:{tmp_path}/min.tar"))
-    podman("load", "-i", str(tmp_path / "min.tar"))
+    _same_config(config_of(src), config_of(dest.replace(":min", f":{tmp_path}/min", 1)))
+    small = load(podman, dest, tmp_path)
     try:
         want = podman("run", "--rm", fat.images["curl"]).stdout
-        got = podman("run", "--rm", "localhost/minify-test-min-curl:1").stdout
-        assert got == want and want.startswith("curl ")
+        assert podman("run", "--rm", small).stdout == want and want.startswith("curl ")
     finally:
-        podman("rmi", "-f", "localhost/minify-test-min-curl:1", check=False)
+        podman("rmi", "-f", small, check=False)
 
 
-def test_a_python_script_traced_inside_the_image(tmp_path: Path, fat: Fat, podman: Podman) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_python_script_traced_inside_the_image(tmp_path: Path, fat: Fat, podman: Podman, transport: str) -> None:
     """The entrypoint is a #!/usr/bin/env python3 script found through the image's
     PATH; --trace runs it inside the flattened image to find the standard library."""
-    result = minify("image", "--from", f"oci:{fat.layout}:hello", "--trace", "", "-o", "oci:min:hello", cwd=tmp_path)
+    src = source(transport, "hello", fat, podman, tmp_path)
+    dest = minified(transport, "hello")
+    result = minify("image", "--from", src, "--trace", "", "-o", dest, cwd=tmp_path)
     assert result["size"]["uncompressed"] < fat.size / 10
-    _same_config(config_of(f"oci:{fat.layout}:hello"), config_of(f"oci:{tmp_path}/min:hello"))
-    small = podman("pull", "-q", f"oci:{tmp_path}/min:hello").stdout.strip().splitlines()[-1]
+    _same_config(config_of(src), config_of(dest.replace(":min", f":{tmp_path}/min", 1)))
+    small = load(podman, dest, tmp_path)
     try:
         want = podman("run", "--rm", fat.images["hello"]).stdout
         assert json.loads(want) == {"hello": ["world"], "cwd": "/srv/work", "mode": "loud"}
@@ -229,13 +254,16 @@ def test_a_python_script_traced_inside_the_image(tmp_path: Path, fat: Fat, podma
         podman("rmi", "-f", small, check=False)
 
 
-def test_origin_layout_and_whiteouts(tmp_path: Path, fat: Fat, podman: Podman) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_origin_layout_and_whiteouts(tmp_path: Path, fat: Fat, podman: Podman, transport: str) -> None:
     """$ORIGIN resolved inside the image; the library the upper layer whited out,
     and the one its opaque folder hides, are not used: the fallback copy is."""
     extra = ("/opt/bin/greet-wh", "/opt/bin/greet-opq")
-    result = minify("image", "--from", f"oci:{fat.layout}:app", *extra, "-o", "oci:min:app", cwd=tmp_path)
+    src = source(transport, "app", fat, podman, tmp_path)
+    dest = minified(transport, "app")
+    result = minify("image", "--from", src, *extra, "-o", dest, cwd=tmp_path)
     assert result["size"]["uncompressed"] < fat.size / 10
-    small = podman("pull", "-q", f"oci:{tmp_path}/min:app").stdout.strip().splitlines()[-1]
+    small = load(podman, dest, tmp_path)
     try:
         for entrypoint, expected in (("/opt/app/bin/app", "origin\n"), *((p, "fallback\n") for p in extra)):
             want = podman("run", "--rm", "--entrypoint", entrypoint, fat.images["app"]).stdout

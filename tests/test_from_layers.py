@@ -349,3 +349,20 @@ def test_containers_storage_is_read_through_podman(tmp_path: Path, static_hello:
         timeout=300,
     )
     assert gone.returncode == 2 and "podman save failed" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1
+
+
+def test_image_check_compares_the_digest_it_would_write(tmp_path: Path, static_hello: Path) -> None:
+    write_layout(tmp_path / "src", spec_layers(static_hello), RUN)
+    assert minify("image", "--from", "oci:src", "-o", "oci:min", cwd=tmp_path).returncode == 0
+    index = (tmp_path / "min/index.json").read_bytes()
+    same = minify("image", "--from", "oci:src", "-o", "oci:min", "--check", cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.startswith("oci:min: up to date (sha256:")
+    changed = [*spec_layers(static_hello), layer_tar([file("etc/passwd", PASSWD + b"extra:x:7:7::/:/bin/sh\n")])]
+    (tmp_path / "src").rename(tmp_path / "old")
+    write_layout(tmp_path / "src", changed, RUN)
+    stale = minify("image", "--from", "oci:src", "-o", "oci:min", "--check", cwd=tmp_path)
+    assert stale.returncode == 1
+    assert "oci:min: its image is sha256:" in stale.stdout and "it would be sha256:" in stale.stdout
+    assert (tmp_path / "min/index.json").read_bytes() == index  # --check wrote nothing there
+    assert sorted(os.listdir(tmp_path)) == ["min", "old", "src"]  # and left nothing beside it
