@@ -321,13 +321,15 @@ def _join(lines: list[list[str]]) -> bytes:
 
 
 def _weigh(view: Root) -> tuple[int, int, dict[str, tuple[int, int]]]:
-    """Regular files of the source and their bytes, in all and per folder (three
-    levels deep at most)."""
+    """Regular files of the source (hard links once) and their bytes, in all and per
+    folder (three levels deep at most)."""
     files = size = 0
     folders: dict[str, list[int]] = {}
+    seen: set[tuple[int, int]] = set()
     for item in view.walk("/"):
-        if not stat.S_ISREG(item.mode):
-            continue
+        if not stat.S_ISREG(item.mode) or item.ident in seen:
+            continue  # a hard link's bytes are stored once
+        seen.add(item.ident)
         files += 1
         size += item.size
         folder = _top(item.path)
@@ -358,7 +360,7 @@ def report(origin: Origin, plan: ImagePlan) -> dict[str, Any]:
     dropped = [{"folder": f, "files": n, "bytes": -b} for b, f, n in sorted(left)]
     reasons: dict[str, int] = {}
     for entry in plan.files:
-        kind = _reason_kind(entry.reasons[0] if entry.reasons else "")
+        kind = "written by minify" if entry.source is None else _reason_kind(entry.reasons[0] if entry.reasons else "")
         reasons[kind] = reasons.get(kind, 0) + 1
     return {
         "source": str(origin.source),
