@@ -39,10 +39,6 @@ INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
-MANIFEST_TYPES = (
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-)
 REF_NAME = "org.opencontainers.image.ref.name"
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 
@@ -94,7 +90,6 @@ class LayerRef:
     digest: str | None  # of the blob as stored (None: a docker-archive member, checked by diff_id)
     diff_id: str  # of the uncompressed tar
     compression: Compression
-    size: int | None  # as the manifest declares
 
 
 @dataclass(frozen=True)
@@ -229,10 +224,18 @@ class Blobs:
 
     def document(self, name: str, digest: str | None = None) -> dict[str, Any] | list[Any]:
         """A JSON document, checked against ``digest`` when one names it."""
+        return self.parse(name, self.small(name), digest)
+
+    def small(self, name: str) -> bytes:
+        """The bytes of a JSON document: a bigger one is not an image's."""
         with self.open(name) as fh:
             data = fh.read(MAX_DOCUMENT + 1)
         if len(data) > MAX_DOCUMENT:
             raise ImageSourceError(f"{self.where}: {name} is larger than {MAX_DOCUMENT >> 20} MiB; not an image")
+        return data
+
+    def parse(self, name: str, data: bytes, digest: str | None = None) -> dict[str, Any] | list[Any]:
+        """``data`` (the document ``name``) as JSON, checked against ``digest`` first."""
         if digest is not None:
             check_digest(data, digest, f"{self.where}: {name}")
         try:
@@ -275,20 +278,14 @@ def read_image(source: ImageSource, platform: Platform | None, work: str) -> tup
     machine's when None); a single image must be for ``platform`` when one is named.
     ``work`` is a private folder for a containers-storage export. The caller closes
     the Blobs."""
-    where = source.path
-    if source.transport is SourceTransport.CONTAINERS_STORAGE:
-        where = _export(source.path, work)
-        source_for_read = ImageSource(SourceTransport.OCI_ARCHIVE, where)
-    else:
-        source_for_read = source
-    blobs = Blobs(where)
+    exported = source.transport is SourceTransport.CONTAINERS_STORAGE
+    blobs = Blobs(_export(source.path, work) if exported else source.path)
     try:
-        if source_for_read.transport is SourceTransport.DOCKER_ARCHIVE and not blobs.has("manifest.json"):
-            source_for_read = ImageSource(SourceTransport.OCI_ARCHIVE, where, source.ref)
-        if source_for_read.transport is SourceTransport.DOCKER_ARCHIVE:
+        # a bare FILE.tar is a docker archive when it has docker's manifest.json
+        if source.transport is SourceTransport.DOCKER_ARCHIVE and blobs.has("manifest.json"):
             digest, config, layers = _docker_archive(blobs, source.ref)
         else:
-            digest, config, layers = _oci_layout(blobs, source_for_read.ref, platform or host_platform())
+            digest, config, layers = _oci_layout(blobs, source.ref, platform or host_platform())
         found = _platform_of(config)
         if platform is not None and (found.os, found.architecture) != (platform.os, platform.architecture):
             raise ImageSourceError(f"{source}: the image is for {found}, not {platform} (--platform)")
@@ -398,8 +395,7 @@ def _manifest(blobs: Blobs, doc: dict[str, Any]) -> tuple[dict[str, Any], tuple[
         name = blob_name(digest)
         if not blobs.has(name):
             raise ImageSourceError(f"{where}: the layer blob {digest} is missing")
-        size = layer.get("size")
-        refs.append(LayerRef(name, digest, diff_id, _compression(str(layer.get("mediaType", ""))), size))
+        refs.append(LayerRef(name, digest, diff_id, _compression(str(layer.get("mediaType", "")))))
     return config, tuple(refs)
 
 
@@ -416,7 +412,7 @@ def _diff_ids(config: dict[str, Any], count: int, where: str) -> list[str]:
 def _compression(media_type: str) -> Compression:
     if media_type.endswith("+zstd") or media_type.endswith(".zstd"):
         return Compression.ZSTD
-    if media_type.endswith("gzip") or media_type.endswith("+gzip"):
+    if media_type.endswith("gzip"):
         return Compression.GZIP
     return Compression.NONE  # sniffed again when read: docker archives do not say
 
@@ -428,24 +424,17 @@ def _docker_archive(blobs: Blobs, ref: str | None) -> tuple[str, dict[str, Any],
     layer_names = entry.get("Layers")
     if not isinstance(layer_names, list) or not all(isinstance(n, str) for n in layer_names):
         raise ImageSourceError(f"{where}: manifest.json has no list of layers")
-    with blobs.open(config_name) as fh:
-        data = fh.read(MAX_DOCUMENT + 1)
-    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-    stem = os.path.basename(config_name).removesuffix(".json")
-    if re.fullmatch(r"[0-9a-f]{64}", stem) and f"sha256:{stem}" != digest:
-        raise ImageSourceError(f"{where}: {config_name}: its sha256 is not the digest that names it; refused")
-    try:
-        config = json.loads(data)
-    except ValueError as exc:
-        raise ImageSourceError(f"{where}: {config_name} is not JSON ({exc})") from None
+    data = blobs.small(config_name)
+    stem = os.path.basename(config_name).removesuffix(".json")  # docker names it by its digest
+    config = blobs.parse(config_name, data, f"sha256:{stem}" if re.fullmatch(r"[0-9a-f]{64}", stem) else None)
     if not isinstance(config, dict):
         raise ImageSourceError(f"{where}: {config_name} is not a JSON object")
     diff_ids = _diff_ids(config, len(layer_names), where)
     for name in layer_names:
         if not blobs.has(name):
             raise ImageSourceError(f"{where}: the layer {name} is missing from the archive")
-    layers = tuple(LayerRef(n, None, d, Compression.NONE, None) for n, d in zip(layer_names, diff_ids, strict=True))
-    return digest, config, layers
+    layers = tuple(LayerRef(n, None, d, Compression.NONE) for n, d in zip(layer_names, diff_ids, strict=True))
+    return f"sha256:{hashlib.sha256(data).hexdigest()}", config, layers
 
 
 def _docker_entry(blobs: Blobs, ref: str | None) -> dict[str, Any]:

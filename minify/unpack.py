@@ -31,7 +31,6 @@ from typing import IO, cast
 from minify.errors import HostileLayer, ImageSourceError
 from minify.source import Blobs, Compression, LayerRef, SourceImage
 
-DEFAULT_MAX_UNPACKED = 8 << 30
 #: Members one layer may hold.
 MAX_MEMBERS = 2_000_000
 #: Symlinks followed while resolving one path.
@@ -54,8 +53,9 @@ class Unpacked:
     owners: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # folder -> (uid, gid, mode)
 
 
-def flatten(image: SourceImage, blobs: Blobs, root: str, *, limit: int = DEFAULT_MAX_UNPACKED) -> Unpacked:
-    """Apply the layers of ``image`` into ``root`` (a new, empty, private folder)."""
+def flatten(image: SourceImage, blobs: Blobs, root: str, *, limit: int) -> Unpacked:
+    """Apply the layers of ``image`` into ``root`` (a new, empty, private folder),
+    refusing more than ``limit`` bytes unpacked (``--max-unpacked-size``)."""
     os.makedirs(root, mode=0o755)
     done = Unpacked(root)
     budget = [limit]
@@ -185,6 +185,12 @@ class _Capped:
         return self._raw.tell()
 
 
+def _swap(old: int, new: int) -> int:
+    """``new`` in place of the descriptor ``old``, which is closed."""
+    os.close(old)
+    return new
+
+
 def _size(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n >> 20} MiB"
 
@@ -270,69 +276,82 @@ class _Tree:
             os.close(self._last[1])
             self._last = None
 
-    def folder(self, parts: tuple[str, ...], *, create: bool) -> tuple[tuple[str, ...], int] | None:
-        """The real path and a descriptor of the folder ``parts`` names, symlinks
-        followed inside the root; missing folders made (``create``) or None."""
+    def folder(self, parts: tuple[str, ...], *, create: bool) -> int | None:
+        """A descriptor of the folder ``parts`` names, symlinks followed inside the
+        root; missing folders made (``create``) or None. The last one is kept open
+        (members come folder by folder); the caller does not close it."""
         if self._stale:
             self._forget()
             self._stale = False
         if self._last is not None and self._last[0] == parts:
-            return self._last
-        real = self._resolve(parts, create=create)
-        if real is None:
+            return self._last[1]
+        found = self._resolve(parts, create=create)
+        if found is None:
             return None
-        opened = self._open_real(list(real))
         self._forget()
-        self._last = (parts, opened)
-        return self._last
+        self._last = (parts, found[1])
+        return found[1]
 
-    def _resolve(self, parts: tuple[str, ...], *, create: bool) -> tuple[str, ...] | None:
-        """The path of folders ``parts`` leads to, each symlink followed inside the
-        root (an absolute target starts again from it, ``..`` stops at it)."""
+    def _made(self, parts: tuple[str, ...]) -> int:
+        """The folder ``parts`` names, made where missing."""
+        fd = self.folder(parts, create=True)
+        if fd is None:  # (folder never gives None when it may create)
+            raise ImageSourceError(f"/{'/'.join(parts)}: cannot be made")
+        return fd
+
+    def _resolve(self, parts: tuple[str, ...], *, create: bool) -> tuple[tuple[str, ...], int] | None:
+        """The path of folders ``parts`` leads to and a descriptor of it (the caller
+        closes it), walked one component at a time with each symlink followed inside
+        the root (an absolute target starts again from it, ``..`` stops at it)."""
         todo = deque(parts)
         current: list[str] = []
         hops = 0
-        while todo:
-            name = todo.popleft()
-            if name in ("", ".", ".."):
-                if name == ".." and current:
-                    current.pop()
-                continue
-            target = self._step(current, name, parts, create=create)
-            if target is False:
-                return None
-            if isinstance(target, str):
+        at = os.dup(self.fd)
+        try:
+            while todo:
+                name = todo.popleft()
+                if name in ("", ".", ".."):
+                    if name == ".." and current:
+                        current.pop()
+                        at = _swap(at, self._open_real(current))
+                    continue
+                target = self._step(at, name, parts, create=create)
+                if target is None:
+                    os.close(at)
+                    return None
+                if isinstance(target, bool):
+                    current.append(name)
+                    at = _swap(at, os.open(name, _DIR, dir_fd=at))
+                    continue
                 hops += 1
                 if hops > MAX_HOPS:
                     raise HostileLayer(f"/{'/'.join(parts)}: too many levels of symlinks")
                 if target.startswith("/"):
                     current = []
+                    at = _swap(at, os.dup(self.fd))
                 todo.extendleft(reversed(target.split("/")))
-        return tuple(current)
-
-    def _step(self, current: list[str], name: str, parts: tuple[str, ...], *, create: bool) -> str | bool:
-        """One component: a folder (entered: True), a symlink (its target), or
-        nothing usable (False; made first when ``create``)."""
-        at = self._open_real(current)
-        try:
-            try:
-                st = os.lstat(name, dir_fd=at)
-            except FileNotFoundError:
-                if not create:
-                    return False
-                os.mkdir(name, 0o755, dir_fd=at)
-                current.append(name)
-                return True
-            if stat.S_ISLNK(st.st_mode):
-                return os.readlink(name, dir_fd=at)
-            if stat.S_ISDIR(st.st_mode):
-                current.append(name)
-                return True
-            if create:
-                raise ImageSourceError(f"/{'/'.join(parts)}: a layer writes inside {name}, which is not a folder")
-            return False
-        finally:
+        except BaseException:
             os.close(at)
+            raise
+        return tuple(current), at
+
+    def _step(self, at: int, name: str, parts: tuple[str, ...], *, create: bool) -> str | bool | None:
+        """One component in the folder ``at``: a folder (True; made first when missing
+        and ``create``), a symlink (its target), or nothing usable (None)."""
+        try:
+            st = os.lstat(name, dir_fd=at)
+        except FileNotFoundError:
+            if not create:
+                return None
+            os.mkdir(name, 0o755, dir_fd=at)
+            return True
+        if stat.S_ISLNK(st.st_mode):
+            return os.readlink(name, dir_fd=at)
+        if stat.S_ISDIR(st.st_mode):
+            return True
+        if create:
+            raise ImageSourceError(f"/{'/'.join(parts)}: a layer writes inside {name}, which is not a folder")
+        return None
 
     def _open_real(self, real: list[str]) -> int:
         """A descriptor of a folder whose path has no symlink (``_resolve`` made it)."""
@@ -364,14 +383,14 @@ class _Tree:
             base = member.parts[-1]
             if not base.startswith(WHITEOUT):
                 continue
-            found = self.folder(member.parts[:-1], create=False)
-            if found is None:
+            at = self.folder(member.parts[:-1], create=False)
+            if at is None:
                 continue
             if base == OPAQUE:
-                for name in os.listdir(found[1]):
-                    self._remove(found[1], name)
+                for name in os.listdir(at):
+                    self._remove(at, name)
             elif base[len(WHITEOUT) :] not in ("", ".", ".."):
-                self._remove(found[1], base[len(WHITEOUT) :])
+                self._remove(at, base[len(WHITEOUT) :])
         self._forget()
 
     def write(
@@ -389,12 +408,12 @@ class _Tree:
                 kind = "device nodes" if info.ischr() or info.isblk() else "FIFOs" if info.isfifo() else "others"
                 skipped[kind] = skipped.get(kind, 0) + 1
                 continue
-            real, at = self.folder(parts[:-1], create=True) or ((), self.fd)  # (never None when creating)
+            at = self._made(parts[:-1])
             name = parts[-1]
             mode = info.mode & 0o7777
             if info.isdir():
                 self._make_dir(at, name, mode)
-                owners["/" + "/".join((*real, name))] = (info.uid, info.gid, mode)
+                owners["/" + "/".join(parts)] = (info.uid, info.gid, mode)  # as the image names it
                 continue
             self._remove(at, name)
             if info.issym():
@@ -423,8 +442,8 @@ class _Tree:
     def _link(self, target: str, at: int, name: str) -> None:
         """A hard link to a file the layers have already written (never a folder)."""
         parts = _parts(target, "hard link")
-        real = self._resolve(parts[:-1], create=False) if parts else None
-        src = self._open_real(list(real)) if real is not None else None
+        found = self._resolve(parts[:-1], create=False) if parts else None
+        src = found[1] if found is not None else None
         try:
             try:
                 st = os.lstat(parts[-1], dir_fd=src) if src is not None else None
