@@ -725,8 +725,9 @@ def _string_at(table: bytes, offset: int) -> str:
     return table[offset:].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-def script_interpreter(source: str | Opened) -> str | None:
-    """The interpreter a ``#!`` script names, or None for anything else."""
+def shebang(source: str | Opened) -> tuple[str, str] | None:
+    """The interpreter a ``#!`` script names and the rest of its line, the one
+    argument the kernel passes (empty when there is none); None for anything else."""
     try:
         head = read_prefix(source, 256)
     except BadInput:
@@ -734,4 +735,14 @@ def script_interpreter(source: str | Opened) -> str | None:
     if not head.startswith(b"#!"):
         return None
     line = head[2:].split(b"\n", 1)[0].strip()
-    return line.split()[0].decode("utf-8", "surrogateescape") if line else None
+    if not line:
+        return None
+    interp = line.split()[0]
+    arg = line[len(interp) :].strip()
+    return interp.decode("utf-8", "surrogateescape"), arg.decode("utf-8", "surrogateescape")
+
+
+def script_interpreter(source: str | Opened) -> str | None:
+    """The interpreter a ``#!`` script names, or None for anything else."""
+    found = shebang(source)
+    return found[0] if found else None

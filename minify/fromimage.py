@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from minify import __version__
 from minify.errors import ImageSourceError, MinifyError, OutputError
 from minify.image import Generated, ImageConfig, ImagePlan
+from minify.loader.model import Reader
 from minify.root import Root
 from minify.source import ImageSource, Platform, SourceImage, parse_platform, parse_source, read_image
 from minify.unpack import Unpacked, flatten
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: ``#!`` lines followed at most (the kernel allows a few levels of interpreters).
 MAX_INTERPRETERS = 4
-#: What the kernel reads of a ``#!`` line.
-SHEBANG_BYTES = 256
 #: Folders listed as dropped in the report.
 DROPPED_SHOWN = 12
 
@@ -64,12 +62,11 @@ class Origin:
 
 
 @contextlib.contextmanager
-def opened(options: RootfsOptions) -> Iterator[tuple[RootfsOptions, Origin | None]]:
-    """With ``--from``: the options with the flattened image as their root and its
-    programs as inputs, and the Origin; the temporary root is removed afterwards."""
+def opened(options: RootfsOptions) -> Iterator[tuple[RootfsOptions, Origin]]:
+    """``--from``: the options with the flattened image as their root and its programs
+    as inputs, and the Origin; the temporary root is removed afterwards."""
     if options.source is None:
-        yield options, None
-        return
+        raise MinifyError("no --from image to open")
     if options.root != "/":
         raise MinifyError("--from and --root name two roots; give one")
     source = parse_source(options.source)
@@ -105,8 +102,7 @@ def _origin(image: SourceImage, unpacked: Unpacked, named: bool) -> Origin:
     view = Root(unpacked.root)
     run = image.run
     config = source_config(run, image.platform)
-    env = dict(config.env)
-    search = env.get("PATH", DEFAULT_PATH)
+    search = environment(config)["PATH"]
     workdir = config.working_dir or "/"
     argv = (*config.entrypoint, *config.cmd)
     programs: list[str] = []
@@ -182,20 +178,16 @@ def source_config(run: dict[str, Any], platform: Platform) -> ImageConfig:
     )
 
 
+def environment(config: ImageConfig) -> dict[str, str]:
+    """What the image's process gets: its Env, with the runtimes' PATH where it sets none."""
+    return {"PATH": DEFAULT_PATH, **dict(config.env)}
+
+
 def _split_env(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not key or not sep:
         raise ImageSourceError(f"the image config's Env has {text!r}, not NAME=VALUE")
     return key, value
-
-
-def minify_labels(config: ImageConfig) -> tuple[tuple[str, str], ...]:
-    """The source's labels, then minify's own (its description only where the source
-    has none)."""
-    labels = dict(config.labels)
-    labels.setdefault("org.opencontainers.image.description", "minified by minify: the exact loader closure")
-    labels["io.github.minify.version"] = __version__
-    return tuple(labels.items())
 
 
 # -- the program the image runs -------------------------------------------------------
@@ -223,30 +215,14 @@ def _lookup(view: Root, name: str, search: str, workdir: str) -> str | None:
     return None
 
 
-def _shebang(view: Root, path: str) -> tuple[str, str] | None:
-    """The interpreter and its one argument of a ``#!`` file, as the kernel splits them."""
-    try:
-        fd, _ = view.open_file(path)
-    except MinifyError:
-        return None
-    try:
-        head = os.pread(fd, SHEBANG_BYTES, 0)
-    finally:
-        os.close(fd)
-    if not head.startswith(b"#!"):
-        return None
-    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "surrogateescape").strip(" \t")
-    interp, _, arg = line.replace("\t", " ").partition(" ")
-    return (interp, arg.strip()) if interp else None
-
-
 def _interpreters(view: Root, program: str, search: str) -> list[str]:
     """The interpreters a script needs, in order: ``#!/usr/bin/env python3`` gives
     /usr/bin/env and python3 as PATH finds it."""
+    reader = Reader(view)
     found: list[str] = []
     current = program
     for _ in range(MAX_INTERPRETERS):
-        line = _shebang(view, current)
+        line = reader.shebang(view.resolve(current))
         if line is None:
             return found
         interp, arg = line

@@ -440,9 +440,9 @@ def write_image(
     image beside DEST, and rename it into place. With ``check`` (``--check``), DEST is
     left as it is: the image is made beside it, and its digest must be DEST's
     (``OutOfDate`` otherwise), which the byte for byte reproducible output allows."""
-    from minify.fromimage import opened
+    from minify.rootfs import with_source
 
-    with opened(replace(options, output=dest.path)) as (inner, origin):
+    with with_source(replace(options, output=dest.path)) as (inner, origin):
         return _write_image(inner, origin, dest, progress, check)
 
 

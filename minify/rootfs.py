@@ -10,6 +10,7 @@ those bytes.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -18,10 +19,10 @@ import posixpath
 import shlex
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minify import __version__, output, presets
 from minify.closure import Analysis, ProgramClosure, analyze, dlopen_path, loadable_files
@@ -38,8 +39,6 @@ from minify.errors import (
     TraceFailed,
     VerificationFailed,
 )
-from minify.fromimage import DEFAULT_PATH, Origin, minify_labels, opened
-from minify.fromimage import report as source_report
 from minify.hints import Hint, for_analysis, presets_called_for
 from minify.image import (
     Digests,
@@ -65,10 +64,14 @@ from minify.sbom import document as spdx_document
 from minify.sensitive import why_secret
 from minify.target import Target
 from minify.trace import TRACE_NAME, Trace, run_trace
-from minify.unpack import DEFAULT_MAX_UNPACKED
+
+if TYPE_CHECKING:
+    from minify.fromimage import Origin
 
 __all__ = ["LOCK_NAME", "RootfsOptions", "RootfsResult", "build", "check", "prepare"]
 
+#: ``--max-unpacked-size``: a ``--from`` image that unpacks to more is refused.
+DEFAULT_MAX_UNPACKED = 8 << 30
 #: Every file gets this mtime, so the same inputs give the same image layer.
 FIXED_MTIME = 0
 COPY_CHUNK = 1 << 20
@@ -132,16 +135,17 @@ def _load_trace(options: RootfsOptions, view: Root, out: output.Destination, ori
     its flattened root), else the one OUT recorded (validated like any input: an
     edited file is not trusted)."""
     if options.trace is not None and origin is not None:
+        from minify.fromimage import environment
+
         config = origin.config
         command = options.trace or shlex.join((*config.entrypoint, *config.cmd))
-        env = {"PATH": DEFAULT_PATH, **dict(config.env)}
         return run_trace(
             command,
             cwd=options.cwd or config.working_dir or "/",
             user=options.trace_user,
             ok_exit=options.trace_ok_exit,
             root=view.directory,
-            env=env,
+            env=environment(config),
         )
     if options.trace is not None:
         if not view.is_host:
@@ -267,8 +271,15 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
         dockerfile = render_dockerfile(plan)
     except DockerfileError as exc:
         raise PlanError(str(exc)) from None
-    report = source_report(origin, plan) if origin is not None else None
-    return Prepared(plan, dockerfile, trace, out, sbom, digests, report)
+    return Prepared(plan, dockerfile, trace, out, sbom, digests, _source_report(origin, plan))
+
+
+def _source_report(origin: Origin | None, plan: ImagePlan) -> dict[str, Any] | None:
+    if origin is None:
+        return None
+    from minify.fromimage import report
+
+    return report(origin, plan)
 
 
 def _check_entrypoint(plan: ImagePlan, config: ImageConfig, options: RootfsOptions, origin: Origin | None) -> None:
@@ -567,11 +578,11 @@ def _config(
     preset_env: tuple[tuple[str, str], ...] = (),
     origin: Origin | None = None,
 ) -> ImageConfig:
-    if origin is not None:
-        return _source_config(options, origin, preset_env)
     user = NONROOT if options.user == "nonroot" else options.user
     if user is not None:
         user_spec(user)
+    if origin is not None:
+        return _source_config(options, origin, preset_env, user)
     env = [*preset_env, *options.env]
     entrypoint: tuple[str, ...] = ()
     if options.entrypoint:
@@ -584,18 +595,26 @@ def _config(
                 path = moved
                 break
         entrypoint = (path,)
-    labels = (
-        ("org.opencontainers.image.description", "minified by minify: the exact loader closure, nothing else"),
-        ("io.github.minify.version", __version__),
+    return ImageConfig(entrypoint, options.cmd, user, tuple(dict.fromkeys(env)), _labels())
+
+
+def _labels(source: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[str, str], ...]:
+    """minify's own labels, after a source image's (its description only where the
+    source has none)."""
+    labels = dict(source)
+    labels.setdefault(
+        "org.opencontainers.image.description", "minified by minify: the exact loader closure, nothing else"
     )
-    return ImageConfig(entrypoint, options.cmd, user, tuple(dict.fromkeys(env)), labels)
+    labels["io.github.minify.version"] = __version__
+    return tuple(labels.items())
 
 
-def _source_config(options: RootfsOptions, origin: Origin, preset_env: tuple[tuple[str, str], ...]) -> ImageConfig:
+def _source_config(
+    options: RootfsOptions, origin: Origin, preset_env: tuple[tuple[str, str], ...], user: str | None
+) -> ImageConfig:
     """The source image's config, with what the options name instead; the environment
     merged by name (the source's, the presets', ``--env``)."""
     base = origin.config
-    user = NONROOT if options.user == "nonroot" else options.user
     env = dict(base.env)
     env.update(preset_env)
     env.update(options.env)
@@ -605,7 +624,7 @@ def _source_config(options: RootfsOptions, origin: Origin, preset_env: tuple[tup
         cmd=options.cmd or base.cmd,
         user=user or base.user,
         env=tuple(env.items()),
-        labels=(*minify_labels(base), ("io.github.minify.source", origin.digest)),
+        labels=(*_labels(base.labels), ("io.github.minify.source", origin.digest)),
     )
 
 
@@ -654,9 +673,22 @@ def _dump(data: dict[str, Any]) -> str:
 # -- writing -----------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def with_source(options: RootfsOptions) -> Iterator[tuple[RootfsOptions, Origin | None]]:
+    """With ``--from``, ``fromimage.opened`` (imported only then: reading images is
+    not every run's cost); otherwise the options as they are."""
+    if options.source is None:
+        yield options, None
+        return
+    from minify.fromimage import opened
+
+    with opened(options) as found:
+        yield found
+
+
 def build(options: RootfsOptions, *, progress: Callable[[int, int], None] | None = None) -> RootfsResult:
     """Write OUT atomically; verify the rootfs before it replaces anything."""
-    with opened(options) as (inner, origin):
+    with with_source(options) as (inner, origin):
         return _build(inner, origin, progress)
 
 
@@ -904,7 +936,7 @@ def _in_image(problem: str) -> str:
 def check(options: RootfsOptions) -> RootfsResult:
     """``--check``: write nothing, run nothing; list how OUT differs from what would
     be produced (a saved trace is reused, never run again)."""
-    with opened(options) as (inner, origin):
+    with with_source(options) as (inner, origin):
         return _check(inner, origin)
 
 

@@ -24,7 +24,7 @@ from minify.elf import (
     read_elf,
     read_header,
     read_symbols,
-    script_interpreter,
+    shebang,
 )
 from minify.errors import BadInput, PathError
 
@@ -218,9 +218,14 @@ class Reader:
 
     def script_interpreter(self, resolved: Resolved) -> str | None:
         """The interpreter a ``#!`` file of the root names, or None."""
+        found = self.shebang(resolved)
+        return found[0] if found else None
+
+    def shebang(self, resolved: Resolved) -> tuple[str, str] | None:
+        """The interpreter a ``#!`` file of the root names and its argument, or None."""
         try:
             with self.open(resolved) as opened:
-                return script_interpreter(opened)
+                return shebang(opened)
         except BadInput:
             return None
 
