@@ -80,12 +80,13 @@ def layer_tar(members: list[Member]) -> bytes:
     return raw.getvalue()
 
 
-def _blob(folder_: Path, data: bytes) -> str:
+def blob(folder_: Path, data: bytes) -> dict[str, Any]:
+    """``data`` stored in the layout at ``folder_``; its descriptor's digest and size."""
     digest = hashlib.sha256(data).hexdigest()
     blobs = folder_ / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     (blobs / digest).write_bytes(data)
-    return f"sha256:{digest}"
+    return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
 def write_layout(
@@ -104,7 +105,7 @@ def write_layout(
     described = []
     for number, tar in enumerate(layers, 1):
         stored = gzip.compress(tar, mtime=0) if compress else tar
-        digest = _blob(dest, stored)
+        digest = blob(dest, stored)["digest"]
         digests[f"layer{number}"] = digest
         media = MEDIA_LAYER + ("+gzip" if compress else "")
         described.append({"mediaType": media, "digest": digest, "size": len(stored)})
@@ -115,7 +116,7 @@ def write_layout(
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in layers]},
     }
     config_data = json.dumps(config).encode()
-    digests["config"] = _blob(dest, config_data)
+    digests["config"] = blob(dest, config_data)["digest"]
     manifest = {
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
@@ -123,7 +124,7 @@ def write_layout(
         "layers": described,
     }
     manifest_data = json.dumps(manifest).encode()
-    digests["manifest"] = _blob(dest, manifest_data)
+    digests["manifest"] = blob(dest, manifest_data)["digest"]
     entry: dict[str, Any] = {"mediaType": MEDIA_MANIFEST, "digest": digests["manifest"], "size": len(manifest_data)}
     if ref:
         entry["annotations"] = {"org.opencontainers.image.ref.name": ref}

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import HOST_INTERP, HOST_LIBDIR, MINIFY, TRIPLET, Builder, Podman, copy_host_path, need_tool, run
-from tests.layouts import file, folder, layer_tar
+from tests.layouts import blob, file, folder, layer_tar
 
 UID = 4242
 RUN: dict[str, Any] = {
@@ -95,12 +95,6 @@ def _upper(top_etc: Path) -> bytes:
     )
 
 
-def _blob(layout: Path, data: bytes) -> dict[str, Any]:
-    digest = hashlib.sha256(data).hexdigest()
-    (layout / "blobs/sha256" / digest).write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
 def _add_variants(layout: Path, upper: bytes) -> int:
     """The upper layer and one config per variant on top of podman's saved layout;
     returns the unpacked size of both layers."""
@@ -110,7 +104,7 @@ def _add_variants(layout: Path, upper: bytes) -> int:
     lower = manifest["layers"][0]
     lower_blob = (layout / "blobs/sha256" / lower["digest"].split(":")[1]).read_bytes()
     lower_size = len(gzip.decompress(lower_blob)) if lower_blob[:2] == b"\x1f\x8b" else len(lower_blob)
-    stored = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **_blob(layout, gzip.compress(upper))}
+    stored = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **blob(layout, gzip.compress(upper))}
     manifests = []
     for ref, entry in VARIANTS.items():
         config = {
@@ -124,7 +118,7 @@ def _add_variants(layout: Path, upper: bytes) -> int:
         }
         described = {
             "mediaType": "application/vnd.oci.image.config.v1+json",
-            **_blob(layout, json.dumps(config).encode()),
+            **blob(layout, json.dumps(config).encode()),
         }
         doc = {
             "schemaVersion": 2,
@@ -135,7 +129,7 @@ def _add_variants(layout: Path, upper: bytes) -> int:
         manifests.append(
             {
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                **_blob(layout, json.dumps(doc).encode()),
+                **blob(layout, json.dumps(doc).encode()),
                 "annotations": {"org.opencontainers.image.ref.name": ref},
             }
         )

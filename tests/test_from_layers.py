@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CONTAINERS_CONF, MINIFY, Builder, Podman, chroot_run, strace_minify, written_paths
-from tests.layouts import HOST_ARCH, fifo, file, folder, host_file, layer_tar, link, write_layout
+from tests.layouts import HOST_ARCH, blob, fifo, file, folder, host_file, layer_tar, link, write_layout
 
 PASSWD = (
     b"root:x:0:0:root:/root:/bin/sh\n"
@@ -284,9 +284,7 @@ def _platform_index(dest: Path, hello: Path, *, flat: bool = False) -> None:
             "layers": [],
         }
     ).encode()
-    digest = hashlib.sha256(broken).hexdigest()
-    (dest / "blobs/sha256" / digest).write_bytes(broken)
-    other = {"mediaType": good["mediaType"], "digest": f"sha256:{digest}", "size": len(broken)}
+    other = {"mediaType": good["mediaType"], **blob(dest, broken)}
     both = [{**other, "platform": {"os": "linux", "architecture": "s390x"}}, good]
     if flat:
         (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": both}))
@@ -294,13 +292,7 @@ def _platform_index(dest: Path, hello: Path, *, flat: bool = False) -> None:
     nested = json.dumps(
         {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": both}
     ).encode()
-    nested_digest = hashlib.sha256(nested).hexdigest()
-    (dest / "blobs/sha256" / nested_digest).write_bytes(nested)
-    top = {
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "digest": f"sha256:{nested_digest}",
-        "size": len(nested),
-    }
+    top = {"mediaType": "application/vnd.oci.image.index.v1+json", **blob(dest, nested)}
     (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
 
 
