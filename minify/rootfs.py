@@ -55,6 +55,7 @@ from minify.image import (
     user_spec,
 )
 from minify.loader.model import ProgramKind, Reader
+from minify.loaderfiles import loader_files
 from minify.output import LOCK_NAME, LOCK_SCHEMA, SBOM_NAME
 from minify.packages import APK_DB, apk_installed, ownership, spelt_entries, unreadable_databases
 from minify.presets import NONROOT
@@ -254,6 +255,9 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
         dirs=tuple(dirs),
         skip=skip,
     )
+    loader, loader_notes = loader_files(layout(generated=tuple(generated)), analysis)
+    generated.extend(loader)
+    gathered.warnings.extend(loader_notes)
     where = str(origin.source) if origin is not None else view.directory
     plan, sbom, package_warnings, digests = _with_packages(options, layout, tuple(generated), analysis, where)
     gathered.warnings.extend(package_warnings)

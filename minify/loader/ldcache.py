@@ -41,6 +41,7 @@ class CacheEntry:
 class LdCache:
     entries: tuple[CacheEntry, ...]
     format: str  # "new", "old" or "compat"
+    big_endian: bool = False  # the new format's byte order (flags 3); old formats are little
     by_name: dict[str, tuple[CacheEntry, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -86,7 +87,7 @@ def parse(data: bytes) -> LdCache:
 
 def _parse(data: bytes) -> LdCache:
     if data.startswith(NEW_MAGIC):
-        return LdCache(_parse_new(data, 0), "new")
+        return LdCache(_parse_new(data, 0), "new", _big(data, 0))
     if data.startswith(OLD_MAGIC):
         if len(data) < 16:
             raise CacheFormatError("truncated old-format header")
@@ -94,9 +95,13 @@ def _parse(data: bytes) -> LdCache:
         table_end = 16 + nlibs * 12
         new_at = (table_end + 7) & ~7
         if data[new_at : new_at + len(NEW_MAGIC)] == NEW_MAGIC:
-            return LdCache(_parse_new(data, new_at), "compat")
+            return LdCache(_parse_new(data, new_at), "compat", _big(data, new_at))
         return LdCache(_parse_old(data, nlibs, table_end), "old")
     raise CacheFormatError("not an ld.so.cache (unknown magic)")
+
+
+def _big(data: bytes, base: int) -> bool:
+    return len(data) > base + 28 and data[base + 28] == 3
 
 
 def _string(data: bytes, offset: int, memo: dict[int, str] | None = None) -> str:
@@ -170,3 +175,50 @@ def _hwcaps_table(data: bytes, base: int, ext_offset: int, endian: str) -> tuple
                 names.append(_string(data, base + string_at))
             return tuple(names)
     return ()
+
+
+# -- writing -------------------------------------------------------------------------
+
+#: ``cache_file_new.flags``: the byte order (dl-cache.h cache_file_new_flags_endian_*).
+_ENDIAN_FLAGS = {False: 2, True: 3}
+
+
+def write(entries: tuple[CacheEntry, ...], *, big_endian: bool) -> bytes:
+    """A glibc-ld.so.cache1.1 file listing ``entries``, in their order.
+
+    The order must be ldconfig's: ld.so looks names up by binary search over the table
+    (elf/dl-cache.c ``search_cache``), so the caller passes a subsequence of a cache
+    ldconfig wrote, which keeps that order. glibc-hwcaps entries get a new subfolder
+    table holding only the names they use, in the order first used. The same entries
+    give the same bytes: no time, no generator string."""
+    end = ">" if big_endian else "<"
+    subdirs = list(dict.fromkeys(e.hwcaps_subdir for e in entries if e.hwcaps_subdir is not None))
+    table_at = 48 + 24 * len(entries)
+    strings = bytearray()
+    offsets: dict[str, int] = {}
+
+    def intern(text: str) -> int:
+        if text not in offsets:
+            offsets[text] = table_at + len(strings)
+            strings.extend(text.encode("utf-8", "surrogateescape") + b"\0")
+        return offsets[text]
+
+    rows = bytearray()
+    for entry in entries:
+        hwcap = entry.hwcap
+        if entry.hwcaps_subdir is not None:
+            hwcap = HWCAP_EXTENSION | subdirs.index(entry.hwcaps_subdir)
+        key, value = intern(entry.name), intern(entry.path)
+        rows += struct.pack(end + "iIIIQ", entry.flags, key, value, 0, hwcap)
+    names = [intern(name) for name in subdirs]
+    extension = b""
+    ext_offset = 0
+    if names:
+        ext_offset = (table_at + len(strings) + 3) & ~3
+        strings.extend(b"\0" * (ext_offset - table_at - len(strings)))
+        array_at = ext_offset + 8 + 16
+        extension = struct.pack(end + "II", EXTENSION_MAGIC, 1)
+        extension += struct.pack(end + "IIII", EXTENSION_TAG_GLIBC_HWCAPS, 0, array_at, 4 * len(names))
+        extension += b"".join(struct.pack(end + "I", n) for n in names)
+    head = NEW_MAGIC + struct.pack(end + "IIB3xI12x", len(entries), len(strings), _ENDIAN_FLAGS[big_endian], ext_offset)
+    return bytes(head + rows + strings + extension)
