@@ -25,18 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from minify.errors import ImageSourceError, MinifyError, OutputError
 from minify.image import Generated, ImageConfig, ImagePlan
-from minify.loader.model import Reader
 from minify.root import Root
+from minify.scripts import DEFAULT_PATH, interpreters, lookup
 from minify.source import ImageSource, Platform, SourceImage, parse_platform, parse_source, read_image
 from minify.unpack import Unpacked, flatten
 
 if TYPE_CHECKING:
     from minify.rootfs import RootfsOptions
 
-#: The PATH runtimes (runc, crun) use when an image's Env sets none.
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#: ``#!`` lines followed at most (the kernel allows a few levels of interpreters).
-MAX_INTERPRETERS = 4
 #: Folders listed as dropped in the report.
 DROPPED_SHOWN = 12
 
@@ -108,12 +104,15 @@ def _origin(image: SourceImage, unpacked: Unpacked, named: bool) -> Origin:
     programs: list[str] = []
     entry = None
     if argv:
-        entry = _lookup(view, argv[0], search, workdir)
+        entry = lookup(view, argv[0], search, workdir)
         if entry is None:
             raise ImageSourceError(
                 f"{image.source}: the entrypoint {argv[0]!r} is not an executable file in the image (PATH={search})"
             )
-        programs = [entry, *_interpreters(view, entry, search)]
+        chain, problem = interpreters(view, entry, search)
+        if problem is not None:
+            raise ImageSourceError(problem)
+        programs = [entry, *chain]
     elif not named:
         raise ImageSourceError(
             f"{image.source}: the image has no Entrypoint and no Cmd; name the programs to keep as PATH arguments"
@@ -191,55 +190,6 @@ def _split_env(text: str) -> tuple[str, str]:
 
 
 # -- the program the image runs -------------------------------------------------------
-
-
-def _executable(view: Root, path: str) -> str | None:
-    res = view.resolve(path)
-    if res.is_file and res.mode is not None and res.mode & 0o111:
-        return path
-    return None
-
-
-def _lookup(view: Root, name: str, search: str, workdir: str) -> str | None:
-    """``name`` as a runtime finds it: a name with a slash from the working folder, a
-    bare name in each folder of PATH in turn."""
-    if "\0" in name or not name:
-        return None
-    if "/" in name:
-        return _executable(view, posixpath.normpath(posixpath.join(workdir, name)))
-    for folder in search.split(":"):
-        folder = posixpath.join(workdir, folder or ".")
-        found = _executable(view, posixpath.normpath(posixpath.join(folder, name)))
-        if found is not None:
-            return found
-    return None
-
-
-def _interpreters(view: Root, program: str, search: str) -> list[str]:
-    """The interpreters a script needs, in order: ``#!/usr/bin/env python3`` gives
-    /usr/bin/env and python3 as PATH finds it."""
-    reader = Reader(view)
-    found: list[str] = []
-    current = program
-    for _ in range(MAX_INTERPRETERS):
-        line = reader.shebang(view.resolve(current))
-        if line is None:
-            return found
-        interp, arg = line
-        resolved = _executable(view, interp)
-        if resolved is None:
-            raise ImageSourceError(f"{program}: its #! interpreter {interp} is not in the image")
-        found.append(resolved)
-        current = resolved
-        if posixpath.basename(interp) == "env" and arg:
-            name = next((w for w in arg.split() if not w.startswith("-") and "=" not in w), None)
-            target = _lookup(view, name, search, "/") if name else None
-            if name and target is None:
-                raise ImageSourceError(f"{program}: #!{interp} {arg}: {name} is not in the image's PATH")
-            if target is not None:
-                found.append(target)
-                current = target
-    return found
 
 
 # -- the user, the working folder ------------------------------------------------------

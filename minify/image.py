@@ -371,11 +371,13 @@ class _Planner:
         resolved = self.root.resolve(extra.path)
         if not resolved.exists:
             raise PlanError(f"{extra.path}: no such file or folder in the root")
+        if extra.dest is None:
+            # the links on the way, also when the target was taken in already (a traced
+            # sites-enabled/default whose target sorts before it)
+            self.add_links(resolved.links, extra.private, extra.reason, added=True)
         if resolved.path in self._followed:
             return
         self._followed.add(resolved.path)
-        if extra.dest is None:
-            self.add_links(resolved.links, extra.private, extra.reason, added=True)
         top = extra.dest or self.place(resolved.path, extra.private, added=True)
         if not resolved.is_dir:
             self.add_file(resolved.path, extra.private, extra.reason, image_path=top)
@@ -410,8 +412,11 @@ class _Planner:
         """A file minify writes, unless the user's own file is there already (added,
         traced): the user's file wins, and a note says so."""
         old = self.entries.get(follow_links(self.entries, clean_path(item.path, "image path"), final=False))
-        if old is not None and old.type is EntryType.FILE and old.content is None:
-            self.warnings.append(f"note: {item.path} is the root's own ({old.reasons[0]}), not minify's {item.reason}")
+        if old is not None and old.type is not EntryType.DIR and old.content is None:
+            # the root's own file, or a link to it (a traced /etc/os-release ->
+            # ../usr/lib/os-release): the program read that one, so it stays
+            why = old.reasons[0] if old.reasons else old.type.value
+            self.warnings.append(f"note: {item.path} is the root's own ({why}), not minify's {item.reason}")
             return
         self.add(
             Entry(

@@ -62,6 +62,7 @@ from minify.presets import NONROOT
 from minify.root import Root, hash_fd, read_host_file, within
 from minify.sbom import SBOM_PATH
 from minify.sbom import document as spdx_document
+from minify.scripts import DEFAULT_PATH, interpreters
 from minify.sensitive import why_secret
 from minify.target import Target
 from minify.trace import TRACE_NAME, Trace, run_trace
@@ -240,7 +241,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     noted, note_warnings = _dlopen_notes(analysis)
     gathered.elf.extend(noted)
     gathered.extras.extend(Extra(path, None, ".note.dlopen") for path in noted)
-    generated, dirs = _generated(options, additions, trace, view, origin)
+    generated, dirs = _generated(options, additions, trace, view, origin, skip)
     extra, tree_warnings = _extra_closures(options, analysis, gathered, cwd)
     maps = _maps(options, cwd)
     config = _config(options, analysis, maps, additions.env, origin)
@@ -386,13 +387,29 @@ def _gather_trace(
         got.extras.append(Extra(path, None, "traced"))
         if _is_elf_file(view, reader, path):
             got.elf.append(path)
+    # the kernel opens a script's interpreter itself: strace never shows it
+    kept = set(traced)
+    for script in trace.executed:
+        if script not in kept:
+            continue
+        chain, _ = interpreters(view, script, DEFAULT_PATH)  # what env found is traced already
+        for interpreter in chain:
+            got.extras.append(Extra(interpreter, None, f"traced (interpreter of {script})"))
+            if _is_elf_file(view, reader, interpreter):
+                got.elf.append(interpreter)
 
 
 def _generated(
-    options: RootfsOptions, additions: presets.Additions, trace: Trace | None, view: Root, origin: Origin | None
+    options: RootfsOptions,
+    additions: presets.Additions,
+    trace: Trace | None,
+    view: Root,
+    origin: Origin | None,
+    skip: tuple[str, ...] = (),
 ) -> tuple[list[Generated], list[tuple[str, int, tuple[int, int]]]]:
     """Files minify writes (users, nsswitch.conf) and empty folders (/tmp, a home, the
-    folders a trace listed, a source image's working folder and its user's home)."""
+    folders a trace listed or looked at, less OUT and secret places, a source image's
+    working folder and its user's home)."""
     generated = list(additions.generated)
     dirs = list(additions.dirs)
     if origin is not None:
@@ -400,7 +417,14 @@ def _generated(
         if options.user is None:
             generated.extend(origin.users)
     if trace is not None:
-        dirs.extend((d, 0o755, (0, 0)) for d in trace.dirs if view.resolve(d).path == d and view.resolve(d).is_dir)
+        dirs.extend(
+            (d, 0o755, (0, 0))
+            for d in trace.dirs
+            if not any(within(d, s) for s in skip)
+            and why_secret(d) is None
+            and view.resolve(d).path == d
+            and view.resolve(d).is_dir
+        )
     if options.user == "nonroot":
         generated.extend(presets.users_files(view))
         dirs.append(presets.NONROOT_HOME)

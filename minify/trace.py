@@ -48,14 +48,16 @@ _MAKES_LAST = frozenset({"rename", "renameat", "renameat2", "link", "linkat", "s
 class Trace:
     command: tuple[str, ...]
     files: tuple[str, ...]  # absolute paths of regular files it read, sorted
-    dirs: tuple[str, ...]  # folders the command listed
+    dirs: tuple[str, ...]  # folders the command listed, looked at or checked
     exit_status: int = 0
+    executed: tuple[str, ...] = ()  # files it executed (a script's interpreter is not seen)
 
     def to_json(self) -> str:
         data = {
             "command": list(self.command),
             "files": list(self.files),
             "dirs": list(self.dirs),
+            "executed": list(self.executed),
             "exit_status": self.exit_status,
         }
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
@@ -74,7 +76,10 @@ class Trace:
         if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
             raise TraceFailed(f'{where}: not a minify trace ("command" is not a list of strings)')
         return cls(
-            tuple(command), _paths(data.get("files"), "files", where), _paths(data.get("dirs", []), "dirs", where)
+            tuple(command),
+            _paths(data.get("files"), "files", where),
+            _paths(data.get("dirs", []), "dirs", where),
+            executed=_paths(data.get("executed", []), "executed", where),
         )
 
 
@@ -154,8 +159,8 @@ def run_trace(
                 + (f": {tail}" if tail else "")
                 + " (--trace-ok-exit accepts that)"
             )
-        files, dirs = _collect(tmp, workdir, root)
-    return Trace(tuple(argv), tuple(sorted(files)), tuple(sorted(dirs)), proc.returncode)
+        files, dirs, executed = _collect(tmp, workdir, root)
+    return Trace(tuple(argv), tuple(sorted(files)), tuple(sorted(dirs)), proc.returncode, tuple(sorted(executed)))
 
 
 def _as_user(user: str | None, root: str | None) -> list[str]:
@@ -209,8 +214,11 @@ class _Calls:
     listed: set[str] = field(default_factory=set)
     made: set[str] = field(default_factory=set)
     made_dirs: set[str] = field(default_factory=set)
+    executed: set[str] = field(default_factory=set)
 
     def add(self, call: str, args: str, paths: list[str]) -> None:
+        if call == "execve":
+            self.executed.add(paths[0])
         if call in _MAKES_LAST:
             self.made.add(paths[-1])
         elif call in ("mkdir", "mkdirat"):
@@ -228,11 +236,15 @@ class _Calls:
         return path in self.made or path in self.made_dirs or path.startswith(below)
 
 
-def _collect(folder: str, cwd: str, root: str | None = None) -> tuple[set[str], set[str]]:
-    """What the traced processes read (regular files) and listed (folders), less
-    everything they created or wrote, and everything below folders they created.
-    Inside a ``root``, what came before the chroot is left out, and folders strace
-    names by their host path are named inside the root."""
+def _collect(folder: str, cwd: str, root: str | None = None) -> tuple[set[str], set[str], set[str]]:
+    """What the traced processes read (regular files), looked at (folders: listed,
+    ``stat``ed or ``access``ed, as emacs checks ``etc/charsets`` before reading
+    anything) and executed, less everything they created or wrote, and everything
+    below folders they created. Inside a ``root``, what came before the chroot is
+    left out, and folders strace names by their host path are named inside the root.
+    A call on an open descriptor itself (``AT_EMPTY_PATH``: glibc's ``fstat`` of a
+    redirected stdout) names no path the command looked up, and is left out: the file
+    is whatever the caller of minify redirected to."""
     calls = _Calls()
     for name in sorted(os.listdir(folder)):
         with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as fh:
@@ -255,9 +267,10 @@ def _collect(folder: str, cwd: str, root: str | None = None) -> tuple[set[str], 
         found = kind(path)
         if found == "file" and path in calls.read:
             files.add(path)
-        elif found == "dir" and path in calls.listed:
+        elif found == "dir":
             dirs.add(path)
-    return files, dirs
+    executed = {p for p in calls.executed if p in files}
+    return files, dirs, executed
 
 
 def _after_chroot(lines: list[str]) -> list[str]:
@@ -294,6 +307,8 @@ def _kind_in(root: str) -> Callable[[str], str | None]:
 
 
 def _absolute(folder: str, name: str, cwd: str, root: str | None = None) -> str | None:
+    if not name:
+        return None  # AT_EMPTY_PATH: the descriptor itself, not a path looked up
     path = _unescape(name)
     if not path.startswith("/"):
         base = _unescape(folder) if folder else cwd
