@@ -62,6 +62,8 @@ def _guard(verbose: bool, action: Callable[[], T]) -> T:
     except MinifyError as exc:
         if verbose:
             traceback.print_exc()
+        for line in getattr(exc, "report", ()):
+            _say("test", line)
         _say("error", str(exc))
         raise typer.Exit(exc.exit_code) from None
     except OSError as exc:
@@ -125,7 +127,7 @@ _SizesOpt = Annotated[
 
 @app.command()
 def analyze(
-    paths: Annotated[list[str], typer.Argument(help="Programs, libraries or folders to analyse.", metavar="PATH")],
+    paths: Annotated[list[str], typer.Argument(help="Programs, libraries or folders to analyse.", metavar="PATH...")],
     root: RootOpt = "/",
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.tree,
     cwd: CwdOpt = None,
@@ -175,7 +177,11 @@ def analyze(
 # the options of `minify rootfs`
 _RootfsPaths = Annotated[
     list[str] | None,
-    typer.Argument(help="Programs (or folders of them) to ship; with --from, paths inside the image.", metavar="PATH"),
+    typer.Argument(
+        help="Programs (or folders of them) to ship, the first of them the ENTRYPOINT; with --from, paths inside the "
+        "image.",
+        metavar="PATH...",
+    ),
 ]
 _FromOpt = Annotated[
     str | None,
@@ -309,6 +315,18 @@ _CheckOnlyOpt = Annotated[
     bool, typer.Option("--check", help="Write nothing; exit 1 if OUT is not what would be produced.")
 ]
 
+_TestOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--test",
+        help="Prove the image: run this command in it and at the source, and fail (naming what is missing and the "
+        "flag that brings it) unless its exit status is the same (repeat for more).",
+        metavar='"CMD ARG..."',
+    ),
+]
+_TestOutputOpt = Annotated[
+    bool, typer.Option("--test-output", help="--test also compares what the command prints on stdout.")
+]
 _ForceOpt = Annotated[
     bool, typer.Option("--force", help="Replace OUT even if it holds files minify did not write (deleting them).")
 ]
@@ -338,6 +356,8 @@ def rootfs(
     trace_user: _TraceUserOpt = None,
     trace_ok_exit: _TraceOkExitOpt = False,
     trace_exclude: _TraceExcludeOpt = None,
+    test: _TestOpt = None,
+    test_output: _TestOutputOpt = False,
     no_package_metadata: _NoPackageMetadataOpt = False,
     graph: _GraphOpt = None,
     check_only: _CheckOnlyOpt = False,
@@ -404,6 +424,8 @@ def image(
     trace_user: _TraceUserOpt = None,
     trace_ok_exit: _TraceOkExitOpt = False,
     trace_exclude: _TraceExcludeOpt = None,
+    test: _TestOpt = None,
+    test_output: _TestOutputOpt = False,
     no_package_metadata: _NoPackageMetadataOpt = False,
     graph: _GraphOpt = None,
     check_only: Annotated[
@@ -588,6 +610,8 @@ def _rootfs_options(raw: dict[str, Any]) -> RootfsOptions:
         source=raw["from_"],
         platform=raw["platform"],
         max_unpacked=_size(raw["max_unpacked_size"], "--max-unpacked-size"),
+        tests=tuple(raw["test"] or ()),
+        test_output=raw["test_output"],
     )
 
 

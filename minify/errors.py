@@ -17,6 +17,7 @@
     ├── ImageSourceError         `--from`: an image that cannot be read, or is refused
     │   └── HostileLayer         a layer that would write outside its root, or a tar bomb
     ├── VerificationFailed       the finished rootfs does not resolve (exit 1)
+    ├── ProofFailed              `--test`: the job does not run in the image as at the source (exit 1)
     └── OutOfDate                `--check`: OUT differs from what would be made (exit 1)
 
 Every error a user can see is one of these; the modules that raise them import them
@@ -138,6 +139,17 @@ class VerificationFailed(MinifyError):
     def __init__(self, problems: tuple[str, ...]) -> None:
         super().__init__("verification failed: " + "; ".join(problems))
         self.problems = problems
+
+
+class ProofFailed(MinifyError):
+    """``--test``: the command did not do in the image what it does at the source;
+    ``report`` says what the run in the image looked for and did not find."""
+
+    exit_code = EXIT_INCOMPLETE
+
+    def __init__(self, message: str, report: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class OutOfDate(MinifyError):

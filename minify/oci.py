@@ -453,7 +453,7 @@ def _write_image(
     progress: Callable[[int, int], None] | None,
     check: bool,
 ) -> ImageResult:
-    from minify.rootfs import materialise, prepare, verify_rootfs
+    from minify.rootfs import materialise, prepare, run_tests, verify_rootfs
 
     epoch = source_date_epoch()
     prepared = prepare(options, folder=dest.transport is Transport.OCI, origin=origin)
@@ -467,6 +467,8 @@ def _write_image(
         rootfs = os.path.join(tmp, "rootfs")
         _, _, capabilities = materialise(plan, rootfs, progress=progress)  # the layer keeps them
         warnings.extend(verify_rootfs(rootfs, plan))
+        if not check:  # --check never runs anything
+            warnings.extend(run_tests(options, plan, rootfs, out))
         layout = os.path.join(tmp, "layout")
         written = write_layout(plan, rootfs, layout, dest, epoch=epoch, capabilities=capabilities)
         if check:

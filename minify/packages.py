@@ -235,6 +235,23 @@ def ownership(
     return Ownership(owners, packages, tuple(generated), tuple(warnings), distro)
 
 
+def owners_of(root: Root, paths: list[str]) -> dict[str, str]:
+    """The installed package that owns each of ``paths`` (of the root, however its
+    package lists spell them: ``/lib/...`` for what is at ``/usr/lib/...``), where one
+    does; an empty answer for a root with no dpkg database."""
+    spellings = _Spellings(root)
+    names = {p: spellings.of(p) for p in paths}
+    db = read_dpkg(root, set().union(*names.values()) if names else set())
+    if db is None:
+        return {}
+    out = {}
+    for path, spelt in names.items():
+        owner = next((db.owner[s] for s in sorted(spelt) if s in db.owner), None)
+        if owner is not None:
+            out[path] = owner
+    return out
+
+
 def spelt_entries(plan: ImagePlan, root: Root) -> dict[str, set[str]]:
     """The plan's files from the root, and its symlinks to files, each with every way
     a package database may spell it (from its source and its image path)."""

@@ -106,6 +106,8 @@ class RootfsOptions:
     source: str | None = None  # --from: an image to minify (its flattened files are the root)
     platform: str | None = None  # --platform OS/ARCH[/VARIANT] of a multi-platform source
     max_unpacked: int = DEFAULT_MAX_UNPACKED  # --max-unpacked-size of a source image
+    tests: tuple[str, ...] = ()  # --test: commands that must run in the image as at the source
+    test_output: bool = False  # --test-output: and print the same output
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     skip = _skipped_folders(view, out)
     analysis_hwcaps = "baseline" if options.hwcaps in ("all", "baseline") else options.hwcaps
     analysis = analyze(options.paths, root=target, cwd=cwd, hwcaps=analysis_hwcaps, cpuinfo="", exclude=skip)
+    first = analysis.programs[0].path if analysis.programs else None
     programs, scripts = _split_scripts(analysis)
     analysis = replace(analysis, programs=programs)
     hints = _hints(analysis)
@@ -244,7 +247,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     generated, dirs = _generated(options, additions, trace, view, origin, skip)
     extra, tree_warnings = _extra_closures(options, analysis, gathered, cwd)
     maps = _maps(options, cwd)
-    config = _config(options, analysis, maps, additions.env, origin)
+    config = _config(options, first, maps, additions.env, origin)
     layout = partial(
         plan_image,
         analysis,
@@ -265,8 +268,12 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     _check_entrypoint(plan, config, options, origin)
     warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered)]
     warnings.extend(tree_warnings)
-    if not config.entrypoint and not (origin and config.cmd):
-        warnings.append("no ENTRYPOINT: several inputs and no --entrypoint")
+    inputs_given = len(analysis.programs) + len(scripts)
+    if origin is None and options.entrypoint is None and inputs_given > 1 and config.entrypoint:
+        warnings.append(
+            f"note: the ENTRYPOINT is {config.entrypoint[0]}, the first of {inputs_given} inputs"
+            " (--entrypoint names another)"
+        )
     warnings.extend(
         f"hint: {h}" for h in hints if h.preset not in names and not (trace is not None and h.preset is None)
     )
@@ -601,7 +608,7 @@ def _hwcaps_variants(analysis: Analysis, cwd: str) -> tuple[ProgramClosure, ...]
 
 def _config(
     options: RootfsOptions,
-    analysis: Analysis,
+    first: str | None,
     maps: tuple[Mapping, ...],
     preset_env: tuple[tuple[str, str], ...] = (),
     origin: Origin | None = None,
@@ -615,8 +622,8 @@ def _config(
     entrypoint: tuple[str, ...] = ()
     if options.entrypoint:
         entrypoint = (options.entrypoint,)
-    elif len(analysis.programs) == 1:
-        path = analysis.programs[0].path
+    elif first is not None:  # the first input, as given (a script or a program)
+        path = first
         for m in sorted(maps, key=lambda m: -len(m.source)):
             moved = m.apply(path)
             if moved is not None:
@@ -748,6 +755,7 @@ def _build(options: RootfsOptions, origin: Origin | None, progress: Callable[[in
                 _write_text(os.path.join(tmp, TRACE_NAME), prepared.trace.to_json())
             _write_text(os.path.join(tmp, SBOM_NAME), prepared.sbom.decode("utf-8", "surrogateescape"))
             warnings.extend(verify_rootfs(rootfs, plan))
+            warnings.extend(run_tests(options, plan, rootfs, out))
             os.chmod(tmp, 0o755)
             output.refuse_foreign(out.path, force=options.force)  # again, under the lock
             old = output.swap_into_place(tmp, out)
@@ -761,6 +769,29 @@ def _build(options: RootfsOptions, origin: Origin | None, progress: Callable[[in
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return _result(replace(plan, warnings=tuple(dict.fromkeys(warnings))), out.path, report=prepared.report)
+
+
+def run_tests(options: RootfsOptions, plan: ImagePlan, rootfs: str, out: output.Destination) -> list[str]:
+    """``--test``: each command runs in the finished rootfs and at the source, in a
+    private folder beside OUT that is removed afterwards (a crash leaves it to the
+    next run's clean-up, as every ``.minify-new-*``)."""
+    if not options.tests:
+        return []
+    from minify.proof import prove
+
+    scratch = output.make_temporary(out)
+    try:
+        return prove(
+            options.tests,
+            plan,
+            rootfs,
+            source=Root(plan.root),
+            scratch=scratch,
+            compare_output=options.test_output,
+            host_cwd=options.cwd or os.getcwd(),
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _write_text(path: str, text: str) -> None:

@@ -328,3 +328,25 @@ def _unescape(text: str) -> str:
         .encode("latin-1")
         .decode("utf-8", "surrogateescape")
     )
+
+
+def missing_paths(folder: str, cwd: str, root: str) -> set[str]:
+    """The paths the traced processes asked for and did not find (``ENOENT``), named
+    inside ``root``, from the strace record in ``folder``: what a run in an image
+    lacked. Only what came after the ``chroot`` of the process that made it counts."""
+    out: set[str] = set()
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as fh:
+            lines = _after_chroot(fh.readlines())
+        for line in lines:
+            match = _CALL.match(line)
+            if not match or int(match.group(3)) >= 0 or " ENOENT " not in line[match.end(3) :] + " ":
+                continue
+            found = _PATH.findall(match.group(2))
+            if not found:
+                continue
+            folder, name = found[0]
+            path = _absolute(folder, name, cwd, root)
+            if path is not None and not path.startswith(SKIP_PREFIXES) and path not in SKIP_FILES:
+                out.add(path)
+    return out
