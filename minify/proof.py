@@ -41,13 +41,12 @@ SHOWN = 6
 #: Run inside the sandbox by this machine's Python before the program: enter the
 #: root, take the image's user, exec the command through the image's PATH.
 _HELPER = """
-import os, sys, json
+import os, sys, json, pwd, grp  # every import before the chroot: after it, none can be found
 root, wd, user, env = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 argv = sys.argv[5:]
 os.chroot(root)
 os.chdir(wd)
 if user:
-    import pwd, grp
     name, _, group = user.partition(":")
     if name.isascii() and name.isdigit():
         uid, gid = int(name), int(name)

@@ -15,7 +15,7 @@ packages=(
     podman runc uidmap
     strace util-linux coreutils dash
     pax-utils libtree skopeo umoci docker-registry graphviz
-    xz-utils openssl git sqlite3 curl gdb
+    xz-utils openssl git sqlite3 curl gdb file zsh
     python3 python3-venv tzdata ca-certificates libzstd1 libc-bin libcap2-bin systemd ruby less postgresql
 )
 missing=()

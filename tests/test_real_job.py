@@ -1,0 +1,109 @@
+"""The image does the real job, or minify says what is missing (issue 19): real
+programs of this machine, each from `minify rootfs PROG --trace JOB` alone, run in a
+chroot with the host's output; without the trace, `--test JOB` fails, names the
+missing paths and their packages, and the flags it names make the next run pass."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Builder, chroot_run, cli, host_libc_into, need_tool, tree_listing
+
+ZSH_JOB = "zmodload zsh/datetime && strftime %Y-%m-%d 86400"
+
+
+def _host(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+
+
+def _flags(stderr: str) -> list[str]:
+    """The flags the failed --test named (its "bring them with:" line)."""
+    line = next(line for line in stderr.splitlines() if "bring them with: " in line)
+    return shlex.split(line.split("bring them with: ", 1)[1])
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    need_tool("strace", "unshare", "chroot", "mount")
+
+
+@pytest.mark.parametrize(
+    ("program", "job"),
+    [
+        ("/usr/bin/zsh", ["/usr/bin/zsh", "-c", ZSH_JOB]),  # a module it dlopen()s
+        ("/usr/bin/file", ["/usr/bin/file", "-b", "/bin/true"]),  # magic.mgc through a symlink
+    ],
+)
+def test_a_traced_job_runs_from_the_image(tmp_path: Path, program: str, job: list[str]) -> None:
+    need_tool(program)
+    host = _host(job)
+    assert host.returncode == 0, host.stderr
+    out = tmp_path / "out"
+    result = cli("rootfs", program, "-o", str(out), "--trace", shlex.join(job))
+    assert result.returncode == 0, result.stderr
+    ran = chroot_run(out / "rootfs", *job)
+    assert (ran.returncode, ran.stdout) == (0, host.stdout), ran.stderr
+
+
+def test_without_the_trace_the_test_names_what_is_missing_and_the_flag(tmp_path: Path) -> None:
+    """zsh's datetime module is dlopen()ed: the closure lacks it. --test fails before
+    anything is written, names the package and the flag; with that flag it passes."""
+    need_tool("zsh")
+    out = tmp_path / "out"
+    job = shlex.join(["/usr/bin/zsh", "-c", ZSH_JOB])
+    failed = cli("rootfs", "/usr/bin/zsh", "-o", str(out), "--test", job)
+    assert failed.returncode == 1, failed.stderr
+    assert "exit status 1 in the image, 0 at the source" in failed.stderr
+    assert "  zsh: " in failed.stderr and "datetime.so" in failed.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".minify")]
+    flags = _flags(failed.stderr)
+    assert "--add" in flags
+    passed = cli("rootfs", "/usr/bin/zsh", "-o", str(out), "--test", job, "--test-output", *flags)
+    assert passed.returncode == 0, passed.stderr
+    assert "exit status 0 in the image, as at the source" in passed.stderr
+    ran = chroot_run(out / "rootfs", "/usr/bin/zsh", "-c", ZSH_JOB)
+    assert ran.stdout == "1970-01-02\n", ran.stderr
+
+
+def test_a_file_the_job_reads_is_named_with_its_package(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    job = "/bin/cat /usr/share/common-licenses/GPL-3"
+    failed = cli("rootfs", "/bin/cat", "-o", str(out), "--test", job)
+    assert failed.returncode == 1
+    assert "base-files: /usr/share/common-licenses/GPL-3" in failed.stderr
+    assert _flags(failed.stderr) == ["--add", "/usr/share/common-licenses"]
+    passed = cli("rootfs", "/bin/cat", "-o", str(out), "--test", job, "--test-output", *_flags(failed.stderr))
+    assert passed.returncode == 0, passed.stderr
+
+
+def test_in_a_root_both_runs_are_sandboxed_as_the_images_user(tmp_path: Path, builder: Builder) -> None:
+    """With --root, the job runs in the sandbox at both places, as the image's user,
+    with a writable /tmp, and writes nothing into the root or the rootfs."""
+    root = tmp_path / "root"
+    host_libc_into(root)
+    builder.prog(root / "usr/bin/uidjob", src="uidjob.c")
+    before = tree_listing(root)
+    out = tmp_path / "out"
+    args = ["rootfs", "/usr/bin/uidjob", "--root", str(root), "-o", str(out), "--user", "1234:5678"]
+    result = cli(*args, "--test", "uidjob", "--test-output")
+    assert result.returncode == 0, result.stderr
+    assert tree_listing(root) == before
+    assert not (out / "rootfs/tmp").exists() and not (out / "rootfs/proc").exists()
+    # a program the image lacks: 127 in the image, as at the source (the root lacks it too)
+    absent = cli(*args, "--test", "/bin/sh -c true")
+    assert absent.returncode == 0 and "exit status 127 in the image, as at the source" in absent.stderr
+
+
+def test_several_inputs_the_first_is_the_entrypoint(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cli("rootfs", "/bin/cat", "/bin/true", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert 'ENTRYPOINT ["/bin/cat"]' in (out / "Dockerfile").read_text()
+    assert "the ENTRYPOINT is /bin/cat, the first of 2 inputs" in result.stderr
+    helped = cli("rootfs", "--help")
+    assert "[PATH...]" in helped.stdout
