@@ -18,7 +18,7 @@ from minify.loader.glibc import ldso_facts
 from minify.loader.model import LoaderKind, ProgramKind
 from minify.root import Root
 
-PRESETS = ("nss", "certs", "tzdata", "gconv", "locale", "libgcc_s", "terminfo", "tmp")
+PRESETS = ("nss", "certs", "tzdata", "gconv", "locale", "libgcc_s", "terminfo", "tmp", "package-data")
 #: ncurses' search order for compiled terminfo entries (after $TERMINFO and ~/.terminfo).
 TERMINFO_DIRS = ("/etc/terminfo", "/lib/terminfo", "/usr/share/terminfo")
 #: The terminals a container is most often run from: `docker run -t` sets xterm.
@@ -352,7 +352,20 @@ def _modules_for(root: Root, folder: str, charsets: tuple[str, ...]) -> tuple[se
     return wanted, unknown
 
 
+def _package_data(req: _Request, out: _Collect) -> str | None:
+    """The data files of the programs' own packages (``minify.packagedata``)."""
+    from minify.packagedata import program_data
+
+    data = program_data(req.analysis)
+    if not data:
+        return "no package of the root's dpkg database owns the programs"
+    for item in data:
+        out.files.extend(item.files)
+    return None
+
+
 _PRESET_FUNCS = {
+    "package-data": _package_data,
     "nss": _nss,
     "certs": _certs,
     "tzdata": _tzdata,

@@ -57,6 +57,7 @@ from minify.image import (
 from minify.loader.model import ProgramKind, Reader
 from minify.loaderfiles import loader_files
 from minify.output import LOCK_NAME, LOCK_SCHEMA, SBOM_NAME
+from minify.packagedata import left_out, program_data
 from minify.packages import APK_DB, apk_installed, ownership, spelt_entries, unreadable_databases
 from minify.presets import NONROOT
 from minify.root import Root, hash_fd, read_host_file, within
@@ -265,6 +266,8 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     where = str(origin.source) if origin is not None else view.directory
     plan, sbom, package_warnings, digests = _with_packages(options, layout, tuple(generated), analysis, where)
     gathered.warnings.extend(package_warnings)
+    if "package-data" not in names:
+        gathered.warnings.extend(left_out(program_data(analysis), plan))
     _check_entrypoint(plan, config, options, origin)
     warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered)]
     warnings.extend(tree_warnings)
@@ -368,6 +371,10 @@ def _gather(
     preset_of = dict(additions.preset_of)
     got = _Gathered(elf=list(additions.elf))
     got.extras.extend(Extra(path, None, f"--with {preset_of.get(path, 'preset')}") for path in additions.files)
+    # a package's modules come with their closures, as the ELF files of an --add folder
+    got.tree_elves.extend(
+        p for p in additions.files if preset_of.get(p) == "package-data" and _is_elf_file(view, reader, p)
+    )
     # symlinks inside an input folder (bin/app -> app-1.2) belong to the folder too
     got.extras.extend(
         Extra(s.path, None, "symlink in an input folder", private=True) for s in analysis.skipped if s.symlink

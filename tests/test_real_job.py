@@ -107,3 +107,19 @@ def test_several_inputs_the_first_is_the_entrypoint(tmp_path: Path) -> None:
     assert "the ENTRYPOINT is /bin/cat, the first of 2 inputs" in result.stderr
     helped = cli("rootfs", "--help")
     assert "[PATH...]" in helped.stdout
+
+
+def test_package_data_is_named_and_the_preset_brings_it(tmp_path: Path) -> None:
+    """Without any trace: the note names zsh's data files left out; --with
+    package-data brings them (its modules with their closures), and the job runs."""
+    need_tool("zsh")
+    out = tmp_path / "out"
+    plain = cli("rootfs", "/usr/bin/zsh", "-o", str(out))
+    assert plain.returncode == 0, plain.stderr
+    note = next(line for line in plain.stderr.splitlines() if "note: zsh: " in line)
+    assert "--with package-data brings them" in note and "/zsh/5" in note
+    job = shlex.join(["/usr/bin/zsh", "-c", ZSH_JOB])
+    full = cli("rootfs", "/usr/bin/zsh", "-o", str(out), "--with", "package-data", "--test", job, "--test-output")
+    assert full.returncode == 0, full.stderr
+    assert "note: zsh: " not in full.stderr
+    assert not [p for p in (out / "rootfs/usr/share").rglob("*") if "/doc/" in str(p) or "/man/" in str(p)]

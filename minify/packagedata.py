@@ -1,0 +1,103 @@
+"""The data files of the shipped programs' own packages: what a closure leaves out
+(tesseract's language data, pandoc's data files, zsh's modules), named from the
+root's dpkg database, and brought by ``--with package-data``.
+
+Documentation, manual pages, info, lintian overrides, bug scripts and translations are
+never counted: a program does not need them to do its job.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections import Counter
+from dataclasses import dataclass
+
+from minify.closure import Analysis
+from minify.errors import MinifyError
+from minify.image import ImagePlan
+from minify.loader.model import ProgramKind
+from minify.packages import DPKG, owners_of
+from minify.root import Root, within
+
+#: What a program never needs at run time.
+LEFT_OUT = (
+    "/usr/share/doc",
+    "/usr/share/doc-base",
+    "/usr/share/man",
+    "/usr/share/info",
+    "/usr/share/lintian",
+    "/usr/share/bug",
+    "/usr/share/locale",
+    "/usr/share/menu",
+)
+#: A package list is read up to this size (a big package lists some thousand paths).
+MAX_LIST = 16 << 20
+FOLDERS_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class PackageData:
+    """The files of one program's package that are not documentation."""
+
+    package: str
+    files: tuple[str, ...]  # paths of the root that are regular files (through links)
+    sizes: tuple[int, ...]
+
+
+def _listed(root: Root, name: str) -> list[str]:
+    """The paths ``info/NAME.list`` (or ``NAME:ARCH.list``) of the root lists."""
+    info = f"{DPKG}/info"
+    candidates = [f"{name}.list", *(n for n in root.listdir(info) if n.startswith(f"{name}:") and n.endswith(".list"))]
+    for candidate in candidates:
+        data = root.read_bytes(f"{info}/{candidate}", limit=MAX_LIST)
+        if data is not None:
+            return [line for line in data.decode("utf-8", "surrogateescape").splitlines() if line.startswith("/")]
+    return []
+
+
+def program_data(analysis: Analysis) -> tuple[PackageData, ...]:
+    """The packages that own the inputs, each with its data files in the root."""
+    root = analysis.target.root
+    programs = [p.realpath for p in analysis.programs if p.kind is not ProgramKind.NOT_ELF]
+    owners = owners_of(root, programs) if programs else {}
+    out = []
+    for package in sorted(set(owners.values())):
+        files, sizes = [], []
+        for path in _listed(root, package):
+            if any(within(path, folder) for folder in LEFT_OUT) or path in programs:
+                continue
+            try:
+                resolved = root.resolve(path)
+            except MinifyError:
+                continue
+            if resolved.is_file and resolved.path not in programs:
+                files.append(path)
+                sizes.append(resolved.size)
+        out.append(PackageData(package, tuple(files), tuple(sizes)))
+    return tuple(out)
+
+
+def left_out(data: tuple[PackageData, ...], plan: ImagePlan) -> list[str]:
+    """A note per package on the data files the image does not have."""
+    notes = []
+    for item in data:
+        absent = [(f, s) for f, s in zip(item.files, item.sizes, strict=True) if plan.lookup(f) is None]
+        if not absent:
+            continue
+        folders = Counter(posixpath.dirname(f) for f, _ in absent).most_common(FOLDERS_SHOWN)
+        where = ", ".join(f"{folder} ({count})" for folder, count in folders)
+        size = sum(s for _, s in absent)
+        notes.append(
+            f"note: {item.package}: {len(absent)} data file(s), {_human(size)}, not in the image, most in {where};"
+            " --with package-data brings them"
+        )
+    return notes
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    return f"{size} B"
