@@ -15,8 +15,8 @@ import pytest
 
 from tests.conftest import HOST_LIBDIR, Builder, cli, host_libc_into, need_tool
 
-#: What minify writes for scanners, not copied from a package.
-# what minify writes itself: no package owns these bytes (libc-bin lists an ld.so.conf of its own)
+#: What minify writes itself, not copied from a package (libc-bin lists an ld.so.conf
+#: of its own; the image's lists the folders of its libraries).
 GENERATED = ("var/lib/dpkg/status.d/", "etc/os-release", "etc/debian_version", "usr/share/minify/", "etc/ld.so.c")
 
 
