@@ -26,16 +26,15 @@ CACHE = "/etc/ld.so.cache"
 CONF = "/etc/ld.so.conf"
 
 
-def loader_files(plan: ImagePlan, analysis: Analysis) -> tuple[tuple[Generated, ...], tuple[str, ...]]:
-    """The loader files the image gets, and notes on what was not written."""
+def loader_files(plan: ImagePlan, analysis: Analysis) -> tuple[Generated, ...]:
+    """The loader files the image gets (none for a root that has none)."""
     kinds = {p.loader for p in analysis.programs}
     out: list[Generated] = []
-    notes: list[str] = []
     if LoaderKind.GLIBC in kinds:
-        out.extend(_glibc(plan, analysis, notes))
+        out.extend(_glibc(plan, analysis))
     if LoaderKind.MUSL in kinds:
         out.extend(_musl(plan, analysis))
-    return tuple(out), tuple(notes)
+    return tuple(out)
 
 
 def _shipped(plan: ImagePlan, path: str) -> bool:
@@ -43,7 +42,7 @@ def _shipped(plan: ImagePlan, path: str) -> bool:
     return entry is not None and entry.type in (EntryType.FILE, EntryType.HARDLINK)
 
 
-def _glibc(plan: ImagePlan, analysis: Analysis, notes: list[str]) -> list[Generated]:
+def _glibc(plan: ImagePlan, analysis: Analysis) -> list[Generated]:
     root = analysis.target.root
     data = root.read_bytes(CACHE)
     if data is None:

@@ -242,9 +242,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     trace = _load_trace(options, view, out, origin)
     if trace is not None:
         _gather_trace(trace, options, analysis, out, gathered)
-    noted, note_warnings = _dlopen_notes(analysis)
-    gathered.elf.extend(noted)
-    gathered.extras.extend(Extra(path, None, ".note.dlopen") for path in noted)
+    note_warnings = _gather_dlopen_notes(analysis, gathered)
     generated, dirs = _generated(options, additions, trace, view, origin, skip)
     extra, tree_warnings = _extra_closures(options, analysis, gathered, cwd)
     maps = _maps(options, cwd)
@@ -260,9 +258,8 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
         dirs=tuple(dirs),
         skip=skip,
     )
-    loader, loader_notes = loader_files(layout(generated=tuple(generated)), analysis)
-    generated.extend(loader)
-    gathered.warnings.extend(loader_notes)
+    # the loader's cache lists what the image ships: planned once without it first
+    generated.extend(loader_files(layout(generated=tuple(generated)), analysis))
     where = str(origin.source) if origin is not None else view.directory
     plan, sbom, package_warnings, digests = _with_packages(options, layout, tuple(generated), analysis, where)
     gathered.warnings.extend(package_warnings)
@@ -270,13 +267,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
         gathered.warnings.extend(left_out(program_data(analysis), plan))
     _check_entrypoint(plan, config, options, origin)
     warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered)]
-    warnings.extend(tree_warnings)
-    inputs_given = len(analysis.programs) + len(scripts)
-    if origin is None and options.entrypoint is None and inputs_given > 1 and config.entrypoint:
-        warnings.append(
-            f"note: the ENTRYPOINT is {config.entrypoint[0]}, the first of {inputs_given} inputs"
-            " (--entrypoint names another)"
-        )
+    warnings.extend([*tree_warnings, *_entrypoint_note(options, config, len(analysis.programs) + len(scripts))])
     warnings.extend(
         f"hint: {h}" for h in hints if h.preset not in names and not (trace is not None and h.preset is None)
     )
@@ -287,6 +278,15 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     except DockerfileError as exc:
         raise PlanError(str(exc)) from None
     return Prepared(plan, dockerfile, trace, out, sbom, digests, _source_report(origin, plan))
+
+
+def _entrypoint_note(options: RootfsOptions, config: ImageConfig, inputs: int) -> list[str]:
+    """With several inputs, say which one the image runs."""
+    if options.source is not None or options.entrypoint is not None or inputs < 2 or not config.entrypoint:
+        return []
+    return [
+        f"note: the ENTRYPOINT is {config.entrypoint[0]}, the first of {inputs} inputs (--entrypoint names another)"
+    ]
 
 
 def _source_report(origin: Origin | None, plan: ImagePlan) -> dict[str, Any] | None:
@@ -496,6 +496,14 @@ def _hints(analysis: Analysis) -> tuple[Hint, ...]:
         for hint in hints:
             out.setdefault((hint.preset, hint.reason), hint)
     return tuple(out.values())
+
+
+def _gather_dlopen_notes(analysis: Analysis, got: _Gathered) -> list[str]:
+    """The libraries the ``.note.dlopen`` notes bring, with their closures; warnings."""
+    noted, warnings = _dlopen_notes(analysis)
+    got.elf.extend(noted)
+    got.extras.extend(Extra(path, None, ".note.dlopen") for path in noted)
+    return warnings
 
 
 def _dlopen_notes(analysis: Analysis) -> tuple[list[str], list[str]]:
