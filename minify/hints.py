@@ -73,6 +73,13 @@ SYMBOL_RULES: tuple[tuple[str | None, frozenset[str], str], ...] = (
         "the terminal's capabilities are read from a terminfo entry (xterm, screen, ...)",
     ),
     (
+        "tmp",
+        frozenset(
+            {"mkstemp", "mkstemp64", "mkstemps", "mkostemp", "mkostemps", "mkdtemp", "tmpfile", "tmpfile64", "tempnam"}
+        ),
+        "temporary files are made in /tmp, which a scratch image does not have",
+    ),
+    (
         None,
         frozenset({"dlopen", "dlmopen"}),
         "may load plugins at run time (dlopen): add them with --add, or record a run with --trace",

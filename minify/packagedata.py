@@ -17,6 +17,7 @@ from minify.errors import MinifyError
 from minify.image import ImagePlan
 from minify.loader.model import ProgramKind
 from minify.packages import DPKG, owners_of
+from minify.render import human_size
 from minify.root import Root, within
 
 #: What a program never needs at run time.
@@ -63,6 +64,7 @@ def program_data(analysis: Analysis) -> tuple[PackageData, ...]:
     out = []
     for package in sorted(set(owners.values())):
         files, sizes = [], []
+        seen: set[tuple[int, int]] = set()  # a hard-linked file weighs once (git-core)
         for path in _listed(root, package):
             if any(within(path, folder) for folder in LEFT_OUT) or path in programs:
                 continue
@@ -72,7 +74,8 @@ def program_data(analysis: Analysis) -> tuple[PackageData, ...]:
                 continue
             if resolved.is_file and resolved.path not in programs:
                 files.append(path)
-                sizes.append(resolved.size)
+                sizes.append(0 if resolved.ident in seen else resolved.size)
+                seen.add(resolved.ident or (0, 0))
         out.append(PackageData(package, tuple(files), tuple(sizes)))
     return tuple(out)
 
@@ -88,16 +91,7 @@ def left_out(data: tuple[PackageData, ...], plan: ImagePlan) -> list[str]:
         where = ", ".join(f"{folder} ({count})" for folder, count in folders)
         size = sum(s for _, s in absent)
         notes.append(
-            f"note: {item.package}: {len(absent)} data file(s), {_human(size)}, not in the image, most in {where};"
+            f"note: {item.package}: {len(absent)} data file(s), {human_size(size)}, not in the image, most in {where};"
             " --with package-data brings them"
         )
     return notes
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
-        value /= 1024
-    return f"{size} B"

@@ -28,6 +28,7 @@ from minify import __version__, output, presets
 from minify.closure import Analysis, ProgramClosure, analyze, dlopen_path, loadable_files
 from minify.dockerfile import render as render_dockerfile
 from minify.dockerfile import render_dockerignore
+from minify.embedded import embedded_hints
 from minify.errors import (
     BadInput,
     DockerfileError,
@@ -265,6 +266,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     gathered.warnings.extend(package_warnings)
     if "package-data" not in names:
         gathered.warnings.extend(left_out(program_data(analysis), plan))
+    gathered.warnings.extend(embedded_hints(analysis, plan))
     _check_entrypoint(plan, config, options, origin)
     warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered)]
     warnings.extend([*tree_warnings, *_entrypoint_note(options, config, len(analysis.programs) + len(scripts))])

@@ -123,3 +123,49 @@ def test_package_data_is_named_and_the_preset_brings_it(tmp_path: Path) -> None:
     assert full.returncode == 0, full.stderr
     assert "note: zsh: " not in full.stderr
     assert not [p for p in (out / "rootfs/usr/share").rglob("*") if "/doc/" in str(p) or "/man/" in str(p)]
+
+
+def test_hints_name_compiled_in_paths_programs_run_and_tmp(tmp_path: Path, builder: Builder) -> None:
+    """A program whose strings name a data folder and a program it runs (through
+    system(), so /bin/sh too), and that makes a temporary file: each is a hint with
+    the flag; the flags make --test pass."""
+    root = tmp_path / "root"
+    libdir = host_libc_into(root)
+    builder.prog(root / "usr/bin/datauser", src="datauser.c")
+    builder.prog(root / "usr/bin/helper-tool", src="hello.c")
+    (root / "usr/share/datauser").mkdir(parents=True)
+    (root / "usr/share/datauser/table.txt").write_text("row one\n")
+    (root / "usr/share/datauser/other.txt").write_text("row two\n")
+    shell = Path("/bin/dash").resolve()
+    (root / "bin").mkdir()  # the root's /bin/sh: the host's dash, whose only library is libc
+    (root / "bin/sh").write_bytes(shell.read_bytes())
+    (root / "bin/sh").chmod(0o755)
+    assert libdir.is_dir()
+    out = tmp_path / "out"
+    plain = cli("rootfs", "/usr/bin/datauser", "--root", str(root), "-o", str(out))
+    assert plain.returncode == 0, plain.stderr
+    want = "names paths it may read that the image lacks: /usr/share/datauser/table.txt (8 B);"
+    assert f"{want} add them with --add /usr/share/datauser/table.txt" in plain.stderr
+    runs = next(line for line in plain.stderr.splitlines() if "runs other programs" in line)
+    assert "(system)" in runs and "/bin/sh, /usr/bin/helper-tool" in runs
+    assert "(mkstemp): temporary files are made in /tmp" in plain.stderr and "add --with tmp" in plain.stderr
+    job = ["--test", "/usr/bin/datauser", "--test-output"]
+    failed = cli("rootfs", "/usr/bin/datauser", "--root", str(root), "-o", str(out), *job)
+    assert failed.returncode == 1
+    fixed = cli(
+        "rootfs",
+        "/usr/bin/datauser",
+        "/bin/sh",
+        "/usr/bin/helper-tool",
+        "--root",
+        str(root),
+        "-o",
+        str(out),
+        "--add",
+        "/usr/share/datauser/table.txt",
+        "--with",
+        "auto",
+        *job,
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    assert "exit status 0 in the image, as at the source" in fixed.stderr
