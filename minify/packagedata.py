@@ -16,7 +16,7 @@ from minify.closure import Analysis
 from minify.errors import MinifyError
 from minify.image import ImagePlan
 from minify.loader.model import ProgramKind
-from minify.packages import DPKG, owners_of
+from minify.packages import DPKG, installed, owners_of
 from minify.render import human_size
 from minify.root import Root, within
 
@@ -31,6 +31,8 @@ LEFT_OUT = (
     "/usr/share/locale",
     "/usr/share/menu",
 )
+#: Programs are inputs, not data: the package's other programs are not counted.
+PROGRAM_FOLDERS = ("/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/games", "/usr/local/bin")
 #: A package list is read up to this size (a big package lists some thousand paths).
 MAX_LIST = 16 << 20
 FOLDERS_SHOWN = 3
@@ -56,17 +58,33 @@ def _listed(root: Root, name: str) -> list[str]:
     return []
 
 
+def data_packages(root: Root, owners: set[str]) -> list[str]:
+    """The packages that own the programs, and the architecture-independent packages
+    they depend on directly: those hold a program's data (tesseract-ocr-eng's language
+    data, pandoc-data, zsh-common's functions, emacs-common's lisp)."""
+    if not owners:
+        return []
+    packages = installed(root)
+    out = set(owners)
+    for name in owners:
+        package = packages.get(name)
+        for dep in package.depends if package is not None else ():
+            if dep in packages and packages[dep].architecture == "all":
+                out.add(dep)
+    return sorted(out)
+
+
 def program_data(analysis: Analysis) -> tuple[PackageData, ...]:
-    """The packages that own the inputs, each with its data files in the root."""
+    """The packages that hold the inputs' data, each with its data files in the root."""
     root = analysis.target.root
     programs = [p.realpath for p in analysis.programs if p.kind is not ProgramKind.NOT_ELF]
     owners = owners_of(root, programs) if programs else {}
     out = []
-    for package in sorted(set(owners.values())):
+    for package in data_packages(root, set(owners.values())):
         files, sizes = [], []
         seen: set[tuple[int, int]] = set()  # a hard-linked file weighs once (git-core)
         for path in _listed(root, package):
-            if any(within(path, folder) for folder in LEFT_OUT) or path in programs:
+            if any(within(path, folder) for folder in (*LEFT_OUT, *PROGRAM_FOLDERS)) or path in programs:
                 continue
             try:
                 resolved = root.resolve(path)

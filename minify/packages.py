@@ -48,6 +48,7 @@ class DebPackage:
     fields: tuple[tuple[str, str], ...]  # the kept fields, in the order above
     source: str | None = None  # the source package, without its version
     installed_size: int = 0  # bytes (Installed-Size is in KiB)
+    depends: tuple[str, ...] = ()  # Pre-Depends and Depends, by name (first alternative)
 
     @property
     def stanza(self) -> str:
@@ -142,8 +143,30 @@ def _stanzas(data: bytes, where: str, warnings: list[str]) -> list[DebPackage]:
         source = fields.get("Source", "").split(" ", 1)[0] or None
         size = fields.get("Installed-Size", "")
         installed = int(size) * 1024 if size.isdigit() else 0
-        out.append(DebPackage(name, fields["Version"], fields.get("Architecture", ""), kept, source, installed))
+        depends = _depends(fields.get("Pre-Depends", "") + "," + fields.get("Depends", ""))
+        arch = fields.get("Architecture", "")
+        out.append(DebPackage(name, fields["Version"], arch, kept, source, installed, depends))
     return out
+
+
+def _depends(text: str) -> tuple[str, ...]:
+    """``libc6 (>= 2.34), foo | bar, baz:any`` -> ("libc6", "foo", "baz")."""
+    names = []
+    for clause in text.split(","):
+        first = clause.split("|", 1)[0].strip().split(" ", 1)[0].split(":", 1)[0].split("(", 1)[0]
+        if _NAME.fullmatch(first):
+            names.append(first)
+    return tuple(dict.fromkeys(names))
+
+
+def installed(root: Root) -> dict[str, DebPackage]:
+    """The root's installed packages from its status file alone (no file lists)."""
+    status = root.read_bytes(f"{DPKG}/status", limit=MAX_DB_BYTES)
+    packages: dict[str, DebPackage] = {}
+    for package in _stanzas(status or b"", f"{DPKG}/status", []):
+        if len(packages) < MAX_PACKAGES:
+            packages.setdefault(package.name, package)
+    return packages
 
 
 def _fields(block: str, where: str, start: int, warnings: list[str]) -> dict[str, str] | None:

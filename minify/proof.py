@@ -2,7 +2,8 @@
 
 CMD runs twice: inside the new rootfs, in a sandbox (its own mount and PID
 namespaces, ``/proc``, a ``/dev`` of the usual devices with ``/dev/shm``, an empty
-``/tmp``, the image's user, environment and working folder), and on the source root
+tmpfs ``/tmp`` where the image has none, the image's user, environment and working
+folder), and on the source root
 (on this machine as it is for ``--root /``; in the same sandbox for any other root).
 A different exit status (or, with ``--test-output``, different output) fails the run
 before anything replaces OUT. The run inside the image is then repeated under
@@ -26,17 +27,21 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from minify.embedded import PROGRAM_PREFIXES
 from minify.errors import MinifyError, ProofFailed
 from minify.image import ImagePlan
+from minify.packagedata import data_packages
 from minify.packages import owners_of
 from minify.root import Root
-from minify.scripts import DEFAULT_PATH
+from minify.scripts import DEFAULT_PATH, interpreters
 from minify.trace import DEVICES, missing_paths
 
 #: How long one run of a test may take (a server that never exits is a failed test).
 TEST_TIMEOUT = 120.0
 #: Missing paths listed per package in the report.
 SHOWN = 6
+#: A missing file's folder is suggested whole up to this many entries.
+FOLDER_FILES = 500
 
 #: Run inside the sandbox by this machine's Python before the program: enter the
 #: root, take the image's user, exec the command through the image's PATH.
@@ -58,6 +63,17 @@ if user:
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
+if "HOME" not in env:  # as runc does: the user's home in the image's passwd, else /
+    env["HOME"] = "/"  # read by hand: NSS here would be this process's lookups, not the job's
+    try:
+        with open("/etc/passwd", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields = line.rstrip("\\n").split(":")
+                if len(fields) >= 6 and fields[2] == str(os.getuid()):
+                    env["HOME"] = fields[5] or "/"
+                    break
+    except OSError:
+        pass
 try:
     os.execvpe(argv[0], argv, env)
 except OSError as exc:
@@ -70,14 +86,14 @@ _SETUP = """
 set -e
 mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4"
 cd "$4"
-for d in proc dev tmp; do [ -L "$d" ] || mkdir -p "$d"; done
+for d in proc dev; do [ -L "$d" ] || mkdir -p "$d"; done
 [ -L proc ] || mount -t proc proc proc
 if [ ! -L dev ]; then
     mount -t tmpfs -o mode=755 tmpfs dev
     for d in $DEVICES; do : > "dev/$d"; mount --bind "/dev/$d" "dev/$d"; done
     mkdir dev/shm && mount -t tmpfs -o mode=1777 tmpfs dev/shm
 fi
-[ -L tmp ] || mount -t tmpfs -o mode=1777 tmpfs tmp
+[ -e tmp ] || [ -L tmp ] || { mkdir tmp && mount -t tmpfs -o mode=1777 tmpfs tmp; }
 shift 4
 exec "$@"
 """
@@ -218,26 +234,60 @@ _PRESET_PATHS = (
 )
 
 
-def _flag(path: str, plan: ImagePlan, source: Root) -> str:
-    """The flag that brings ``path``: a preset's, else ``--add`` of its folder when the
-    image lacks that folder (a module or data folder), else of the file."""
+def _flag(path: str, plan: ImagePlan, source: Root, data: bool) -> str:
+    """The flag that brings ``path``: a preset's (``package-data`` for a file of the
+    programs' own packages, which brings the rest of their data at once), else
+    ``--add`` of its folder when the image lacks that folder, else of the file."""
+    if data:
+        return "--with package-data"
     for prefix, flag in _PRESET_PATHS:
         if path == prefix or path.startswith(prefix + "/"):
             return flag
     if "/gconv/" in path:
         return "--with gconv"
+    if path.startswith(PROGRAM_PREFIXES):
+        return f"--add {path}"  # a program: the file (its closure comes with it), never all of /bin
     folder = posixpath.dirname(path)
-    if folder != "/" and plan.lookup(folder) is None and source.resolve(folder).is_dir:
+    if folder != "/" and plan.lookup(folder) is None and _small_folder(source, folder):
         return f"--add {folder}"
     return f"--add {path}"
 
 
+def _small_folder(source: Root, folder: str) -> bool:
+    """A folder worth suggesting whole: at most ``FOLDER_FILES`` files (a module or data
+    folder, not /usr/share/locale's 3,000 translations for one locale.alias)."""
+    if not source.resolve(folder).is_dir:
+        return False
+    count = 0
+    try:
+        for _ in source.walk(folder):
+            count += 1
+            if count > FOLDER_FILES:
+                return False
+    except MinifyError:
+        return False
+    return True
+
+
 def _report(missing: set[str], plan: ImagePlan, source: Root) -> list[str]:
     """What the run in the image did not find and the source root has, by package."""
-    present = sorted(p for p in missing if plan.lookup(p) is None and _exists(source, p))
+    found = {p for p in missing if plan.lookup(p) is None and _exists(source, p)}
+    # an execve of a script the image has fails with ENOENT when its #! interpreter is
+    # missing (Rscript runs the bash script R): name the interpreter
+    for path in sorted(missing - found):
+        if plan.lookup(path) is not None and _exists(source, path):
+            chain, _ = interpreters(source, path, DEFAULT_PATH)
+            found.update(i for i in chain if plan.lookup(i) is None)
+    # one name per file: /bin/uname and /usr/bin/uname are one file on a usrmerged root
+    by_file: dict[str, str] = {}
+    for path in sorted(found):
+        by_file.setdefault(source.realpath(path), path)
+    present = sorted(by_file.values())
     if not present:
         return ["the run in the image looked for nothing that the source root has (see its output above)"]
     owners = owners_of(source, present)
+    programs = [e.source for p in plan.programs if (e := plan.lookup(p)) is not None and e.source]
+    data = set(data_packages(source, set(owners_of(source, programs).values()))) if programs else set()
     by_package: dict[str, list[str]] = {}
     for path in present:
         by_package.setdefault(owners.get(path, "no package"), []).append(path)
@@ -247,7 +297,7 @@ def _report(missing: set[str], plan: ImagePlan, source: Root) -> list[str]:
         paths = by_package[package]
         shown = ", ".join(paths[:SHOWN]) + (f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "")
         lines.append(f"  {package}: {shown}")
-        flags.extend(_flag(p, plan, source) for p in paths)
+        flags.extend(_flag(p, plan, source, package in data) for p in paths)
     lines.append("bring them with: " + " ".join(dict.fromkeys(flags)))
     return lines
 

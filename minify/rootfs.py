@@ -232,7 +232,8 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     out = output.destination(options.output, root=view.directory, inputs=inputs, cwd=os.getcwd(), folder=folder)
     skip = _skipped_folders(view, out)
     analysis_hwcaps = "baseline" if options.hwcaps in ("all", "baseline") else options.hwcaps
-    analysis = analyze(options.paths, root=target, cwd=cwd, hwcaps=analysis_hwcaps, cpuinfo="", exclude=skip)
+    paths, brought = _with_interpreters(options.paths, view, cwd)
+    analysis = analyze(paths, root=target, cwd=cwd, hwcaps=analysis_hwcaps, cpuinfo="", exclude=skip)
     first = analysis.programs[0].path if analysis.programs else None
     programs, scripts = _split_scripts(analysis)
     analysis = replace(analysis, programs=programs)
@@ -269,7 +270,8 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     gathered.warnings.extend(embedded_hints(analysis, plan))
     _check_entrypoint(plan, config, options, origin)
     warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered)]
-    warnings.extend([*tree_warnings, *_entrypoint_note(options, config, len(analysis.programs) + len(scripts))])
+    given = len(analysis.programs) + len(scripts) - len(brought)
+    warnings.extend([*tree_warnings, *_entrypoint_note(options, config, given), *brought.values()])
     warnings.extend(
         f"hint: {h}" for h in hints if h.preset not in names and not (trace is not None and h.preset is None)
     )
@@ -280,6 +282,26 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     except DockerfileError as exc:
         raise PlanError(str(exc)) from None
     return Prepared(plan, dockerfile, trace, out, sbom, digests, _source_report(origin, plan))
+
+
+def _with_interpreters(paths: tuple[str, ...], view: Root, cwd: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The inputs, and the interpreters their ``#!`` lines need (``#!/usr/bin/env
+    python3``: env and python3 as PATH finds it), which come with them; notes on the
+    ones brought, by path."""
+    out = list(paths)
+    brought: dict[str, str] = {}
+    for path in paths:
+        inner = posixpath.normpath(posixpath.join(cwd, path)) if path else path
+        if not inner or not view.resolve(inner).is_file:
+            continue
+        chain, problem = interpreters(view, inner, DEFAULT_PATH)
+        if problem is not None:
+            raise PlanError(problem.replace("not in the image", "not in the root"))
+        for interpreter in chain:
+            if interpreter not in out and view.realpath(interpreter) not in out:
+                out.append(interpreter)
+                brought[interpreter] = f"note: {interpreter} comes with {path}, the #! interpreter it needs"
+    return tuple(out), brought
 
 
 def _entrypoint_note(options: RootfsOptions, config: ImageConfig, inputs: int) -> list[str]:
@@ -434,7 +456,7 @@ def _generated(
             generated.extend(origin.users)
     if trace is not None:
         dirs.extend(
-            (d, 0o755, (0, 0))
+            (d, _folder_mode(view, d), (0, 0))
             for d in trace.dirs
             if not any(within(d, s) for s in skip)
             and why_secret(d) is None
@@ -445,6 +467,13 @@ def _generated(
         generated.extend(presets.users_files(view))
         dirs.append(presets.NONROOT_HOME)
     return generated, dirs
+
+
+def _folder_mode(view: Root, path: str) -> int:
+    """A traced folder's permission bits in the root (``/tmp`` keeps 1777), less
+    setuid and setgid."""
+    mode = view.resolve(path).mode
+    return stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID) if mode is not None else 0o755
 
 
 def _extra_closures(

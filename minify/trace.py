@@ -239,7 +239,7 @@ class _Calls:
 def _collect(folder: str, cwd: str, root: str | None = None) -> tuple[set[str], set[str], set[str]]:
     """What the traced processes read (regular files), looked at (folders: listed,
     ``stat``ed or ``access``ed, as emacs checks ``etc/charsets`` before reading
-    anything) and executed, less everything they created or wrote, and everything
+    anything, or written into) and executed, less everything they created or wrote, and everything
     below folders they created. Inside a ``root``, what came before the chroot is
     left out, and folders strace names by their host path are named inside the root.
     A call on an open descriptor itself (``AT_EMPTY_PATH``: glibc's ``fstat`` of a
@@ -261,8 +261,11 @@ def _collect(folder: str, cwd: str, root: str | None = None) -> tuple[set[str], 
     kind = _kind_in(root) if root is not None else _kind
     files: set[str] = set()
     dirs: set[str] = set()
-    for path in calls.read | calls.listed:
-        if calls.written(path) or path.startswith(SKIP_PREFIXES) or path in SKIP_FILES:
+    # the folders the run wrote into exist in the image, empty (R's temporary files in
+    # /tmp, a server's log folder): what it wrote there is left out, not the folder
+    written_in = {os.path.dirname(p) for p in calls.made | calls.made_dirs}
+    for path in calls.read | calls.listed | written_in:
+        if calls.written(path) or (path + "/").startswith(SKIP_PREFIXES) or path in SKIP_FILES:
             continue
         found = kind(path)
         if found == "file" and path in calls.read:
@@ -337,7 +340,9 @@ def missing_paths(folder: str, cwd: str, root: str) -> set[str]:
     out: set[str] = set()
     for name in sorted(os.listdir(folder)):
         with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as fh:
-            lines = _after_chroot(fh.readlines())
+            lines = fh.readlines()
+        if any(line.startswith("chroot(") for line in lines):
+            lines = _after_exec(_after_chroot(lines))
         for line in lines:
             match = _CALL.match(line)
             if not match or int(match.group(3)) >= 0 or " ENOENT " not in line[match.end(3) :] + " ":
@@ -345,8 +350,19 @@ def missing_paths(folder: str, cwd: str, root: str) -> set[str]:
             found = _PATH.findall(match.group(2))
             if not found:
                 continue
-            folder, name = found[0]
-            path = _absolute(folder, name, cwd, root)
+            at, name = found[0]
+            path = _absolute(at, name, cwd, root)
             if path is not None and not path.startswith(SKIP_PREFIXES) and path not in SKIP_FILES:
                 out.add(path)
     return out
+
+
+def _after_exec(lines: list[str]) -> list[str]:
+    """The calls from the first successful ``execve`` on: what the process that
+    entered the root did before it ran the command (reading the image's passwd for
+    HOME) is not the command's."""
+    for number, line in enumerate(lines):
+        match = _CALL.match(line)
+        if match and match.group(1) == "execve" and match.group(3) == "0":
+            return lines[number:]
+    return lines

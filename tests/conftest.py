@@ -303,25 +303,36 @@ def tree_listing(top: Path) -> dict[str, str]:
     return out
 
 
-def chroot_run(rootfs: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+#: The devices a container runtime gives every container (LibreOffice reads urandom).
+RUNTIME_DEVICES = ("null", "zero", "full", "random", "urandom")
+
+
+def chroot_run(
+    rootfs: Path, *argv: str, env: dict[str, str] | None = None, keep: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` chrooted into a copy of ``rootfs`` with what a container runtime
-    provides: /proc (glibc reads /proc/self/exe for the program's $ORIGIN) and /dev/null.
-    The copy keeps the image itself exactly as minify wrote it."""
+    provides: /proc (glibc reads /proc/self/exe for the program's $ORIGIN) and the
+    usual devices, with ``env`` besides PATH. The copy keeps the image itself exactly
+    as minify wrote it; with ``keep`` the copy is made there and left, to read what
+    the run wrote."""
     need_tool("unshare", "chroot")
     box = Path(tempfile.mkdtemp(prefix="chroot-"))
     try:
-        top = box / "root"
+        top = keep if keep is not None else box / "root"
         shutil.copytree(rootfs, top, symlinks=True)
         (top / "proc").mkdir()
         (top / "dev").mkdir()
-        (top / "dev/null").touch()
-        script = 'mount -t proc proc "$0/proc" && mount --bind /dev/null "$0/dev/null" && exec chroot "$0" "$@"'
+        binds = []
+        for device in RUNTIME_DEVICES:
+            (top / "dev" / device).touch()
+            binds.append(f'mount --bind /dev/{device} "$0/dev/{device}"')
+        script = " && ".join(['mount -t proc proc "$0/proc"', *binds, 'exec chroot "$0" "$@"'])
         return subprocess.run(
             ["unshare", "--mount", "--pid", "--fork", "sh", "-c", script, str(top), *argv],
             capture_output=True,
             text=True,
-            timeout=60,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            timeout=timeout,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **(env or {})},
         )
     finally:
         shutil.rmtree(box, ignore_errors=True)

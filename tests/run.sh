@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs everything the tests need on a fresh Debian machine
 # (compilers, musl, the aarch64 cross toolchain and qemu, podman and runc, strace,
+# the real programs whose jobs the tests run from images: R, tesseract, pandoc, emacs,
+# neovim, LibreOffice, zsh,
 # skopeo, umoci and a registry),
 # installs minify with its test extras into .venv (Debian's Python refuses pip outside
 # a virtual environment), then runs lint, types and the test suite, and the ELF tests
@@ -16,6 +18,7 @@ packages=(
     strace util-linux coreutils dash
     pax-utils libtree skopeo umoci docker-registry graphviz
     xz-utils openssl git sqlite3 curl gdb file zsh
+    tesseract-ocr tesseract-ocr-eng pandoc emacs-nox neovim r-base-core libreoffice-writer-nogui
     python3 python3-venv tzdata ca-certificates libzstd1 libc-bin libcap2-bin systemd ruby less postgresql
 )
 missing=()

@@ -5,8 +5,12 @@ missing paths and their packages, and the flags it names make the next run pass.
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
+import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -16,8 +20,11 @@ from tests.conftest import Builder, chroot_run, cli, host_libc_into, need_tool, 
 ZSH_JOB = "zmodload zsh/datetime && strftime %Y-%m-%d 86400"
 
 
+HOME = {"HOME": os.environ.get("HOME", "/root")}  # as a runtime sets it; pandoc asks for it
+
+
 def _host(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", **HOME})
 
 
 def _flags(stderr: str) -> list[str]:
@@ -31,22 +38,130 @@ def _tools() -> None:
     need_tool("strace", "unshare", "chroot", "mount")
 
 
-@pytest.mark.parametrize(
-    ("program", "job"),
-    [
-        ("/usr/bin/zsh", ["/usr/bin/zsh", "-c", ZSH_JOB]),  # a module it dlopen()s
-        ("/usr/bin/file", ["/usr/bin/file", "-b", "/bin/true"]),  # magic.mgc through a symlink
-    ],
-)
-def test_a_traced_job_runs_from_the_image(tmp_path: Path, program: str, job: list[str]) -> None:
+#: 5x7 glyphs for the text the OCR test draws.
+GLYPHS = {
+    "H": ("10001", "10001", "10001", "11111", "10001", "10001", "10001"),
+    "E": ("11111", "10000", "10000", "11110", "10000", "10000", "11111"),
+    "L": ("10000", "10000", "10000", "10000", "10000", "10000", "11111"),
+    "O": ("01110", "10001", "10001", "10001", "10001", "10001", "01110"),
+    "2": ("01110", "10001", "00001", "00010", "00100", "01000", "11111"),
+    "4": ("00010", "00110", "01010", "10010", "11111", "00010", "00010"),
+    " ": ("00000",) * 7,
+}
+
+
+def draw_png(path: Path, text: str, scale: int = 6, pad: int = 20) -> Path:
+    """A grey PNG of ``text`` in block letters, written with zlib alone."""
+    width, height = len(text) * 6 * scale + 2 * pad, 7 * scale + 2 * pad
+    rows = []
+    for y in range(height):
+        row = bytearray([0])
+        for x in range(width):
+            gx, gy = (x - pad) // scale, (y - pad) // scale
+            char, col = divmod(gx, 6)
+            on = x >= pad and 0 <= gy < 7 and char < len(text) and col < 5 and GLYPHS[text[char]][gy][col] == "1"
+            row.append(0 if on else 255)
+        rows.append(bytes(row))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
+def _job(name: str, tmp_path: Path) -> tuple[str, list[str]]:
+    """The program and its real job, with the inputs the job reads made in tmp_path."""
+    if name == "tesseract":
+        return "/usr/bin/tesseract", ["tesseract", str(draw_png(tmp_path / "text.png", "HELLO 42")), "-"]
+    if name == "pandoc":
+        (tmp_path / "in.md").write_text("# Title\n\nSome *text*.\n")
+        return "/usr/bin/pandoc", ["pandoc", "-s", "--metadata", "title=T", str(tmp_path / "in.md")]
+    jobs = {
+        "zsh": ("/usr/bin/zsh", ["zsh", "-c", ZSH_JOB]),  # a module it dlopen()s
+        "file": ("/usr/bin/file", ["file", "-b", "/bin/true"]),  # magic.mgc through a symlink
+        "Rscript": ("/usr/bin/Rscript", ["Rscript", "-e", "1+1"]),  # execs the bash script R
+        "emacs": ("/usr/bin/emacs", ["emacs", "--batch", "--eval", '(princ (format "%d\n" (+ 1 2)))']),
+        "nvim": ("/usr/bin/nvim", ["nvim", "--headless", "-u", "NONE", "-c", LUA, "-c", "qa!"]),
+    }
+    return jobs[name]
+
+
+LUA = 'lua io.stdout:write(tostring(6 * 7) .. "\\n")'
+JOBS = ("zsh", "file", "Rscript", "tesseract", "pandoc", "emacs", "nvim")
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_a_traced_job_runs_from_the_image(tmp_path: Path, name: str) -> None:
+    program, job = _job(name, tmp_path)
     need_tool(program)
     host = _host(job)
-    assert host.returncode == 0, host.stderr
+    assert host.returncode == 0 and host.stdout, host.stderr
     out = tmp_path / "out"
     result = cli("rootfs", program, "-o", str(out), "--trace", shlex.join(job))
     assert result.returncode == 0, result.stderr
-    ran = chroot_run(out / "rootfs", *job)
+    ran = chroot_run(out / "rootfs", *job, env=HOME)
     assert (ran.returncode, ran.stdout) == (0, host.stdout), ran.stderr
+
+
+def test_libreoffice_converts_text_to_pdf_from_a_traced_image(tmp_path: Path) -> None:
+    need_tool("soffice")
+    (tmp_path / "in.txt").write_text("hello from a text file\n")
+    (tmp_path / "pdf").mkdir()
+    profile = tmp_path / "profile"
+    job = ["soffice", "--headless", f"-env:UserInstallation=file://{profile}", "--convert-to", "pdf"]
+    job += ["--outdir", str(tmp_path / "pdf"), str(tmp_path / "in.txt")]
+    out = tmp_path / "out"
+    result = cli("rootfs", "/usr/bin/soffice", "-o", str(out), "--trace", shlex.join(job))
+    assert result.returncode == 0, result.stderr
+    shutil.rmtree(profile)
+    (tmp_path / "pdf/in.pdf").unlink()
+    host = _host(job)
+    made = (tmp_path / "pdf/in.pdf").read_bytes()
+    assert host.returncode == 0 and made.startswith(b"%PDF-"), host.stderr
+    box = tmp_path / "box"
+    ran = chroot_run(out / "rootfs", *job, env=HOME, keep=box, timeout=180)
+    assert (ran.returncode, ran.stdout) == (0, host.stdout), ran.stderr
+    inside = (box / str(tmp_path / "pdf/in.pdf").lstrip("/")).read_bytes()
+    assert inside.startswith(b"%PDF-") and abs(len(inside) - len(made)) < len(made) // 10
+
+
+def _converge(program: str, job: list[str], extra: list[str], out: Path, rounds: int) -> list[list[str]]:
+    """--test JOB without a trace, then again with the flags each failure named, until
+    it passes: the flags of each round (a job stops at the first thing it lacks, so
+    a chain of lacks takes a round each)."""
+    named: list[list[str]] = []
+    flags = list(extra)
+    for _ in range(rounds):
+        done = cli("rootfs", program, "-o", str(out), "--test", shlex.join(job), "--test-output", *flags)
+        if done.returncode == 0:
+            assert "in the image, as at the source" in done.stderr
+            return named
+        assert done.returncode == 1, done.stderr
+        assert " in the image, 0 at the source" in done.stderr and not out.exists()
+        named.append(_flags(done.stderr))
+        flags += named[-1]
+    pytest.fail(f"{program}: still failing after {rounds} rounds of named flags: {named}")
+
+
+@pytest.mark.parametrize(
+    ("name", "rounds", "first"),
+    [
+        ("tesseract", 1, "--with package-data"),  # tesseract-ocr-eng's language data
+        ("pandoc", 1, "--with package-data"),  # pandoc-data's templates
+        ("Rscript", 3, "--with package-data"),  # R's own scripts, then bash, then sed and uname
+        ("emacs", 3, "--with package-data"),  # emacs-common's lisp and charsets
+    ],
+)
+def test_without_a_trace_the_named_flags_make_the_job_pass(tmp_path: Path, name: str, rounds: int, first: str) -> None:
+    program, job = _job(name, tmp_path)
+    need_tool(program)
+    inputs = [f"--add={p}" for p in job if p.startswith(str(tmp_path))]  # the job's own input file
+    named = _converge(program, job, inputs, tmp_path / "out", rounds + 1)
+    assert named and len(named) <= rounds
+    assert first in " ".join(named[0])
 
 
 def test_without_the_trace_the_test_names_what_is_missing_and_the_flag(tmp_path: Path) -> None:
@@ -62,7 +177,7 @@ def test_without_the_trace_the_test_names_what_is_missing_and_the_flag(tmp_path:
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".minify")]
     flags = _flags(failed.stderr)
-    assert "--add" in flags
+    assert "package-data" in flags
     passed = cli("rootfs", "/usr/bin/zsh", "-o", str(out), "--test", job, "--test-output", *flags)
     assert passed.returncode == 0, passed.stderr
     assert "exit status 0 in the image, as at the source" in passed.stderr

@@ -195,17 +195,23 @@ def test_missing_library_fails_with_exit_1_and_writes_nothing(tmp_path: Path, bu
     assert not (tmp_path / "out").exists()
 
 
-def test_scripts_need_their_interpreter(tmp_path: Path, built: dict[str, Path]) -> None:
+def test_scripts_bring_their_interpreter(tmp_path: Path, built: dict[str, Path]) -> None:
+    need_tool("dash")
     script = tmp_path / "run.sh"
     script.write_text("#!/bin/dash\necho from script\n")
     script.chmod(0o755)
     proc = cli("rootfs", str(script), "-o", str(tmp_path / "out"))
-    assert proc.returncode == 2
-    assert "not included unless given" in proc.stderr
-    need_tool("dash")
-    proc = cli("rootfs", str(script), "/bin/dash", "-o", str(tmp_path / "out"), "--entrypoint", str(script))
     assert proc.returncode == 0, proc.stderr
+    assert f"/bin/dash comes with {script}, the #! interpreter it needs" in proc.stderr
+    assert f'ENTRYPOINT ["{script}"]' in (tmp_path / "out/Dockerfile").read_text()
     assert chroot_run(tmp_path / "out/rootfs", str(script)).stdout == "from script\n"
+    # given as well, it is not brought twice
+    again = cli("rootfs", str(script), "/bin/dash", "-o", str(tmp_path / "out"))
+    assert again.returncode == 0 and "comes with" not in again.stderr
+    # an interpreter the root lacks is one line, exit 2
+    script.write_text("#!/no/such/shell\necho x\n")
+    missing = cli("rootfs", str(script), "-o", str(tmp_path / "out2"))
+    assert missing.returncode == 2 and "/no/such/shell is not in the root" in missing.stderr
 
 
 def test_output_folder_parents_are_created(tmp_path: Path, built: dict[str, Path]) -> None:
