@@ -43,6 +43,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
     [ -z "$policy" ] || $sudo rm -f "$policy"
 fi
 
+# The aarch64 C library's own ldconfig (a static program, run under qemu) makes the
+# cache of the aarch64 sysroot a test minifies: libc-bin:arm64 downloaded with apt into
+# a private state folder, so this machine's dpkg architectures stay as they are.
+arm=.cache/arm64
+if [ ! -x "$arm/sbin/ldconfig" ]; then
+    mkdir -p "$arm/lists/partial" "$arm/cache/archives/partial" "$arm/debs"
+    apt_arm=(-qq -o APT::Architectures::=arm64 -o APT::Architecture=arm64 -o "Dir::State::Lists=$PWD/$arm/lists"
+        -o "Dir::Cache=$PWD/$arm/cache" -o Dir::State::Status=/dev/null)
+    apt-get "${apt_arm[@]}" update
+    (cd "$arm/debs" && apt-get "${apt_arm[@]}" download libc-bin:arm64 2>/dev/null)
+    dpkg-deb -x "$arm"/debs/libc-bin_*_arm64.deb "$arm"
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 py=$PWD/.venv/bin/python
 export PATH="$PWD/.venv/bin:$PATH"

@@ -4,6 +4,8 @@ lists exactly the shipped libraries, and ``ctypes.util.find_library`` finds them
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -122,3 +124,53 @@ def test_find_library_inside_a_python_image(tmp_path: Path) -> None:
     (out / "rootfs/etc/ld.so.cache").unlink()
     without = chroot_run(out / "rootfs", "/usr/bin/python3", "-c", job)
     assert without.stdout.strip() == "None"
+
+
+#: The aarch64 ldconfig that the test command downloads (libc-bin:arm64).
+ARM_LDCONFIG = Path(__file__).resolve().parent.parent / ".cache/arm64/sbin/ldconfig"
+
+
+def _arm_listing(cache: Path) -> set[tuple[str, str]]:
+    out = subprocess.run(
+        ["qemu-aarch64-static", str(ARM_LDCONFIG), "-p", "-C", str(cache)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {(line.split()[0], line.rsplit(" => ", 1)[1].strip()) for line in out.stdout.splitlines() if " => " in line}
+
+
+def test_an_aarch64_sysroot_gets_its_own_cache(tmp_path: Path) -> None:
+    """A sysroot of another architecture, its cache made by its own ldconfig (under
+    qemu): the image's cache is written for aarch64, lists exactly the shipped
+    libraries, and the aarch64 loader finds the /usr/local/lib library through it."""
+    need_tool("aarch64-linux-gnu-gcc", "qemu-aarch64-static")
+    if not ARM_LDCONFIG.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{ARM_LDCONFIG} is missing: the test command downloads it")
+        pytest.skip(f"{ARM_LDCONFIG} is missing: run tests/run.sh once")
+    cross = Builder("aarch64-linux-gnu-gcc")
+    root = tmp_path / "root"
+    shutil.copytree("/usr/aarch64-linux-gnu/lib", root / "lib", symlinks=True)
+    local = cross.lib(root / "usr/local/lib/liblocal.so.1", "local")
+    cross.prog(root / "prog", links=[local])
+    (root / "etc").mkdir()
+    (root / "etc/ld.so.conf").write_text("/usr/local/lib\n")
+    subprocess.run(["qemu-aarch64-static", str(ARM_LDCONFIG), "-r", str(root)], check=True)
+    source = _arm_listing(root / "etc/ld.so.cache")
+    assert ("liblocal.so.1", "/usr/local/lib/liblocal.so.1") in source
+    out = tmp_path / "out"
+    result = cli("rootfs", "/prog", "--root", str(root), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    rootfs = out / "rootfs"
+    cache = rootfs / "etc/ld.so.cache"
+    listed = _arm_listing(cache)
+    assert listed == {(n, p) for n, p in source if (rootfs / p.lstrip("/")).exists()}
+    assert ("liblocal.so.1", "/usr/local/lib/liblocal.so.1") in listed
+    assert ldcache.parse(cache.read_bytes()).entries[0].flags == 0xA03  # libc6, AArch64
+    qemu = ["qemu-aarch64-static", "-L", str(rootfs), str(rootfs / "prog")]
+    ran = subprocess.run(qemu, capture_output=True, text=True, timeout=60)
+    assert (ran.returncode, ran.stdout) == (0, "prog ran\n"), ran.stderr
+    cache.unlink()  # qemu then gives the loader this machine's cache, which has no aarch64 entry
+    failed = subprocess.run(qemu, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 127 and "liblocal.so.1" in failed.stderr
