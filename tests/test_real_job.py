@@ -284,3 +284,33 @@ def test_hints_name_compiled_in_paths_programs_run_and_tmp(tmp_path: Path, build
     )
     assert fixed.returncode == 0, fixed.stderr
     assert "exit status 0 in the image, as at the source" in fixed.stderr
+
+
+@pytest.mark.parametrize("name", ["tesseract", "pandoc"])
+def test_package_data_alone_makes_the_job_run(tmp_path: Path, name: str) -> None:
+    """No trace: --with package-data brings tesseract-ocr-eng's language data and
+    pandoc-data's templates (Architecture: all packages the programs depend on)."""
+    program, job = _job(name, tmp_path)
+    need_tool(program)
+    inputs = [f"--add={p}" for p in job if p.startswith(str(tmp_path))]
+    out = tmp_path / "out"
+    done = cli("rootfs", program, "-o", str(out), "--with", "package-data", *inputs, "--test", shlex.join(job))
+    assert done.returncode == 0, done.stderr
+    ran = chroot_run(out / "rootfs", *job, env=HOME)
+    assert (ran.returncode, ran.stdout) == (0, _host(job).stdout), ran.stderr
+
+
+def test_check_never_runs_a_test_and_image_takes_it(tmp_path: Path) -> None:
+    job = "/bin/cat /usr/share/common-licenses/GPL-3"
+    out = tmp_path / "out"
+    assert cli("rootfs", "/bin/cat", "-o", str(out)).returncode == 0
+    # up to date: --check says so without running the failing test
+    checked = cli("rootfs", "/bin/cat", "-o", str(out), "--check", "--test", job)
+    assert checked.returncode == 0, checked.stderr
+    assert "minify: test:" not in checked.stderr
+    dest = tmp_path / "cat.tar"
+    failed = cli("image", "/bin/cat", "-o", str(dest), "--test", job)
+    assert failed.returncode == 1 and "base-files: /usr/share/common-licenses/GPL-3" in failed.stderr
+    assert not dest.exists()
+    passed = cli("image", "/bin/cat", "-o", str(dest), "--test", job, "--add", "/usr/share/common-licenses")
+    assert passed.returncode == 0 and dest.is_file(), passed.stderr
