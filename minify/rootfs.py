@@ -231,9 +231,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     inputs = tuple(view.host_path(view.resolve(posixpath.join(cwd, p)).path) for p in options.paths if p)
     out = output.destination(options.output, root=view.directory, inputs=inputs, cwd=os.getcwd(), folder=folder)
     skip = _skipped_folders(view, out)
-    analysis_hwcaps = "baseline" if options.hwcaps in ("all", "baseline") else options.hwcaps
-    paths, brought = _with_interpreters(options.paths, view, cwd)
-    analysis = analyze(paths, root=target, cwd=cwd, hwcaps=analysis_hwcaps, cpuinfo="", exclude=skip)
+    analysis, brought = _analyse_inputs(options, target, cwd, skip)
     first = analysis.programs[0].path if analysis.programs else None
     programs, scripts = _split_scripts(analysis)
     analysis = replace(analysis, programs=programs)
@@ -282,6 +280,17 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     except DockerfileError as exc:
         raise PlanError(str(exc)) from None
     return Prepared(plan, dockerfile, trace, out, sbom, digests, _source_report(origin, plan))
+
+
+def _analyse_inputs(
+    options: RootfsOptions, target: Target, cwd: str, skip: tuple[str, ...]
+) -> tuple[Analysis, dict[str, str]]:
+    """The closures of the inputs and of the interpreters their ``#!`` lines need;
+    notes on the interpreters brought. hwcaps ``all`` analyses the baseline and adds
+    every hwcaps copy later."""
+    hwcaps = "baseline" if options.hwcaps in ("all", "baseline") else options.hwcaps
+    paths, brought = _with_interpreters(options.paths, target.root, cwd)
+    return analyze(paths, root=target, cwd=cwd, hwcaps=hwcaps, cpuinfo="", exclude=skip), brought
 
 
 def _with_interpreters(paths: tuple[str, ...], view: Root, cwd: str) -> tuple[tuple[str, ...], dict[str, str]]:
