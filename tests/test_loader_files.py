@@ -174,3 +174,31 @@ def test_an_aarch64_sysroot_gets_its_own_cache(tmp_path: Path) -> None:
     cache.unlink()  # qemu then gives the loader this machine's cache, which has no aarch64 entry
     failed = subprocess.run(qemu, capture_output=True, text=True, timeout=60)
     assert failed.returncode == 127 and "liblocal.so.1" in failed.stderr
+
+
+def test_a_musl_image_gets_the_roots_search_path_file(tmp_path: Path) -> None:
+    """musl reads <prefix>/etc/ld-musl-ARCH.path instead of its default path: the image
+    gets the root's file with the folders it has, and the program loads through it."""
+    need_tool("musl-gcc", "chroot", "unshare")
+    musl = Builder("musl-gcc")
+    root = tmp_path / "root"
+    loader = Path("/lib/ld-musl-x86_64.so.1")
+    if not loader.exists():
+        pytest.fail(f"{loader} is missing: the test command installs musl-tools")
+    (root / "lib").mkdir(parents=True)
+    shutil.copy(loader.resolve(), root / "lib" / loader.name)
+    lib = musl.lib(root / "opt/musl/lib/libmp.so.1", "mp")
+    musl.prog(root / "bin/prog", links=[lib])
+    (root / "etc").mkdir()
+    path_file = root / "etc/ld-musl-x86_64.path"
+    path_file.write_text("/lib\n/opt/musl/lib\n/no/such/folder\n")
+    out = tmp_path / "out"
+    result = cli("rootfs", "/bin/prog", "--root", str(root), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    rootfs = out / "rootfs"
+    assert (rootfs / "etc/ld-musl-x86_64.path").read_text() == "/lib\n/opt/musl/lib\n"
+    ran = chroot_run(rootfs, "/bin/prog")
+    assert (ran.returncode, ran.stdout) == (0, "prog ran\n"), ran.stderr
+    (rootfs / "etc/ld-musl-x86_64.path").unlink()
+    failed = chroot_run(rootfs, "/bin/prog")
+    assert failed.returncode != 0 and "libmp.so.1" in failed.stderr
