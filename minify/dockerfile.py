@@ -3,7 +3,9 @@
 Values reach the container exactly as given. ENV and LABEL values are written in
 single quotes, where the Dockerfile expands nothing (``$HOME`` stays ``$HOME``); a
 single quote is closed, written in double quotes, and reopened, as in a shell. The one
-thing a Dockerfile line cannot carry is a line break, so such a value is refused.
+thing a Dockerfile line cannot carry is a line break, so such a value is refused. Keys
+are written bare, so one that would not read back as one key (white space, ``=``,
+quotes, a line break) is refused too.
 ENTRYPOINT and CMD use the JSON (exec) form, written as UTF-8.
 """
 
@@ -26,8 +28,8 @@ def render(plan: ImagePlan) -> str:
         "COPY rootfs/ /",
     ]
     lines.extend(f"COPY --chown={e.owner[0]}:{e.owner[1]} owned{e.path} {e.path}" for e in _owned_tops(plan))
-    lines.extend(f"ENV {key}={quote(value, f'--env {key}')}" for key, value in config.env)
-    lines.extend(f"LABEL {key}={quote(value, f'label {key}')}" for key, value in config.labels)
+    lines.extend(f"ENV {_key(key, 'an ENV name')}={quote(value, f'--env {key}')}" for key, value in config.env)
+    lines.extend(f"LABEL {_key(key, 'a LABEL key')}={quote(value, f'label {key}')}" for key, value in config.labels)
     if config.exposed_ports:
         lines.append("EXPOSE " + " ".join(_text(p, "an exposed port") for p in config.exposed_ports))
     if config.volumes:
@@ -55,6 +57,23 @@ def _text(value: str, what: str) -> str:
     except UnicodeEncodeError:
         raise DockerfileError(f"{what}: {value!r} is not valid UTF-8, which an image config must be") from None
     return value
+
+
+#: What a key may hold and still mean one key on its line: no white space (it would
+#: start the next pair), no ``=`` (it would end the key), no quotes or backslashes
+#: (the Dockerfile parser would read them), no line break (it would start a new
+#: instruction: ``maintainer=x\nENV LD_PRELOAD=...``), no control character.
+_KEY_FORBIDDEN = frozenset(" \t\n\r\v\f=\"'\\$`") | {chr(c) for c in range(32)} | {chr(127)}
+
+
+def _key(key: str, what: str) -> str:
+    """An ENV name or LABEL key, written as it is; one a Dockerfile line cannot carry
+    as one key (a source image's ``maintainer=x\nENV LD_PRELOAD=...``) is refused."""
+    bad = sorted({ch for ch in key if ch in _KEY_FORBIDDEN})
+    if not key or bad:
+        shown = ", ".join(repr(ch) for ch in bad) or "nothing"
+        raise DockerfileError(f"{what} {key!r} cannot be written in a Dockerfile as one key (it holds {shown})")
+    return _text(key, what)
 
 
 def quote(value: str, what: str) -> str:

@@ -358,3 +358,25 @@ def test_image_check_compares_the_digest_it_would_write(tmp_path: Path, static_h
     assert "oci:min: its image is sha256:" in stale.stdout and "it would be sha256:" in stale.stdout
     assert (tmp_path / "min/index.json").read_bytes() == index  # --check wrote nothing there
     assert sorted(os.listdir(tmp_path)) == ["min", "old", "src"]  # and left nothing beside it
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("Labels", {"maintainer=x\nENV LD_PRELOAD=/evil.so\nCOPY . /": "v"}),  # a key that starts new lines
+        ("Labels", {"two words": "v"}),  # a key with a space is two pairs on a LABEL line
+        ("Env", ["PATH=/bin", "A x\nUSER 1234\nENV B=1"]),  # an ENV name that changes the user
+    ],
+)
+def test_a_hostile_config_key_never_reaches_the_dockerfile(
+    tmp_path: Path, static_hello: Path, field: str, value: object
+) -> None:
+    """Label and Env keys are written bare in the Dockerfile: one that would not read
+    back as one key is refused with one line, and nothing is written."""
+    layers = [layer_tar([folder("bin"), host_file("bin/hello", static_hello)])]
+    write_layout(tmp_path / "src", layers, {"Entrypoint": ["/bin/hello"], field: value})
+    done = minify("rootfs", "--from", "oci:src", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "cannot be written in a Dockerfile as one key" in done.stderr
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".minify")]
