@@ -151,7 +151,7 @@ class FactCache:
             if len(raw) > MAX_ENTRY_BYTES:
                 return None
             data = json.loads(raw)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         finally:
             os.close(fd)

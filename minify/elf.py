@@ -352,7 +352,7 @@ def _compact_parses() -> bool:
     bytes), so older releases are given the whole file."""
     version = str(getattr(_lief(), "__version__", "0"))
     major = version.split(".", 1)[0]
-    return major.isdigit() and int(major) >= 1
+    return major.isascii() and major.isdigit() and int(major) >= 1
 
 
 def _section_counted(config: Any) -> Any:
@@ -569,7 +569,7 @@ def _dlopen_entries(desc: bytes) -> tuple[list[DlopenNote], str | None]:
 
     try:
         entries = json.loads(desc.split(b"\0", 1)[0])
-    except ValueError:
+    except (ValueError, RecursionError):
         return [], "its JSON does not parse"
     if not isinstance(entries, list):
         return [], "its JSON is not a list"

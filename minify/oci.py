@@ -127,7 +127,7 @@ def source_date_epoch() -> int:
     text = os.environ.get("SOURCE_DATE_EPOCH", "")
     if not text:
         return 0
-    if not text.isdigit() or int(text) > 253402300799:
+    if not (text.isascii() and text.isdigit()) or int(text) > 253402300799:
         raise PlanError(f"SOURCE_DATE_EPOCH={text!r}: expected a number of seconds since 1970")
     return int(text)
 
@@ -398,7 +398,7 @@ def _own_index(path: str) -> dict[str, Any] | None:
                 index = json.loads(member.read(1 << 20))
         else:
             return None
-    except (OSError, ValueError, KeyError, tarfile.TarError):
+    except (OSError, ValueError, RecursionError, KeyError, tarfile.TarError):
         return None
     if isinstance(index, dict) and OWNER_ANNOTATION in (index.get("annotations") or {}):
         return index

@@ -127,7 +127,7 @@ def _own_lock(out: str) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or data.get("schema") != LOCK_SCHEMA or "minify" not in data:
         return None

@@ -142,7 +142,7 @@ def _stanzas(data: bytes, where: str, warnings: list[str]) -> list[DebPackage]:
         kept = tuple((k, fields[k]) for k in KEPT_FIELDS if k in fields)
         source = fields.get("Source", "").split(" ", 1)[0] or None
         size = fields.get("Installed-Size", "")
-        installed = int(size) * 1024 if size.isdigit() else 0
+        installed = int(size) * 1024 if size.isascii() and size.isdigit() else 0
         depends = _depends(fields.get("Pre-Depends", "") + "," + fields.get("Depends", ""))
         arch = fields.get("Architecture", "")
         out.append(DebPackage(name, fields["Version"], arch, kept, source, installed, depends))

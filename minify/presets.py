@@ -132,7 +132,12 @@ def _names(root: Root, path: str, ids: object) -> dict[int, str]:
     text = (root.read_bytes(path, limit=1 << 20) or b"").decode("utf-8", "replace")
     for line in text.splitlines():
         fields = line.split(":")
-        if len(fields) >= 3 and fields[2].isdigit() and re.fullmatch(r"[a-z_][a-z0-9_.-]*", fields[0]):
+        if (
+            len(fields) >= 3
+            and fields[2].isascii()
+            and fields[2].isdigit()
+            and re.fullmatch(r"[a-z_][a-z0-9_.-]*", fields[0])
+        ):
             number = int(fields[2])
             if number in ids and number not in out:  # type: ignore[operator]
                 out[number] = fields[0]

@@ -242,6 +242,8 @@ class Blobs:
             value = json.loads(data)
         except ValueError as exc:
             raise ImageSourceError(f"{self.where}: {name} is not JSON ({exc})") from None
+        except RecursionError:
+            raise ImageSourceError(f"{self.where}: {name} is JSON nested deeper than minify reads") from None
         if not isinstance(value, dict | list):
             raise ImageSourceError(f"{self.where}: {name} is not a JSON object")
         return value
@@ -340,16 +342,29 @@ def _oci_layout(blobs: Blobs, ref: str | None, platform: Platform) -> tuple[str,
     raise ImageSourceError(f"{blobs.where}: indexes nested more than {MAX_INDEX_DEPTH} deep")
 
 
+def _ref_name(where: str, manifest: dict[str, Any]) -> str | None:
+    """A manifest descriptor's ``org.opencontainers.image.ref.name``, checked."""
+    annotations = manifest.get("annotations")
+    if annotations is None:
+        return None
+    if not isinstance(annotations, dict):
+        raise ImageSourceError(f"{where}: index.json: a manifest's annotations are not a JSON object")
+    name = annotations.get(REF_NAME)
+    if name is not None and not isinstance(name, str):
+        raise ImageSourceError(f"{where}: index.json: a manifest's {REF_NAME} is not a string")
+    return name
+
+
 def _by_ref(where: str, manifests: list[Any], ref: str | None) -> dict[str, Any]:
     described = [m for m in manifests if isinstance(m, dict)]
     if ref is not None:
-        named = [m for m in described if (m.get("annotations") or {}).get(REF_NAME) == ref]
+        named = [m for m in described if _ref_name(where, m) == ref]
         if not named:
-            names = sorted({str((m.get("annotations") or {}).get(REF_NAME)) for m in described})
+            names = sorted({str(_ref_name(where, m)) for m in described})
             raise ImageSourceError(f"{where}: no image named {ref!r} (it has: {', '.join(names)})")
         return named[0]
     if len(described) != 1:
-        names = sorted({str((m.get("annotations") or {}).get(REF_NAME)) for m in described})
+        names = sorted({str(_ref_name(where, m)) for m in described})
         raise ImageSourceError(f"{where}: holds {len(described)} images; name one with :REF ({', '.join(names)})")
     return described[0]
 
@@ -362,7 +377,10 @@ def _by_platform(where: str, manifests: object, want: Platform) -> dict[str, Any
         p = item.get("platform") if isinstance(item, dict) else None
         if not isinstance(p, dict):
             continue
-        found = Platform(str(p.get("os")), str(p.get("architecture")), p.get("variant"))
+        variant = p.get("variant")
+        if variant is not None and not isinstance(variant, str):
+            raise ImageSourceError(f"{where}: a manifest's platform.variant is not a string ({variant!r})")
+        found = Platform(str(p.get("os")), str(p.get("architecture")), variant)
         offered.append(str(found))
         if found.matches(want):
             return item  # type: ignore[no-any-return]
@@ -445,12 +463,19 @@ def _docker_entry(blobs: Blobs, ref: str | None) -> dict[str, Any]:
     if not images:
         raise ImageSourceError(f"{where}: manifest.json lists no image")
     if ref is not None:
-        images = [m for m in images if {ref, f"localhost/{ref}"} & set(m.get("RepoTags") or [])]
+        images = [m for m in images if {ref, f"localhost/{ref}"} & set(_repo_tags(where, m))]
         if not images:
             raise ImageSourceError(f"{where}: no image tagged {ref!r}")
     if len(images) != 1:
         raise ImageSourceError(f"{where}: holds {len(images)} images; name one as docker-archive:FILE:NAME:TAG")
     return images[0]
+
+
+def _repo_tags(where: str, image: dict[str, Any]) -> list[str]:
+    tags = image.get("RepoTags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ImageSourceError(f"{where}: manifest.json: RepoTags is not a list of strings")
+    return tags
 
 
 def _platform_of(config: dict[str, Any]) -> Platform:

@@ -68,7 +68,7 @@ class Trace:
         list of strings and whose "files" and "dirs" are clean absolute paths."""
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise TraceFailed(f"{where}: not a minify trace ({exc})") from None
         if not isinstance(data, dict):
             raise TraceFailed(f"{where}: not a minify trace (not a JSON object)")

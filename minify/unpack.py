@@ -228,6 +228,8 @@ def _check(tar: tarfile.TarFile, what: str, limit: int) -> list[_Member]:
 
 def _parts(name: str, what: str, *, link: bool = False) -> tuple[str, ...]:
     kind = "a hard link to" if link else "a member named"
+    if "\0" in name:
+        raise HostileLayer(f"{what}: {kind} {name!r}, with a NUL byte; refused")
     if name.startswith("/"):
         raise HostileLayer(f"{what}: {kind} the absolute path {name!r}; refused")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))

@@ -130,7 +130,9 @@ def test_check_sees_a_changed_source_image(tmp_path: Path, static_hello: Path) -
     assert "minify.lock.json differs" in done.stdout
 
 
-def docker_archive(dest: Path, layers: list[bytes], run: dict[str, object], *, linked: bool = False) -> None:
+def docker_archive(
+    dest: Path, layers: list[bytes], run: dict[str, object], *, linked: bool = False, tags: object = None
+) -> None:
     """What `docker save` writes: manifest.json, the config named by its digest, and
     each layer as an uncompressed tar (``linked``: the last one as a symlink to a copy,
     as older docker versions wrote repeated layers)."""
@@ -144,7 +146,8 @@ def docker_archive(dest: Path, layers: list[bytes], run: dict[str, object], *, l
     ).encode()
     config_name = f"{hashlib.sha256(config).hexdigest()}.json"
     names = [f"{hashlib.sha256(t).hexdigest()}/layer.tar" for t in layers]
-    manifest = json.dumps([{"Config": config_name, "RepoTags": ["localhost/small:1"], "Layers": names}]).encode()
+    repo_tags = ["localhost/small:1"] if tags is None else tags
+    manifest = json.dumps([{"Config": config_name, "RepoTags": repo_tags, "Layers": names}]).encode()
     with tarfile.open(dest, "w") as tar:
         for name, data in [("manifest.json", manifest), (config_name, config), *zip(names, layers, strict=True)]:
             info = tarfile.TarInfo(f"copy/{name}" if linked and name == names[-1] else name)
@@ -378,5 +381,81 @@ def test_a_hostile_config_key_never_reaches_the_dockerfile(
     done = minify("rootfs", "--from", "oci:src", "-o", "out", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "cannot be written in a Dockerfile as one key" in done.stderr
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".minify")]
+
+
+def _pax_nul_layer(hello: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("x")
+        info.pax_headers = {"path": "bin/a\x00b"}
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"z"))
+        data = hello.read_bytes()
+        info = tarfile.TarInfo("bin/hello")
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _rewrite_index(src: Path, change: object) -> None:
+    index = json.loads((src / "index.json").read_text())
+    if callable(change):
+        change(index)
+    else:
+        index = change
+    (src / "index.json").write_text(json.dumps(index) if not isinstance(index, str) else index)
+
+
+def _variant(index: dict[str, object]) -> None:
+    entry = index["manifests"][0]  # type: ignore[index]
+    entry["platform"] = {"os": "linux", "architecture": HOST_ARCH, "variant": 5}
+    index["manifests"] = [entry, dict(entry)]
+
+
+@pytest.mark.parametrize(
+    "case", ["nested index", "variant not a string", "annotations a list", "RepoTags", "uid ²", "PAX path with NUL"]
+)
+def test_malformed_fields_are_one_line_never_a_traceback(tmp_path: Path, static_hello: Path, case: str) -> None:
+    layers = [layer_tar([folder("bin"), host_file("bin/hello", static_hello)])]
+    run: dict[str, object] = {"Entrypoint": ["/bin/hello"]}
+    source = "oci:src"
+    if case == "uid ²":
+        layers = [
+            layer_tar(
+                [
+                    host_file("bin/hello", static_hello),
+                    file("etc/passwd", "root:x:0:0::/root:/bin/sh\napp:x:²:1000::/home/app:/bin/sh\n".encode()),
+                    folder("home/app"),
+                ]
+            )
+        ]
+        run["User"] = "app"
+    if case == "PAX path with NUL":
+        layers = [_pax_nul_layer(static_hello)]
+    if case == "RepoTags":
+        docker_archive(tmp_path / "img.tar", layers, run, tags=[{"not": "a string"}])
+        source = "docker-archive:img.tar:localhost/small:1"
+    else:
+        write_layout(tmp_path / "src", layers, run, ref="latest")
+    if case == "nested index":
+        _rewrite_index(tmp_path / "src", '{"manifests": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    elif case == "variant not a string":
+        _rewrite_index(tmp_path / "src", _variant)
+    elif case == "annotations a list":
+        _rewrite_index(tmp_path / "src", lambda index: index["manifests"][0].update(annotations=["x"]))
+        source = "oci:src:latest"
+    expected = {
+        "nested index": "index.json is JSON nested deeper than minify reads",
+        "variant not a string": "platform.variant is not a string",
+        "annotations a list": "annotations are not a JSON object",
+        "RepoTags": "RepoTags is not a list of strings",
+        "uid ²": "User 'app' is not in its /etc/passwd",
+        "PAX path with NUL": "with a NUL byte; refused",
+    }[case]
+    done = minify("rootfs", "--from", source, "-o", "out", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and expected in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".minify")]
