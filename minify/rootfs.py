@@ -367,7 +367,7 @@ def _with_packages(
         generated += owned.generated + apk_files
         plan = layout(generated=generated)
         digests = plan_digests(plan, view, digests)
-    sbom = spdx_document(plan, owned, analysis, source_date_epoch(), digests)
+    sbom = spdx_document(plan, owned, analysis, source_date_epoch(), digests, warnings)
     if options.package_metadata:
         plan = layout(generated=(*generated, Generated(SBOM_PATH, sbom, reason="the SBOM of this image")))
         digests = plan_digests(plan, view, digests)

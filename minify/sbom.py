@@ -39,9 +39,18 @@ def spdx_id(kind: str, text: str) -> str:
     return f"SPDXRef-{kind}-{clean}-{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
-def document(plan: ImagePlan, owned: Ownership, analysis: Analysis, epoch: int, digests: dict[str, Digests]) -> bytes:
+def document(
+    plan: ImagePlan,
+    owned: Ownership,
+    analysis: Analysis,
+    epoch: int,
+    digests: dict[str, Digests],
+    warnings: list[str] | None = None,
+) -> bytes:
     """The SBOM as SPDX 2.3 JSON bytes, validated by spdx-tools; ``digests`` has every
-    regular file of the plan (``minify.image.plan_digests``)."""
+    regular file of the plan (``minify.image.plan_digests``). A package field that
+    spdx-tools would reject (a Homepage that is no URL) is left out, with a warning
+    in ``warnings``: one stanza's field never fails the run."""
     from spdx_tools.spdx.model import (
         Checksum,
         ChecksumAlgorithm,
@@ -73,7 +82,7 @@ def document(plan: ImagePlan, owned: Ownership, analysis: Analysis, epoch: int, 
             d.sha1
         )
     packages = [_image_package(name), _inputs_package()]
-    packages += [_deb_package(p, owned.distro) for p in owned.packages]
+    packages += [_deb_package(p, owned.distro, warnings if warnings is not None else []) for p in owned.packages]
     for package in packages[1:]:
         sha1s = contents.get(package.spdx_id, [])
         package.files_analyzed = bool(sha1s)
@@ -117,7 +126,7 @@ def _inputs_package() -> Package:
     )
 
 
-def _deb_package(package: DebPackage, distro: dict[str, str]) -> Package:
+def _deb_package(package: DebPackage, distro: dict[str, str], warnings: list[str]) -> Package:
     from spdx_tools.spdx.model import (
         ExternalPackageRef,
         ExternalPackageRefCategory,
@@ -125,15 +134,22 @@ def _deb_package(package: DebPackage, distro: dict[str, str]) -> Package:
         SpdxNoAssertion,
     )
     from spdx_tools.spdx.model.actor import Actor, ActorType
+    from spdx_tools.spdx.validation.uri_validators import validate_url
 
     fields = dict(package.fields)
+    # every part percent-encoded as the purl spec says: os-release and the status file
+    # are the root's, and ID=debian/../../evil?x=1#frag must stay one namespace
     namespace = distro.get("ID", "debian")
-    qualifiers = f"arch={package.architecture}" if package.architecture else ""
+    qualifiers = f"arch={_purl_escape(package.architecture)}" if package.architecture else ""
     if distro.get("VERSION_ID"):
-        qualifiers += f"{'&' if qualifiers else ''}distro={namespace}-{distro['VERSION_ID']}"
-    purl = f"pkg:deb/{namespace}/{package.name}@{_purl_escape(package.version)}" + (
+        qualifiers += f"{'&' if qualifiers else ''}distro={_purl_escape(namespace + '-' + distro['VERSION_ID'])}"
+    purl = f"pkg:deb/{_purl_escape(namespace)}/{_purl_escape(package.name)}@{_purl_escape(package.version)}" + (
         f"?{qualifiers}" if qualifiers else ""
     )
+    homepage = fields.get("Homepage") or None
+    if homepage is not None and validate_url(homepage):
+        warnings.append(f"{package.name}: its Homepage {homepage!r} is not a URL; left out of the SBOM")
+        homepage = None
     maintainer = fields.get("Maintainer", "")
     found = re.fullmatch(r"\s*(.*?)\s*<([^>]*)>\s*", maintainer)
     supplier = Actor(ActorType.PERSON, found.group(1), found.group(2)) if found and found.group(1) else None
@@ -144,7 +160,7 @@ def _deb_package(package: DebPackage, distro: dict[str, str]) -> Package:
         version=package.version,
         supplier=supplier or SpdxNoAssertion(),
         files_analyzed=False,
-        homepage=fields.get("Homepage") or None,
+        homepage=homepage,
         source_info=f"built package from: {package.source}" if package.source else None,
         external_references=[ExternalPackageRef(ExternalPackageRefCategory.PACKAGE_MANAGER, "purl", purl)],
     )

@@ -200,7 +200,14 @@ class Blobs:
     def has(self, name: str) -> bool:
         if self._tar is not None:
             return self._follow(_clean(name)) in self._members
-        return _regular(os.path.join(self.where, name))
+        return _regular(os.path.join(self.where, self._inside(name)))
+
+    def _inside(self, name: str) -> str:
+        """A name of a file of the image folder: an absolute one or one with ``..``
+        (a docker manifest.json's ``Config: /etc/passwd``) would read outside it."""
+        if name.startswith("/") or ".." in name.split("/") or "\0" in name:
+            raise ImageSourceError(f"{self.where}: {name!r} names a file outside the image; refused")
+        return name
 
     def open(self, name: str) -> IO[bytes]:
         """A member or file for reading: regular files only, never through a symlink."""
@@ -210,7 +217,7 @@ class Blobs:
             if handle is None:
                 raise ImageSourceError(f"{self.where}: {name} is missing from the archive")
             return handle
-        path = os.path.join(self.where, name)
+        path = os.path.join(self.where, self._inside(name))
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -479,9 +486,10 @@ def _repo_tags(where: str, image: dict[str, Any]) -> list[str]:
 
 
 def _platform_of(config: dict[str, Any]) -> Platform:
-    variant = config.get("variant")
-    return Platform(
-        str(config.get("os") or "linux"),
-        str(config.get("architecture") or "unknown"),
-        variant if isinstance(variant, str) else None,
-    )
+    """The config's platform; a field that is not a string is refused (it would be
+    written into the new image's config as it reads, ``{'x': 1}``)."""
+    values = {key: config.get(key) for key in ("os", "architecture", "variant")}
+    for key, value in values.items():
+        if value is not None and not isinstance(value, str):
+            raise ImageSourceError(f"the image's config: {key} is not a string ({value!r})")
+    return Platform(values["os"] or "linux", values["architecture"] or "unknown", values["variant"] or None)

@@ -407,7 +407,17 @@ def _variant(index: dict[str, object]) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["nested index", "variant not a string", "annotations a list", "RepoTags", "uid ²", "PAX path with NUL"]
+    "case",
+    [
+        "nested index",
+        "variant not a string",
+        "annotations a list",
+        "RepoTags",
+        "uid ²",
+        "PAX path with NUL",
+        "architecture an object",
+        "docker folder names /etc/passwd",
+    ],
 )
 def test_malformed_fields_are_one_line_never_a_traceback(tmp_path: Path, static_hello: Path, case: str) -> None:
     layers = [layer_tar([folder("bin"), host_file("bin/hello", static_hello)])]
@@ -429,8 +439,18 @@ def test_malformed_fields_are_one_line_never_a_traceback(tmp_path: Path, static_
     if case == "RepoTags":
         docker_archive(tmp_path / "img.tar", layers, run, tags=[{"not": "a string"}])
         source = "docker-archive:img.tar:localhost/small:1"
+    elif case == "docker folder names /etc/passwd":
+        docker_archive(tmp_path / "img.tar", layers, run)
+        with tarfile.open(tmp_path / "img.tar") as tar:
+            tar.extractall(tmp_path / "img", filter="data")
+        (tmp_path / "img.tar").unlink()
+        manifest = json.loads((tmp_path / "img/manifest.json").read_text())
+        manifest[0]["Config"] = "/etc/passwd"
+        (tmp_path / "img/manifest.json").write_text(json.dumps(manifest))
+        source = "docker-archive:img"
     else:
-        write_layout(tmp_path / "src", layers, run, ref="latest")
+        architecture: object = {"x": 1} if case == "architecture an object" else None
+        write_layout(tmp_path / "src", layers, run, ref="latest", architecture=architecture)
     if case == "nested index":
         _rewrite_index(tmp_path / "src", '{"manifests": ' + "[" * 100_000 + "]" * 100_000 + "}")
     elif case == "variant not a string":
@@ -445,6 +465,8 @@ def test_malformed_fields_are_one_line_never_a_traceback(tmp_path: Path, static_
         "RepoTags": "RepoTags is not a list of strings",
         "uid ²": "User 'app' is not in its /etc/passwd",
         "PAX path with NUL": "with a NUL byte; refused",
+        "architecture an object": "architecture is not a string ({'x': 1})",
+        "docker folder names /etc/passwd": "'/etc/passwd' names a file outside the image; refused",
     }[case]
     _refused(tmp_path, expected, "rootfs", "--from", source, "-o", "out")
 

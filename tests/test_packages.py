@@ -195,6 +195,26 @@ def test_a_hand_made_status_file(tmp_path: Path, builder: Builder) -> None:
     assert purls == ["pkg:deb/fixture/fakelibc@1.2-3?arch=amd64&distro=fixture-7"]
 
 
+def test_hostile_identity_fields_stay_inside_their_purl_part_and_a_bad_homepage_is_dropped(
+    tmp_path: Path, builder: Builder
+) -> None:
+    """os-release's ID and the status file are the root's: `ID=debian/../../evil?x=1#frag`
+    stays one percent-encoded namespace, and a Homepage spdx-tools rejects is left out
+    of the SBOM with a warning instead of failing the run."""
+    root, _ = _status_root(tmp_path, builder)
+    (root / "etc/os-release").write_text('ID="debian/../../evil?x=1#frag"\nVERSION_ID="7"\n')
+    status = root / "var/lib/dpkg/status"
+    status.write_text(status.read_text().replace("Version: 1.2-3\n", "Version: 1.2-3\nHomepage: not a url at all\n", 1))
+    done = cli("rootfs", "--root", str(root), "/hello", "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "fakelibc: its Homepage 'not a url at all' is not a URL; left out of the SBOM" in done.stderr
+    sbom = json.loads((tmp_path / "out/sbom.spdx.json").read_text())
+    (purl,) = [r["referenceLocator"] for p in sbom["packages"] for r in p.get("externalRefs", [])]
+    evil = "debian%2F..%2F..%2Fevil%3Fx%3D1%23frag"
+    assert purl == f"pkg:deb/{evil}/fakelibc@1.2-3?arch=amd64&distro={evil}-7"
+    assert all("homepage" not in p for p in sbom["packages"])
+
+
 def test_a_root_without_a_package_database_says_so(tmp_path: Path, builder: Builder) -> None:
     root = tmp_path / "root"
     host_libc_into(root)
