@@ -16,7 +16,6 @@ import contextlib
 import os
 import posixpath
 import re
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from minify.errors import ImageSourceError, MinifyError, OutputError
 from minify.image import Generated, ImageConfig, ImagePlan
-from minify.root import Root
+from minify.root import Root, remove_tree
 from minify.scripts import DEFAULT_PATH, interpreters, lookup
 from minify.source import ImageSource, Platform, SourceImage, parse_platform, parse_source, read_image
 from minify.unpack import Unpacked, flatten
@@ -78,7 +77,7 @@ def opened(options: RootfsOptions) -> Iterator[tuple[RootfsOptions, Origin]]:
         paths = tuple(dict.fromkeys((*origin.programs, *options.paths)))
         yield replace(options, root=unpacked.root, paths=paths), origin
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work, quiet=True)
 
 
 def _workspace(output: str) -> str:

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import re
-import shutil
 import tarfile
 import time
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 from minify import __version__, output
 from minify.errors import OutOfDate, OutputError, PlanError
 from minify.image import Entry, EntryType, ImagePlan
+from minify.root import remove_tree
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -505,7 +505,7 @@ def _temporary(out: output.Destination) -> Iterator[str]:
     except OSError as exc:
         raise OutputError(f"{exc.filename or out.path}: {exc.strerror or exc}; {out.path} left as it was") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, quiet=True)
 
 
 def _place(layout: str, dest: ImageDest, out: output.Destination, epoch: int) -> None:
@@ -513,11 +513,11 @@ def _place(layout: str, dest: ImageDest, out: output.Destination, epoch: int) ->
     if dest.transport is Transport.OCI:  # (an existing DEST is a folder: output.destination checked)
         old = output.swap_into_place(layout, out)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old, quiet=True)
         return
     archive = layout + ".tar"
     tar_layout(layout, archive, epoch)
     os.chmod(archive, 0o644)
     if os.path.isdir(out.path) and not os.path.islink(out.path):
-        shutil.rmtree(out.path)  # a layout folder of ours where an archive is wanted
+        remove_tree(out.path)  # a layout folder of ours where an archive is wanted
     os.rename(archive, out.path)

@@ -24,7 +24,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import stat
 import tempfile
 import time
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from minify.errors import OutputError
-from minify.root import read_host_file, within
+from minify.root import read_host_file, remove_tree, within
 
 LOCK_NAME = "minify.lock.json"
 LOCK_SCHEMA = 1
@@ -221,7 +220,7 @@ def _tidy(out: Destination) -> list[str]:
             os.rename(path, out.path)
             notes.append(f"note: put back {out.path}, which an interrupted run had left as {name}")
             continue
-        shutil.rmtree(path)
+        remove_tree(path)
         notes.append(f"note: removed {path}, left by an interrupted run")
     return notes
 

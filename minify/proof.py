@@ -32,7 +32,7 @@ from minify.errors import MinifyError, ProofFailed
 from minify.image import ImagePlan
 from minify.packagedata import data_packages
 from minify.packages import owners_of
-from minify.root import Root
+from minify.root import Root, remove_tree
 from minify.scripts import DEFAULT_PATH, interpreters
 from minify.trace import DEVICES, missing_paths
 
@@ -147,7 +147,7 @@ def prove(
             missing = _missing_in_image(rootfs, argv, box, os.path.join(scratch, "trace"))
         finally:
             for name in ("image", "source", "trace"):
-                shutil.rmtree(os.path.join(scratch, name), ignore_errors=True)
+                remove_tree(os.path.join(scratch, name), quiet=True)
         report = _report(missing, plan, source)
         tail = _tail(image.stderr)
         raise ProofFailed(f"--test `{command}`: {problem}" + (f" ({tail})" if tail else ""), tuple(report))

@@ -30,6 +30,9 @@ MAX_SYMLINKS = 40
 DIR_FDS = 64
 #: Entries walked below one folder (``walk``) before giving up: a bound on hostile trees.
 MAX_WALK_ENTRIES = 1_000_000
+#: Folder levels a walk enters below its top: far more than any real tree has, and
+#: few enough that the descriptors held along the chain stay under any open-file limit.
+MAX_WALK_DEPTH = 256
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -275,37 +278,35 @@ class Root:
 
     def walk(self, inner: str, *, skip: tuple[str, ...] = ()) -> Iterator[WalkEntry]:
         """Every entry below a folder of the root, parents before children, names
-        sorted, symlinks not followed (``os.fwalk`` from a descriptor, so a folder
-        swapped for a symlink during the walk cannot lead out). ``skip`` are paths
-        inside the root not to enter (OUT, when it lies in an input folder)."""
+        sorted, symlinks not followed. Each folder is opened from its parent's
+        descriptor with ``O_NOFOLLOW``, so a folder swapped for a symlink during the
+        walk cannot lead out. Iterative, with one descriptor per level of the current
+        chain: a hostile tree deeper than ``MAX_WALK_DEPTH`` levels is one error line,
+        never a ``RecursionError`` (os.fwalk recurses). ``skip`` are paths inside the
+        root not to enter (OUT, when it lies in an input folder)."""
         res = self.resolve(inner)
         if not res.is_dir:
             return
         top = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dirfd(res.path))
+        chain: list[tuple[int, str, list[str]]] = []  # (descriptor, folder, subfolders left)
         count = 0
         try:
-            for dirpath, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
-                base = res.path if dirpath == "." else posixpath.join(res.path, dirpath[2:])
-                dirnames.sort()
-                kept = []
-                for name in sorted(dirnames + filenames):
+            pending: tuple[int, str] | None = (top, res.path)
+            while pending is not None:
+                fd, base = pending
+                subfolders: list[str] = []
+                chain.append((fd, base, subfolders))
+                for entry in _entries(fd, base, skip):
                     count += 1
                     if count > MAX_WALK_ENTRIES:
                         raise PathError(res.path, f"more than {MAX_WALK_ENTRIES} entries below it")
-                    path = posixpath.join(base, name)
-                    if path in skip:
-                        continue
-                    try:
-                        st = os.lstat(name, dir_fd=dirfd)
-                        target = os.readlink(name, dir_fd=dirfd) if stat.S_ISLNK(st.st_mode) else None
-                    except OSError:
-                        continue  # gone meanwhile
-                    if name in dirnames and stat.S_ISDIR(st.st_mode):
-                        kept.append(name)
-                    yield WalkEntry(path, st.st_mode, (st.st_dev, st.st_ino), st.st_size, target)
-                dirnames[:] = [d for d in dirnames if d in kept]
+                    if stat.S_ISDIR(entry.mode):
+                        subfolders.append(posixpath.basename(entry.path))
+                    yield entry
+                pending = _next_folder(chain, res.path)
         finally:
-            os.close(top)
+            for held, _, _ in chain:
+                os.close(held)
 
     def contains_host_path(self, host: str) -> str | None:
         """The inner path of a host path under this root (lexically), or None."""
@@ -388,3 +389,83 @@ def kind_of(mode: int) -> str:
 
 def _join(parts: list[str]) -> str:
     return "/" + "/".join(parts)
+
+
+def _entries(fd: int, base: str, skip: tuple[str, ...]) -> Iterator[WalkEntry]:
+    """The entries of one open folder, names sorted, symlinks read, not followed."""
+    for name in sorted(os.listdir(fd)):
+        path = posixpath.join(base, name)
+        if path in skip:
+            continue
+        try:
+            st = os.lstat(name, dir_fd=fd)
+            target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+        except OSError:
+            continue  # gone meanwhile
+        yield WalkEntry(path, st.st_mode, (st.st_dev, st.st_ino), st.st_size, target)
+
+
+def _next_folder(chain: list[tuple[int, str, list[str]]], top: str) -> tuple[int, str] | None:
+    """The next folder of a walk, opened from its parent's descriptor (a folder gone
+    or swapped for a symlink meanwhile is passed over); finished folders are closed."""
+    while chain:
+        parent, folder, left = chain[-1]
+        if not left:
+            os.close(chain.pop()[0])
+            continue
+        name = left.pop(0)
+        if len(chain) > MAX_WALK_DEPTH:
+            raise PathError(top, f"folders nested more than {MAX_WALK_DEPTH} deep below it")
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        except OSError:
+            continue
+        return fd, posixpath.join(folder, name)
+    return None
+
+
+def remove_tree(path: str, *, dir_fd: int | None = None, quiet: bool = False) -> None:
+    """Remove a folder minify made (a private folder, a finished temporary OUT) and
+    everything in it, symlinks not followed, without recursion and with one
+    descriptor at a time: shutil.rmtree recurses on Python 3.11, so a 1,100-level
+    chain from a hostile layer would stop it and leave the folder behind. Going up
+    through ``..`` is safe here: nobody else can write in minify's own 0700 folders.
+    ``quiet`` ignores what cannot be removed, as ``ignore_errors`` does."""
+    try:
+        _remove_tree(path, dir_fd)
+    except OSError:
+        if not quiet:
+            raise
+
+
+def _remove_tree(path: str, dir_fd: int | None) -> None:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    names: list[str] = []  # the folders entered below ``path``
+    try:
+        while True:
+            child = None
+            for name in os.listdir(fd):
+                st = os.lstat(name, dir_fd=fd)
+                if stat.S_ISDIR(st.st_mode):
+                    child = name
+                    break
+                os.unlink(name, dir_fd=fd)
+            if child is not None:
+                below = os.open(child, flags, dir_fd=fd)
+                os.close(fd)
+                fd = below
+                names.append(child)
+                continue
+            if not names:
+                break
+            above = os.open("..", flags, dir_fd=fd)
+            os.close(fd)
+            fd = above
+            os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path, dir_fd=dir_fd)

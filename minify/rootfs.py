@@ -17,7 +17,6 @@ import json
 import os
 import posixpath
 import shlex
-import shutil
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -61,7 +60,7 @@ from minify.output import LOCK_NAME, LOCK_SCHEMA, SBOM_NAME
 from minify.packagedata import left_out, program_data
 from minify.packages import APK_DB, apk_installed, ownership, spelt_entries, unreadable_databases
 from minify.presets import NONROOT
-from minify.root import Root, hash_fd, read_host_file, within
+from minify.root import Root, hash_fd, read_host_file, remove_tree, within
 from minify.sbom import SBOM_PATH
 from minify.sbom import document as spdx_document
 from minify.scripts import DEFAULT_PATH, interpreters
@@ -815,14 +814,14 @@ def _build(options: RootfsOptions, origin: Origin | None, progress: Callable[[in
             output.refuse_foreign(out.path, force=options.force)  # again, under the lock
             old = output.swap_into_place(tmp, out)
         except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp, quiet=True)
             if isinstance(exc, OSError):
                 raise OutputError(
                     f"{exc.filename or out.path}: {exc.strerror or exc}; {out.path} left as it was"
                 ) from None
             raise
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old, quiet=True)
     return _result(replace(plan, warnings=tuple(dict.fromkeys(warnings))), out.path, report=prepared.report)
 
 
@@ -846,7 +845,7 @@ def run_tests(options: RootfsOptions, plan: ImagePlan, rootfs: str, out: output.
             host_cwd=options.cwd or os.getcwd(),
         )
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch, quiet=True)
 
 
 def _write_text(path: str, text: str) -> None:

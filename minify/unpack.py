@@ -20,7 +20,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
 import stat
 import tarfile
 import zlib
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import IO, cast
 
 from minify.errors import HostileLayer, ImageSourceError
+from minify.root import remove_tree
 from minify.source import Blobs, Compression, LayerRef, SourceImage
 
 #: Members one layer may hold.
@@ -374,7 +374,7 @@ class _Tree:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(name, dir_fd=at)
+            remove_tree(name, dir_fd=at)
             self._stale = True  # the cached folder may have been inside it
         else:
             os.unlink(name, dir_fd=at)

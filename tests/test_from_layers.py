@@ -417,6 +417,7 @@ def _variant(index: dict[str, object]) -> None:
         "PAX path with NUL",
         "architecture an object",
         "docker folder names /etc/passwd",
+        "1,100-level folder chain",
     ],
 )
 def test_malformed_fields_are_one_line_never_a_traceback(tmp_path: Path, static_hello: Path, case: str) -> None:
@@ -436,6 +437,9 @@ def test_malformed_fields_are_one_line_never_a_traceback(tmp_path: Path, static_
         run["User"] = "app"
     if case == "PAX path with NUL":
         layers = [_pax_nul_layer(static_hello)]
+    if case == "1,100-level folder chain":
+        chain = [folder("/".join(["d"] * depth)) for depth in range(1, 1101)]
+        layers = [layer_tar([folder("bin"), host_file("bin/hello", static_hello), *chain])]
     if case == "RepoTags":
         docker_archive(tmp_path / "img.tar", layers, run, tags=[{"not": "a string"}])
         source = "docker-archive:img.tar:localhost/small:1"
@@ -467,6 +471,7 @@ def test_malformed_fields_are_one_line_never_a_traceback(tmp_path: Path, static_
         "PAX path with NUL": "with a NUL byte; refused",
         "architecture an object": "architecture is not a string ({'x': 1})",
         "docker folder names /etc/passwd": "'/etc/passwd' names a file outside the image; refused",
+        "1,100-level folder chain": "folders nested more than 256 deep below it",
     }[case]
     _refused(tmp_path, expected, "rootfs", "--from", source, "-o", "out")
 
