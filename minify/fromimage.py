@@ -13,11 +13,13 @@ image says.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import posixpath
 import re
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -66,7 +68,7 @@ def opened(options: RootfsOptions) -> Iterator[tuple[RootfsOptions, Origin]]:
         raise MinifyError("--from and --root name two roots; give one")
     source = parse_source(options.source)
     platform = parse_platform(options.platform)
-    work = _workspace(options.output)
+    work, held = _workspace(options.output)
     try:
         image, blobs = read_image(source, platform, work)
         try:
@@ -78,19 +80,64 @@ def opened(options: RootfsOptions) -> Iterator[tuple[RootfsOptions, Origin]]:
         yield replace(options, root=unpacked.root, paths=paths), origin
     finally:
         remove_tree(work, quiet=True)
+        os.close(held)
 
 
-def _workspace(output: str) -> str:
+def _workspace(output: str) -> tuple[str, int]:
     """A private folder beside OUT for the flattened image: on OUT's file system (an
-    image is often bigger than a tmpfs /tmp), and nowhere else."""
+    image is often bigger than a tmpfs /tmp), and nowhere else; and the descriptor
+    that holds its lock.
+
+    The folder is locked (``flock``) from before it has its name until the run ends,
+    and the kernel drops the lock when the run dies, even by SIGKILL. So the folders
+    of this OUT that are not locked are those of runs that are gone: they are removed
+    first (with the whole image an interrupted run unpacked there)."""
     out = os.path.abspath(output or ".")
     parent = os.path.dirname(out)
+    prefix = f".minify-from-{os.path.basename(out)}-"
     try:
         if not os.path.isdir(parent):
             os.makedirs(parent)
-        return tempfile.mkdtemp(prefix=f".minify-from-{os.path.basename(out)}-", dir=parent)
+        _remove_orphans(parent, prefix)
+        born = tempfile.mkdtemp(prefix=".minify-unpacking-", dir=parent)
+        held = os.open(born, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        work = os.path.join(parent, prefix + os.path.basename(born)[len(".minify-unpacking-") :])
+        os.rename(born, work)  # named as this OUT's only once it is locked
     except OSError as exc:
         raise OutputError(f"{parent}: cannot write the unpacked image here ({exc.strerror})") from None
+    return work, held
+
+
+def _age(path: str) -> float:
+    try:
+        return time.time() - os.lstat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _remove_orphans(parent: str, prefix: str) -> None:
+    """Remove this OUT's private folders whose run is gone (their lock is free)."""
+    for name in sorted(os.listdir(parent)):
+        path = os.path.join(parent, name)
+        # a folder not yet named (killed between its birth and its lock) is any run's:
+        # only one that has not changed for an hour is taken for an orphan
+        unnamed = name.startswith(".minify-unpacking-") and _age(path) > 3600
+        if not name.startswith(prefix) and not unnamed:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live run's
+        try:
+            remove_tree(path, quiet=True)
+        finally:
+            os.close(fd)
 
 
 def _origin(image: SourceImage, unpacked: Unpacked, named: bool) -> Origin:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -484,3 +485,41 @@ def _refused(tmp_path: Path, expected: str, *args: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("minify: error: ") and expected in lines[0], done.stderr
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".minify")]
+
+
+def _kill_when_unpacking(tmp_path: Path, wait: float) -> bool:
+    """Start a --from run, and SIGKILL it ``wait`` seconds after its private folder
+    appears; whether it was killed before it ended."""
+    proc = subprocess.Popen(
+        [*MINIFY, "rootfs", "--from", "oci:src", "-o", "out", "--force"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(p.name.startswith(".minify-from-out-") for p in tmp_path.iterdir()):
+            time.sleep(wait)
+            break
+        time.sleep(0.005)
+    alive = proc.poll() is None
+    proc.kill()
+    proc.wait()
+    return alive
+
+
+def test_runs_killed_while_unpacking_leave_nothing_after_the_next_run(tmp_path: Path, static_hello: Path) -> None:
+    """SIGKILL at several moments of an unpack (its private folder holds the image)
+    leaves folders behind; the next run removes those whose run is gone, and leaves
+    nothing of its own."""
+    filler = os.urandom(1 << 20)
+    big = [file(f"data/blob{i}", filler) for i in range(128)]
+    layers = [layer_tar([folder("bin"), host_file("bin/hello", static_hello), *big])]
+    write_layout(tmp_path / "src", layers, {"Entrypoint": ["/bin/hello"]}, compress=False)
+    killed = sum(_kill_when_unpacking(tmp_path, wait) for wait in (0.0, 0.05, 0.2))
+    assert killed >= 2, "the runs ended before the kills: the layer is too small to test this"
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".minify-from-")]
+    assert left, "a killed run leaves its private folder (what the next run must remove)"
+    done = minify("rootfs", "--from", "oci:src", "-o", "out", "--force", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
