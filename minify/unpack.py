@@ -58,14 +58,15 @@ def flatten(image: SourceImage, blobs: Blobs, root: str, *, limit: int) -> Unpac
     refusing more than ``limit`` bytes unpacked (``--max-unpacked-size``)."""
     os.makedirs(root, mode=0o755)
     done = Unpacked(root)
-    budget = [limit]
+    budget = [limit]  # bytes of the layers as plain tars
+    declared = [limit]  # bytes their files hold, sparse or not, across all layers
     skipped: dict[str, int] = {}
     for number, layer in enumerate(image.layers, 1):
         plain = os.path.join(os.path.dirname(root), f"layer-{number}.tar")
         what = f"{image.source}: layer {number} ({layer.diff_id[:19]})"
         try:
             _decompress(blobs, layer, plain, budget, what, limit)
-            _apply(plain, root, what, limit, skipped, done.owners)
+            _apply(plain, root, what, (declared, limit), skipped, done.owners)
         except OSError as exc:  # no space left, a name too long for this file system, ...
             name = f" {exc.filename}:" if exc.filename else ""
             raise ImageSourceError(f"{what}:{name} cannot be unpacked here ({exc.strerror or exc})") from None
@@ -82,14 +83,19 @@ def flatten(image: SourceImage, blobs: Blobs, root: str, *, limit: int) -> Unpac
 
 
 def _apply(
-    plain: str, root: str, what: str, limit: int, skipped: dict[str, int], owners: dict[str, tuple[int, int, int]]
+    plain: str,
+    root: str,
+    what: str,
+    budget: tuple[list[int], int],
+    skipped: dict[str, int],
+    owners: dict[str, tuple[int, int, int]],
 ) -> None:
     """One layer's plain tar: checked whole, its whiteouts applied, then its files."""
     try:
         with _Tree(root) as tree, open(plain, "rb") as raw:
             capped = _Capped(raw, what)
             with tarfile.open(fileobj=cast("IO[bytes]", capped), mode="r:") as tar:
-                members = _check(tar, what, limit)
+                members = _check(tar, what, budget)
                 tree.whiteouts(members)
                 tree.write(tar, members, skipped, owners)
     except tarfile.TarError as exc:
@@ -181,6 +187,9 @@ class _Capped:
     def seek(self, offset: int, whence: int = 0) -> int:
         return self._raw.seek(offset, whence)
 
+    def seekable(self) -> bool:
+        return True  # the plain tar on disk: a sparse member's extents are read where they lie
+
     def tell(self) -> int:
         return self._raw.tell()
 
@@ -204,10 +213,13 @@ class _Member:
     parts: tuple[str, ...]  # the clean name, as components
 
 
-def _check(tar: tarfile.TarFile, what: str, limit: int) -> list[_Member]:
-    """Every member of a layer, checked before anything of it is written."""
+def _check(tar: tarfile.TarFile, what: str, budget: tuple[list[int], int]) -> list[_Member]:
+    """Every member of a layer, checked before anything of it is written. What the
+    files hold counts against one budget for all layers: a sparse member declares
+    its whole size in a few bytes of tar, so four small layers could otherwise each
+    stay under the limit and together write far past it."""
     members: list[_Member] = []
-    declared = 0
+    left, limit = budget
     for _ in range(MAX_MEMBERS + 1):
         info = tar.next()
         if info is None:
@@ -218,9 +230,9 @@ def _check(tar: tarfile.TarFile, what: str, limit: int) -> list[_Member]:
         elif info.islnk():
             _parts(info.linkname, what, link=True)
         if info.isfile():
-            declared += info.size
-            if declared > limit:
-                raise HostileLayer(f"{what}: its files declare more than {_size(limit)} (--max-unpacked-size)")
+            left[0] -= info.size
+            if left[0] < 0:
+                raise HostileLayer(f"{what}: the layers' files hold more than {_size(limit)} (--max-unpacked-size)")
         if parts:
             members.append(_Member(info, parts))
     raise HostileLayer(f"{what}: more than {MAX_MEMBERS} members")
@@ -461,6 +473,13 @@ class _Tree:
     def _file(self, tar: tarfile.TarFile, info: tarfile.TarInfo, at: int, name: str, mode: int) -> None:
         src = tar.extractfile(info)
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=at)
+        if info.sparse is not None and src is not None:
+            try:
+                _write_sparse(src, fd, info)
+                os.fchmod(fd, mode | 0o400)
+            finally:
+                os.close(fd)
+            return
         with os.fdopen(fd, "wb") as out:
             left = info.size
             while left > 0 and src is not None:
@@ -470,3 +489,20 @@ class _Tree:
                 out.write(chunk)
                 left -= len(chunk)
             os.fchmod(out.fileno(), mode | 0o400)
+
+
+def _write_sparse(src: IO[bytes], fd: int, info: tarfile.TarInfo) -> None:
+    """A sparse member as a sparse file: its data extents where the map puts them, the
+    holes left as holes (written out, a 10 KB member can fill a disk)."""
+    extents = cast("list[tuple[int, int]]", info.sparse or [])  # typeshed says bytes; tarfile gives pairs
+    for offset, size in extents:
+        src.seek(offset)
+        left, at = size, offset
+        while left > 0:
+            chunk = src.read(min(CHUNK, left))
+            if not chunk:
+                raise ImageSourceError(f"{info.name}: the layer ends inside this file")
+            os.pwrite(fd, chunk, at)
+            at += len(chunk)
+            left -= len(chunk)
+    os.ftruncate(fd, info.size)

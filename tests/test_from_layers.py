@@ -207,8 +207,9 @@ def test_a_hostile_layer_is_refused_and_nothing_is_written_outside(
     assert not (tmp_path / "out").exists()
     written = written_paths(log)
     private = f"{tmp_path}/.minify-from-out-"
+    born = f"{tmp_path}/.minify-unpacking-"  # the same folder, before it is locked and named
     assert any(p.startswith(private) for p in written), "strace saw the layer being unpacked"
-    assert sorted(p for p in written if not p.startswith(private)) == []
+    assert sorted(p for p in written if not p.startswith((private, born))) == []
     assert sorted(os.listdir(tmp_path)) == ["src", "strace.log"]  # the private folder removed
 
 
@@ -523,3 +524,47 @@ def test_runs_killed_while_unpacking_leave_nothing_after_the_next_run(tmp_path: 
     done = minify("rootfs", "--from", "oci:src", "-o", "out", "--force", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+
+
+def _sparse_layer(name: str, realsize: int, data: bytes = b"x") -> bytes:
+    """A layer whose one member is GNU sparse 1.0: ``realsize`` bytes declared in a few
+    blocks of tar (the map, then the data of one extent at offset 0)."""
+    sparse_map = f"1\n0\n{len(data)}\n".encode()
+    payload = sparse_map + b"\0" * (512 - len(sparse_map)) + data
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": name,
+        "GNU.sparse.realsize": str(realsize),
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+def test_sparse_members_count_whole_across_layers_and_are_written_as_holes(tmp_path: Path, static_hello: Path) -> None:
+    """Four layers of a few KB, each declaring a 100 MiB sparse file: under a 350 MiB
+    budget each layer alone fits, together they do not; refused before the fourth is
+    written. Under the budget, a sparse file is unpacked with its holes."""
+    base = layer_tar([folder("bin"), host_file("bin/hello", static_hello)])
+    sparse = [_sparse_layer(f"data/s{i}", 100 << 20) for i in range(4)]
+    write_layout(tmp_path / "src", [base, *sparse], {"Entrypoint": ["/bin/hello"]})
+    log = tmp_path / "strace.log"
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    args = ["rootfs", "--from", "oci:src", "--max-unpacked-size", "350M", "-o", "out"]
+    done = strace_minify(args, log, cwd=tmp_path, env=env)
+    assert done.returncode == 2 and "the layers' files hold more than 350 MiB" in done.stderr, done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["src", "strace.log"]
+    # one sparse file, kept in the image with --add: its extent and its hole (zeros)
+    # read back as the member declared them
+    one = tmp_path / "one"
+    write_layout(one / "src", [base, sparse[0]], {"Entrypoint": ["/bin/hello"]})
+    kept = minify("rootfs", "--from", "oci:src", "--add", "/data/s0", "-o", "out", cwd=one)
+    assert kept.returncode == 0, kept.stderr
+    copied = one / "out/rootfs/data/s0"
+    assert copied.stat().st_size == 100 << 20
+    with copied.open("rb") as fh:
+        assert fh.read(4) == b"x\0\0\0"
