@@ -463,7 +463,9 @@ class _Tree:
                 st = os.lstat(parts[-1], dir_fd=src) if src is not None else None
             except FileNotFoundError:
                 st = None
-            if src is None or st is None or stat.S_ISDIR(st.st_mode):
+            if src is not None and st is not None and stat.S_ISDIR(st.st_mode):
+                raise HostileLayer(f"/{'/'.join(parts)}: a hard link to a folder, which no file system allows; refused")
+            if src is None or st is None:
                 raise HostileLayer(f"/{'/'.join(parts)}: a hard link to a name the layers have not written; refused")
             os.link(parts[-1], name, src_dir_fd=src, dst_dir_fd=at, follow_symlinks=False)
         finally:

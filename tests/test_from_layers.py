@@ -183,6 +183,11 @@ def _hostile(hello: Path) -> dict[str, tuple[list[bytes], tuple[str, ...], str]]
             "a hard link to a name the layers have not written",
         ),
         "hard link up": ([layer_tar([*base, link("usr/a", "../etc/shadow", hard=True)])], (), "with '..'"),
+        "hard link to a folder": (
+            [layer_tar([*base, folder("usr/dir"), link("usr/a", "usr/dir", hard=True)])],
+            (),
+            "a hard link to a folder, which no file system allows",
+        ),
         "tar bomb": (
             [layer_tar([*base, file("big", bytes(2 << 20))])],
             ("--max-unpacked-size", "1M"),
@@ -192,7 +197,16 @@ def _hostile(hello: Path) -> dict[str, tuple[list[bytes], tuple[str, ...], str]]
 
 
 @pytest.mark.parametrize(
-    "case", ["absolute name", "dot-dot", "symlink out", "hard link to unseen", "hard link up", "tar bomb"]
+    "case",
+    [
+        "absolute name",
+        "dot-dot",
+        "symlink out",
+        "hard link to unseen",
+        "hard link up",
+        "hard link to a folder",
+        "tar bomb",
+    ],
 )
 def test_a_hostile_layer_is_refused_and_nothing_is_written_outside(
     tmp_path: Path, static_hello: Path, case: str
