@@ -262,9 +262,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     where = str(origin.source) if origin is not None else view.directory
     plan, sbom, package_warnings, digests = _with_packages(options, layout, tuple(generated), analysis, where)
     gathered.warnings.extend(package_warnings)
-    if "package-data" not in names:
-        gathered.warnings.extend(left_out(program_data(analysis), plan))
-    gathered.warnings.extend(embedded_hints(analysis, plan))
+    gathered.warnings.extend(_plan_notes(analysis, plan, names))
     _check_entrypoint(plan, config, options, origin)
     warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered)]
     given = len(analysis.programs) + len(scripts) - len(brought)
@@ -310,6 +308,33 @@ def _with_interpreters(paths: tuple[str, ...], view: Root, cwd: str) -> tuple[tu
                 out.append(interpreter)
                 brought[interpreter] = f"note: {interpreter} comes with {path}, the #! interpreter it needs"
     return tuple(out), brought
+
+
+def _plan_notes(analysis: Analysis, plan: ImagePlan, presets_taken: tuple[str, ...]) -> list[str]:
+    """What the planned image still lacks or should not have: the programs' package
+    data left out (unless taken), the hints from their own bytes, surprising modes."""
+    notes = [] if "package-data" in presets_taken else left_out(program_data(analysis), plan)
+    return [*notes, *embedded_hints(analysis, plan), *surprising_modes(plan)]
+
+
+def surprising_modes(plan: ImagePlan) -> list[str]:
+    """Modes a user would not expect to ship (a source image's 0777 entrypoint, a 07777
+    home), named: a world-writable program or folder lets any user of the container
+    change what runs; a set-id folder changes who owns what is made in it."""
+    out = []
+    entry = plan.lookup(plan.config.entrypoint[0]) if plan.config.entrypoint else None
+    if entry is not None and entry.mode & 0o022:
+        out.append(
+            f"the entrypoint {plan.config.entrypoint[0]} is writable by others than its owner ({entry.mode:04o})"
+        )
+    for item in plan.entries:
+        if item.type is not EntryType.DIR:
+            continue
+        if item.mode & 0o002 and not item.mode & 0o1000:
+            out.append(f"{item.path}: a folder anyone may write to, without the sticky bit ({item.mode:04o})")
+        if item.mode & 0o6000:
+            out.append(f"{item.path}: a folder with set-id bits ({item.mode:04o})")
+    return out
 
 
 def _entrypoint_note(options: RootfsOptions, config: ImageConfig, inputs: int) -> list[str]:

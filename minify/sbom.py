@@ -57,7 +57,6 @@ def document(
         CreationInfo,
         Document,
         File,
-        PackageVerificationCode,
         Relationship,
         RelationshipType,
     )
@@ -83,13 +82,7 @@ def document(
         )
     packages = [_image_package(name), _inputs_package()]
     packages += [_deb_package(p, owned.distro, warnings if warnings is not None else []) for p in owned.packages]
-    for package in packages[1:]:
-        sha1s = contents.get(package.spdx_id, [])
-        package.files_analyzed = bool(sha1s)
-        if sha1s:  # SPDX 2.3 7.9: SHA1 of the sorted SHA1s of the package's files
-            package.verification_code = PackageVerificationCode(
-                hashlib.sha1("".join(sorted(sha1s)).encode(), usedforsecurity=False).hexdigest()
-            )
+    _verification_codes(packages[1:], contents)
     files = []
     relationships = [Relationship("SPDXRef-DOCUMENT", RelationshipType.DESCRIBES, IMAGE)]
     relationships += [Relationship(IMAGE, RelationshipType.CONTAINS, p.spdx_id) for p in packages[1:]]
@@ -106,6 +99,19 @@ def document(
     stream = io.StringIO()
     write_document_to_stream(doc, stream, validate=True)  # raises ValueError naming what is invalid
     return stream.getvalue().encode("utf-8", "surrogateescape")
+
+
+def _verification_codes(packages: list[Package], contents: dict[str, list[str]]) -> None:
+    """SPDX 2.3 7.9: each package's code is the SHA1 of the sorted SHA1s of its files."""
+    from spdx_tools.spdx.model import PackageVerificationCode
+
+    for package in packages:
+        sha1s = contents.get(package.spdx_id, [])
+        package.files_analyzed = bool(sha1s)
+        if sha1s:
+            package.verification_code = PackageVerificationCode(
+                hashlib.sha1("".join(sorted(sha1s)).encode(), usedforsecurity=False).hexdigest()
+            )
 
 
 def _image_package(name: str) -> Package:

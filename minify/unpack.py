@@ -51,6 +51,8 @@ class Unpacked:
     layers: int = 0
     notes: list[str] = field(default_factory=list)
     owners: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # folder -> (uid, gid, mode)
+    skipped: dict[str, int] = field(default_factory=dict)  # kinds of members not written, and how many
+    xattrs: list[str] = field(default_factory=list)  # "path (name)" of extended attributes not kept
 
 
 def flatten(image: SourceImage, blobs: Blobs, root: str, *, limit: int) -> Unpacked:
@@ -60,13 +62,12 @@ def flatten(image: SourceImage, blobs: Blobs, root: str, *, limit: int) -> Unpac
     done = Unpacked(root)
     budget = [limit]  # bytes of the layers as plain tars
     declared = [limit]  # bytes their files hold, sparse or not, across all layers
-    skipped: dict[str, int] = {}
     for number, layer in enumerate(image.layers, 1):
         plain = os.path.join(os.path.dirname(root), f"layer-{number}.tar")
         what = f"{image.source}: layer {number} ({layer.diff_id[:19]})"
         try:
             _decompress(blobs, layer, plain, budget, what, limit)
-            _apply(plain, root, what, (declared, limit), skipped, done.owners)
+            _apply(plain, root, what, (declared, limit), done)
         except OSError as exc:  # no space left, a name too long for this file system, ...
             name = f" {exc.filename}:" if exc.filename else ""
             raise ImageSourceError(f"{what}:{name} cannot be unpacked here ({exc.strerror or exc})") from None
@@ -74,11 +75,14 @@ def flatten(image: SourceImage, blobs: Blobs, root: str, *, limit: int) -> Unpac
             if os.path.lexists(plain):
                 os.unlink(plain)
         done.layers = number
-    if skipped:
+    if done.skipped:
         done.notes.append(
             "note: not copied from the image (a container gets these from its runtime): "
-            + ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items()))
+            + ", ".join(f"{n} {kind}" for kind, n in sorted(done.skipped.items()))
         )
+    if done.xattrs:
+        shown = ", ".join(done.xattrs[:8]) + (f" and {len(done.xattrs) - 8} more" if len(done.xattrs) > 8 else "")
+        done.notes.append(f"extended attributes of the image not kept: {shown}")
     return done
 
 
@@ -87,8 +91,7 @@ def _apply(
     root: str,
     what: str,
     budget: tuple[list[int], int],
-    skipped: dict[str, int],
-    owners: dict[str, tuple[int, int, int]],
+    done: Unpacked,
 ) -> None:
     """One layer's plain tar: checked whole, its whiteouts applied, then its files."""
     try:
@@ -97,7 +100,7 @@ def _apply(
             with tarfile.open(fileobj=cast("IO[bytes]", capped), mode="r:") as tar:
                 members = _check(tar, what, budget)
                 tree.whiteouts(members)
-                tree.write(tar, members, skipped, owners)
+                tree.write(tar, members, done)
     except tarfile.TarError as exc:
         raise ImageSourceError(f"{what}: not a readable tar ({exc})") from None
 
@@ -407,13 +410,8 @@ class _Tree:
                 self._remove(at, base[len(WHITEOUT) :])
         self._forget()
 
-    def write(
-        self,
-        tar: tarfile.TarFile,
-        members: list[_Member],
-        skipped: dict[str, int],
-        owners: dict[str, tuple[int, int, int]],
-    ) -> None:
+    def write(self, tar: tarfile.TarFile, members: list[_Member], done: Unpacked) -> None:
+        skipped, owners = done.skipped, done.owners
         for member in members:
             info, parts = member.info, member.parts
             if parts[-1].startswith(WHITEOUT):
@@ -435,7 +433,7 @@ class _Tree:
             elif info.islnk():
                 self._link(info.linkname, at, name)
             else:
-                self._file(tar, info, at, name, mode)
+                self._file(tar, info, at, name, mode, done.xattrs)
 
     def _make_dir(self, at: int, name: str, mode: int) -> None:
         try:
@@ -472,13 +470,16 @@ class _Tree:
             if src is not None:
                 os.close(src)
 
-    def _file(self, tar: tarfile.TarFile, info: tarfile.TarInfo, at: int, name: str, mode: int) -> None:
+    def _file(
+        self, tar: tarfile.TarFile, info: tarfile.TarInfo, at: int, name: str, mode: int, dropped: list[str]
+    ) -> None:
         src = tar.extractfile(info)
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=at)
         if info.sparse is not None and src is not None:
             try:
                 _write_sparse(src, fd, info)
                 os.fchmod(fd, mode | 0o400)
+                _xattrs(fd, info, dropped)
             finally:
                 os.close(fd)
             return
@@ -490,7 +491,9 @@ class _Tree:
                     raise ImageSourceError(f"{info.name}: the layer ends inside this file")
                 out.write(chunk)
                 left -= len(chunk)
+            out.flush()
             os.fchmod(out.fileno(), mode | 0o400)
+            _xattrs(out.fileno(), info, dropped)  # last: the kernel clears a capability on every write
 
 
 def _write_sparse(src: IO[bytes], fd: int, info: tarfile.TarInfo) -> None:
@@ -508,3 +511,24 @@ def _write_sparse(src: IO[bytes], fd: int, info: tarfile.TarInfo) -> None:
             at += len(chunk)
             left -= len(chunk)
     os.ftruncate(fd, info.size)
+
+
+#: The one extended attribute minify keeps: an image writer carries file capabilities
+#: (``ping``'s cap_net_raw) as PAX records, so they are set on the unpacked file.
+CAPABILITY = "security.capability"
+
+
+def _xattrs(fd: int, info: tarfile.TarInfo, dropped: list[str]) -> None:
+    """Set a member's file capability on the unpacked file; name the other extended
+    attributes (and a capability this process may not set), which are not kept."""
+    for key, value in sorted(info.pax_headers.items()):
+        if not key.startswith("SCHILY.xattr."):
+            continue
+        attr = key[len("SCHILY.xattr.") :]
+        if attr == CAPABILITY:
+            try:
+                os.setxattr(fd, attr, value.encode("utf-8", "surrogateescape"))
+                continue
+            except OSError:
+                pass  # not root, or a file system without them: named below
+        dropped.append(f"/{info.name.lstrip('/')} ({attr})")

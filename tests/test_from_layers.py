@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import struct
 import subprocess
 import tarfile
 import time
@@ -582,3 +583,47 @@ def test_sparse_members_count_whole_across_layers_and_are_written_as_holes(tmp_p
     assert copied.stat().st_size == 100 << 20
     with copied.open("rb") as fh:
         assert fh.read(4) == b"x\0\0\0"
+
+
+def test_a_file_capability_is_kept_and_other_xattrs_are_named(tmp_path: Path, static_hello: Path) -> None:
+    """A layer's SCHILY.xattr records: the file capability is set on the unpacked file
+    (the image writer carries it on; a rootfs copy drops it and says so), any other
+    extended attribute is named as not kept."""
+    if os.geteuid() != 0:
+        pytest.skip("setting security.capability needs root (CI runs as root)")
+    capability = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)  # v2, effective, cap_net_raw
+    data = static_hello.read_bytes()
+    info = tarfile.TarInfo("bin/hello")
+    info.size, info.mode = len(data), 0o755
+    info.pax_headers = {
+        "SCHILY.xattr.security.capability": capability.decode("utf-8", "surrogateescape"),
+        "SCHILY.xattr.user.note": "kept nowhere",
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(data))
+    write_layout(tmp_path / "src", [buffer.getvalue()], {"Entrypoint": ["/bin/hello"]})
+    done = minify("rootfs", "--from", "oci:src", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "extended attributes of the image not kept: /bin/hello (user.note)" in done.stderr
+    assert "/bin/hello: file capabilities (security.capability) dropped" in done.stderr
+
+
+def test_surprising_modes_are_named(tmp_path: Path, static_hello: Path) -> None:
+    """A world-writable entrypoint and a 7777 home are kept as the image has them, and
+    named: any user of the container could change what runs, or own what is made."""
+    layers = [
+        layer_tar(
+            [
+                host_file("bin/hello", static_hello, mode=0o777),
+                file("etc/passwd", PASSWD),
+                file("etc/group", GROUP),
+                folder("home/app", 0o7777, (1000, 1000)),
+            ]
+        )
+    ]
+    write_layout(tmp_path / "src", layers, {"Entrypoint": ["/bin/hello"], "User": "app"})
+    done = minify("rootfs", "--from", "oci:src", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "the entrypoint /bin/hello is writable by others than its owner (0777)" in done.stderr
+    assert "/home/app: a folder with set-id bits (7777)" in done.stderr
