@@ -16,9 +16,15 @@ entry is one small JSON file, named after the file it describes:
 - Writes go to a temporary file in the same folder, then ``os.replace``: a reader sees
   a whole entry or none, and two runs at once write the same bytes.
 - An entry that does not parse, has the wrong shape, or names another file is
-  ignored (and overwritten by the next store). A cache folder that cannot be created,
-  or that belongs to another user, turns the cache off for the run, silently: it only
-  ever costs time.
+  ignored (and overwritten by the next store). A cache folder that cannot be created
+  turns the cache off for the run, silently: it only ever costs time.
+- **Whose it is.** The folder is opened once, as a descriptor, and checked on it: this
+  user's, not a symlink, writable by nobody else; every entry is then opened relative
+  to it with ``O_NOFOLLOW`` and checked (this user's, a regular file) on its own
+  descriptor. A folder swapped during the run (root's cache in a folder a user owns:
+  ``sudo -E``, ``XDG_CACHE_HOME=/home/u/.cache``) changes nothing, since the descriptor
+  still names the folder that was checked. A folder that is not this user's own turns
+  the cache off, with a note (``FactCache.note``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import sys
 from enum import StrEnum
 from itertools import repeat
@@ -102,16 +109,35 @@ class FactCache:
 
     def __init__(self, folder: str) -> None:
         self.folder = os.path.join(folder, _tag())
-        self.enabled = _usable(folder) and _usable(self.folder)
+        self.note: str | None = None
+        self._fd = _own_folder(folder, None, self)
+        if self._fd is not None:
+            base, self._fd = self._fd, _own_folder(_tag(), self._fd, self)
+            os.close(base)
+        self.enabled = self._fd is not None
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # type: ignore[arg-type]
 
     @classmethod
     def default(cls) -> FactCache | None:
         folder = default_folder()
         return cls(folder) if folder else None
 
-    def _path(self, key: Key, kind: Kind) -> str:
+    def _path(self, key: Key, kind: Kind) -> tuple[str, str]:
+        """The subfolder and the file name of an entry, inside the cache folder."""
         name = "-".join(f"{n:x}" for n in key)
-        return os.path.join(self.folder, f"{key[1] & 0xFF:02x}", f"{name}.{kind.value}.json")
+        return f"{key[1] & 0xFF:02x}", f"{name}.{kind.value}.json"
+
+    def _subfolder(self, name: str, *, create: bool) -> int | None:
+        if self._fd is None:
+            return None
+        if create:
+            with contextlib.suppress(OSError):
+                os.mkdir(name, 0o700, dir_fd=self._fd)
+        return _own_folder(name, self._fd, None)
 
     def info(self, st: os.stat_result, header: ElfHeader) -> ElfInfo | None:
         data = self.load(st, Kind.INFO)
@@ -142,11 +168,20 @@ class FactCache:
         if not self.enabled:
             return None
         key = key_of(st)
-        try:
-            fd = os.open(self._path(key, kind), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
+        sub_name, name = self._path(key, kind)
+        sub = self._subfolder(sub_name, create=False)
+        if sub is None:
             return None
         try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sub)
+        except OSError:
+            return None
+        finally:
+            os.close(sub)
+        try:
+            own = os.fstat(fd)
+            if not stat.S_ISREG(own.st_mode) or own.st_uid != os.getuid():
+                return None  # not an entry this user wrote
             raw = read_all(fd, MAX_ENTRY_BYTES + 1)
             if len(raw) > MAX_ENTRY_BYTES:
                 return None
@@ -163,31 +198,50 @@ class FactCache:
         if not self.enabled:
             return
         key = key_of(st)
-        path = self._path(key, kind)
+        sub_name, name = self._path(key, kind)
         data = {"key": list(key), "kind": kind.value, **data}
-        with contextlib.suppress(OSError):
-            folder = os.path.dirname(path)
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-            temporary = os.path.join(folder, f".new-{os.getpid()}-{os.urandom(6).hex()}")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                with os.fdopen(fd, "w", encoding="ascii") as fh:
-                    json.dump(data, fh, separators=(",", ":"))
-                os.replace(temporary, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
+        sub = self._subfolder(sub_name, create=True)
+        if sub is None:
+            return
+        try:
+            with contextlib.suppress(OSError):
+                temporary = f".new-{os.getpid()}-{os.urandom(6).hex()}"
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(temporary, flags, 0o600, dir_fd=sub)
+                try:
+                    with os.fdopen(fd, "w", encoding="ascii") as fh:
+                        json.dump(data, fh, separators=(",", ":"))
+                    os.replace(temporary, name, src_dir_fd=sub, dst_dir_fd=sub)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temporary, dir_fd=sub)
+                    raise
+        finally:
+            os.close(sub)
 
 
-def _usable(folder: str) -> bool:
-    """A folder of this user's, created if need be, that is not a symlink."""
+def _own_folder(name: str, at: int | None, cache: FactCache | None) -> int | None:
+    """A descriptor of the folder ``name`` (created if need be; relative to ``at``),
+    checked on that descriptor: a folder, not a symlink, this user's, writable by
+    nobody else. None otherwise; ``cache.note`` says why when it is not this user's."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        st = os.lstat(folder)
+        if at is None:
+            os.makedirs(name, mode=0o700, exist_ok=True)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=at)
+        fd = os.open(name, flags, dir_fd=at)
     except OSError:
-        return False
-    return st.st_uid == os.getuid() and os.path.isdir(folder) and not os.path.islink(folder)
+        return None
+    st = os.fstat(fd)
+    if st.st_uid == os.getuid() and not st.st_mode & 0o022:
+        return fd
+    os.close(fd)
+    if cache is not None:
+        where = name if at is None else cache.folder
+        cache.note = f"note: the cache folder {where} is not this user's own (or others may write to it): no cache"
+    return None
 
 
 # JSON shapes. Names may carry surrogate escapes (undecodable bytes); JSON's \\u

@@ -264,7 +264,9 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     gathered.warnings.extend(package_warnings)
     gathered.warnings.extend(_plan_notes(analysis, plan, names))
     _check_entrypoint(plan, config, options, origin)
+    cache_note = target.reader.cache.note if target.reader.cache is not None else None
     warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered)]
+    warnings.extend([cache_note] if cache_note else [])
     given = len(analysis.programs) + len(scripts) - len(brought)
     warnings.extend([*tree_warnings, *_entrypoint_note(options, config, given), *brought.values()])
     warnings.extend(

@@ -164,3 +164,36 @@ def test_an_unusable_cache_folder_only_costs_time(tmp_path: Path, program: Path)
     assert done.returncode == 0, done.stderr
     assert "libaa.so" in done.stdout
     assert (home / "minify").read_text() == "not a folder"
+
+
+def test_a_swapped_cache_folder_cannot_feed_forged_entries(tmp_path: Path, program: Path) -> None:
+    """Root's cache in a folder another user owns: the user swaps the cache folder for
+    one of their own with a forged entry for the same file. The cache reads through the
+    descriptor it checked, so it still gives the real entry; a new cache on the swapped
+    folder (not root's own) gives none, and says so."""
+    from minify.cache import FactCache, Kind
+
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder to another user needs root (CI runs as root)")
+    folder = tmp_path / "cache" / "minify"
+    cache = FactCache(str(folder))
+    assert cache.enabled
+    st = os.stat(program)
+    cache.store(st, Kind.LDSO, {"version": [2, 36], "system_dirs": ["/lib"]})
+    tag = Path(cache.folder).name
+    real = next((folder / tag).rglob("*.ldso.json"))
+    os.rename(folder, tmp_path / "cache" / "moved")
+    forged_entry = folder / tag / real.parent.name / real.name
+    forged_entry.parent.mkdir(parents=True)
+    forged = json.loads((tmp_path / "cache" / "moved" / tag / real.parent.name / real.name).read_text())
+    forged["system_dirs"] = ["/home/u/evil"]
+    forged_entry.write_text(json.dumps(forged))
+    for path in (folder, folder / tag, forged_entry.parent, forged_entry):
+        os.chown(path, 1234, 1234)
+    loaded = cache.load(st, Kind.LDSO)
+    assert loaded is not None and loaded["system_dirs"] == ["/lib"]
+    again = FactCache(str(folder))
+    assert not again.enabled and again.load(st, Kind.LDSO) is None
+    assert again.note is not None and "is not this user's own" in again.note
+    done = minify(tmp_path / "cache", "rootfs", str(program), "-o", str(tmp_path / "out"))
+    assert done.returncode == 0 and "is not this user's own" in done.stderr, done.stderr
