@@ -100,9 +100,14 @@ def read_dpkg(root: Root, wanted: set[str] | None = None) -> PackageDb | None:
     status_d = root.listdir(STATUS_D) if has_status_d else []
     db = PackageDb()
     if status is not None:
+        # one listing of info/, then only the lists that exist are opened: a status
+        # file of 200,000 stanzas would otherwise cost 400,000 failed look-ups
+        lists = {n for n in root.listdir(f"{DPKG}/info") if n.endswith(".list")}
         for package in _stanzas(status, f"{DPKG}/status", db.warnings):
             _add(db, package)
             for suffix in (f"{package.name}:{package.architecture}", package.name):
+                if f"{suffix}.list" not in lists:
+                    continue
                 listed = root.read_bytes(f"{DPKG}/info/{suffix}.list", limit=MAX_DB_BYTES)
                 if listed is not None:
                     _own(db, package.name, listed, wanted)
