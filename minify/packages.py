@@ -19,6 +19,7 @@ warning naming the file and the line, and nothing invented.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -128,7 +129,26 @@ def _add(db: PackageDb, package: DebPackage) -> None:
         db.packages.setdefault(package.name, package)
 
 
+#: Status files parsed in this process, by digest: a run reads the root's database for
+#: ownership, the programs' packages and their data; each parse of a big status file
+#: (200,000 stanzas) costs about a second.
+_PARSED: dict[tuple[bytes, str], tuple[list[DebPackage], list[str]]] = {}
+
+
 def _stanzas(data: bytes, where: str, warnings: list[str]) -> list[DebPackage]:
+    """Installed packages of a status file (parsed once per content), and its warnings."""
+    key = (hashlib.sha256(data).digest(), where)
+    if key not in _PARSED:
+        found: list[str] = []
+        if len(_PARSED) >= 4:
+            _PARSED.clear()
+        _PARSED[key] = (_parse_stanzas(data, where, found), found)
+    packages, said = _PARSED[key]
+    warnings.extend(said)
+    return packages
+
+
+def _parse_stanzas(data: bytes, where: str, warnings: list[str]) -> list[DebPackage]:
     """Installed packages of a status file, in the Debian control format."""
     out = []
     line_no = 0
