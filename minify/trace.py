@@ -19,7 +19,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from minify.errors import MinifyError, TraceFailed
@@ -239,25 +239,20 @@ class _Calls:
 def _collect(folder: str, cwd: str, root: str | None = None) -> tuple[set[str], set[str], set[str]]:
     """What the traced processes read (regular files), looked at (folders: listed,
     ``stat``ed or ``access``ed, as emacs checks ``etc/charsets`` before reading
-    anything, or written into) and executed, less everything they created or wrote, and everything
-    below folders they created. Inside a ``root``, what came before the chroot is
-    left out, and folders strace names by their host path are named inside the root.
+    anything, or written into) and executed, less everything they created or wrote,
+    and everything below folders they created. Inside a ``root``, what came before the
+    chroot is left out, and folders strace names by their host path are named inside
+    the root.
     A call on an open descriptor itself (``AT_EMPTY_PATH``: glibc's ``fstat`` of a
     redirected stdout) names no path the command looked up, and is left out: the file
     is whatever the caller of minify redirected to."""
     calls = _Calls()
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as fh:
-            lines = fh.readlines()
-        if root is not None:
-            lines = _after_chroot(lines)
-        for line in lines:
-            match = _CALL.match(line)
-            if not match or int(match.group(3)) < 0:
-                continue
-            paths = [_absolute(d, n, cwd, root) for d, n in _PATH.findall(match.group(2))]
-            if paths and None not in paths:
-                calls.add(match.group(1), match.group(2), paths)  # type: ignore[arg-type]
+    for match, _ in _traced_calls(folder, root):
+        if int(match.group(3)) < 0:
+            continue
+        paths = [_absolute(d, n, cwd, root) for d, n in _PATH.findall(match.group(2))]
+        if paths and None not in paths:
+            calls.add(match.group(1), match.group(2), paths)  # type: ignore[arg-type]
     kind = _kind_in(root) if root is not None else _kind
     files: set[str] = set()
     dirs: set[str] = set()
@@ -274,6 +269,24 @@ def _collect(folder: str, cwd: str, root: str | None = None) -> tuple[set[str], 
             dirs.add(path)
     executed = {p for p in calls.executed if p in files}
     return files, dirs, executed
+
+
+def _traced_calls(folder: str, root: str | None, *, command_only: bool = False) -> Iterator[tuple[re.Match[str], str]]:
+    """Every traced call of the record in ``folder`` (one file per process), with its
+    line. Inside a ``root``, only what came after the chroot; with ``command_only``,
+    the process that entered the root counts from its exec of the command on."""
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as fh:
+            lines = fh.readlines()
+        if root is not None:
+            chrooting = any(line.startswith("chroot(") for line in lines)
+            lines = _after_chroot(lines)
+            if command_only and chrooting:
+                lines = _after_exec(lines)
+        for line in lines:
+            match = _CALL.match(line)
+            if match:
+                yield match, line
 
 
 def _after_chroot(lines: list[str]) -> list[str]:
@@ -338,22 +351,16 @@ def missing_paths(folder: str, cwd: str, root: str) -> set[str]:
     inside ``root``, from the strace record in ``folder``: what a run in an image
     lacked. Only what came after the ``chroot`` of the process that made it counts."""
     out: set[str] = set()
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as fh:
-            lines = fh.readlines()
-        if any(line.startswith("chroot(") for line in lines):
-            lines = _after_exec(_after_chroot(lines))
-        for line in lines:
-            match = _CALL.match(line)
-            if not match or int(match.group(3)) >= 0 or " ENOENT " not in line[match.end(3) :] + " ":
-                continue
-            found = _PATH.findall(match.group(2))
-            if not found:
-                continue
-            at, name = found[0]
-            path = _absolute(at, name, cwd, root)
-            if path is not None and not path.startswith(SKIP_PREFIXES) and path not in SKIP_FILES:
-                out.add(path)
+    for match, line in _traced_calls(folder, root, command_only=True):
+        if int(match.group(3)) >= 0 or " ENOENT " not in line[match.end(3) :] + " ":
+            continue
+        found = _PATH.findall(match.group(2))
+        if not found:
+            continue
+        at, name = found[0]
+        path = _absolute(at, name, cwd, root)
+        if path is not None and not path.startswith(SKIP_PREFIXES) and path not in SKIP_FILES:
+            out.add(path)
     return out
 
 
