@@ -230,7 +230,8 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     inputs = tuple(view.host_path(view.resolve(posixpath.join(cwd, p)).path) for p in options.paths if p)
     out = output.destination(options.output, root=view.directory, inputs=inputs, cwd=os.getcwd(), folder=folder)
     skip = _skipped_folders(view, out)
-    analysis, brought = _analyse_inputs(options, target, cwd, skip)
+    search = _search_path(origin)
+    analysis, brought = _analyse_inputs(options, target, cwd, skip, search)
     first = analysis.programs[0].path if analysis.programs else None
     programs, scripts = _split_scripts(analysis)
     analysis = replace(analysis, programs=programs)
@@ -240,7 +241,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     gathered = _gather(options, analysis, additions, cwd, skip)
     trace = _load_trace(options, view, out, origin)
     if trace is not None:
-        _gather_trace(trace, options, analysis, out, gathered)
+        _gather_trace(trace, options, analysis, out, gathered, search)
     note_warnings = _gather_dlopen_notes(analysis, gathered)
     generated, dirs = _generated(options, additions, trace, view, origin, skip)
     extra, tree_warnings = _extra_closures(options, analysis, gathered, cwd)
@@ -264,9 +265,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     gathered.warnings.extend(package_warnings)
     gathered.warnings.extend(_plan_notes(analysis, plan, names))
     _check_entrypoint(plan, config, options, origin)
-    cache_note = target.reader.cache.note if target.reader.cache is not None else None
     warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered)]
-    warnings.extend([cache_note] if cache_note else [])
     given = len(analysis.programs) + len(scripts) - len(brought)
     warnings.extend([*tree_warnings, *_entrypoint_note(options, config, given), *brought.values()])
     warnings.extend(
@@ -281,18 +280,30 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     return Prepared(plan, dockerfile, trace, out, sbom, digests, _source_report(origin, plan))
 
 
+def _search_path(origin: Origin | None) -> str:
+    """The PATH ``#!/usr/bin/env NAME`` is looked up in: a source image's own (as its
+    runtime would), else the runtimes' default."""
+    if origin is None:
+        return DEFAULT_PATH
+    from minify.fromimage import environment
+
+    return environment(origin.config)["PATH"]
+
+
 def _analyse_inputs(
-    options: RootfsOptions, target: Target, cwd: str, skip: tuple[str, ...]
+    options: RootfsOptions, target: Target, cwd: str, skip: tuple[str, ...], search: str
 ) -> tuple[Analysis, dict[str, str]]:
-    """The closures of the inputs and of the interpreters their ``#!`` lines need;
-    notes on the interpreters brought. hwcaps ``all`` analyses the baseline and adds
-    every hwcaps copy later."""
+    """The closures of the inputs and of the interpreters their ``#!`` lines need
+    (``search``: the PATH ``env`` looks in); notes on the interpreters brought. hwcaps
+    ``all`` analyses the baseline and adds every hwcaps copy later."""
     hwcaps = "baseline" if options.hwcaps in ("all", "baseline") else options.hwcaps
-    paths, brought = _with_interpreters(options.paths, target.root, cwd)
+    paths, brought = _with_interpreters(options.paths, target.root, cwd, search)
     return analyze(paths, root=target, cwd=cwd, hwcaps=hwcaps, cpuinfo="", exclude=skip), brought
 
 
-def _with_interpreters(paths: tuple[str, ...], view: Root, cwd: str) -> tuple[tuple[str, ...], dict[str, str]]:
+def _with_interpreters(
+    paths: tuple[str, ...], view: Root, cwd: str, search: str
+) -> tuple[tuple[str, ...], dict[str, str]]:
     """The inputs, and the interpreters their ``#!`` lines need (``#!/usr/bin/env
     python3``: env and python3 as PATH finds it), which come with them; notes on the
     ones brought, by path."""
@@ -302,7 +313,7 @@ def _with_interpreters(paths: tuple[str, ...], view: Root, cwd: str) -> tuple[tu
         inner = posixpath.normpath(posixpath.join(cwd, path)) if path else path
         if not inner or not view.resolve(inner).is_file:
             continue
-        chain, problem = interpreters(view, inner, DEFAULT_PATH)
+        chain, problem = interpreters(view, inner, search)
         if problem is not None:
             raise PlanError(problem.replace("not in the image", "not in the root"))
         for interpreter in chain:
@@ -314,8 +325,12 @@ def _with_interpreters(paths: tuple[str, ...], view: Root, cwd: str) -> tuple[tu
 
 def _plan_notes(analysis: Analysis, plan: ImagePlan, presets_taken: tuple[str, ...]) -> list[str]:
     """What the planned image still lacks or should not have: the programs' package
-    data left out (unless taken), the hints from their own bytes, surprising modes."""
-    notes = [] if "package-data" in presets_taken else left_out(program_data(analysis), plan)
+    data left out (unless taken), the hints from their own bytes, surprising modes;
+    and a cache this run could not use."""
+    cache = analysis.target.reader.cache
+    notes = [cache.note] if cache is not None and cache.note else []
+    if "package-data" not in presets_taken:
+        notes.extend(left_out(program_data(analysis), plan))
     return [*notes, *embedded_hints(analysis, plan), *surprising_modes(plan)]
 
 
@@ -450,7 +465,7 @@ def _gather(
 
 
 def _gather_trace(
-    trace: Trace, options: RootfsOptions, analysis: Analysis, out: output.Destination, got: _Gathered
+    trace: Trace, options: RootfsOptions, analysis: Analysis, out: output.Destination, got: _Gathered, search: str
 ) -> None:
     """The files a trace read, less secrets, OUT and ``--trace-exclude``."""
     view, reader = analysis.target.root, analysis.target.reader
@@ -465,7 +480,7 @@ def _gather_trace(
     for script in trace.executed:
         if script not in kept:
             continue
-        chain, _ = interpreters(view, script, DEFAULT_PATH)  # what env found is traced already
+        chain, _ = interpreters(view, script, search)  # what env found is traced already
         for interpreter in chain:
             got.extras.append(Extra(interpreter, None, f"traced (interpreter of {script})"))
             if _is_elf_file(view, reader, interpreter):

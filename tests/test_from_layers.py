@@ -627,3 +627,23 @@ def test_surprising_modes_are_named(tmp_path: Path, static_hello: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "the entrypoint /bin/hello is writable by others than its owner (0777)" in done.stderr
     assert "/home/app: a folder with set-id bits (7777)" in done.stderr
+
+
+def test_an_env_script_entrypoint_finds_its_program_through_the_images_path(tmp_path: Path, static_hello: Path) -> None:
+    """`#!/usr/bin/env mytool` where only the image's PATH (/opt/bin) holds mytool: the
+    script's interpreters are looked up as the image's runtime would, not through the
+    default PATH."""
+    layers = [
+        layer_tar(
+            [
+                host_file("usr/bin/env", static_hello),
+                host_file("opt/bin/mytool", static_hello),
+                file("app/run.sh", b"#!/usr/bin/env mytool\n", mode=0o755),
+            ]
+        )
+    ]
+    write_layout(tmp_path / "src", layers, {"Entrypoint": ["/app/run.sh"], "Env": ["PATH=/opt/bin:/usr/bin"]})
+    done = minify("rootfs", "--from", "oci:src", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out/rootfs/opt/bin/mytool").is_file()
+    assert not (tmp_path / "out/rootfs/usr/local/bin/mytool").exists()
