@@ -32,9 +32,10 @@ from minify.errors import MinifyError, ProofFailed
 from minify.image import ImagePlan
 from minify.packagedata import data_packages
 from minify.packages import owners_of
+from minify.presets import TERMINFO_DIRS, ZONEINFO
 from minify.root import Root, remove_tree
 from minify.scripts import DEFAULT_PATH, interpreters
-from minify.trace import DEVICES, missing_paths
+from minify.trace import DEVICES, missing_paths, namespaces
 
 #: How long one run of a test may take (a server that never exits is a failed test).
 TEST_TIMEOUT = 120.0
@@ -148,7 +149,7 @@ def prove(
         finally:
             for name in ("image", "source", "trace"):
                 remove_tree(os.path.join(scratch, name), quiet=True)
-        report = _report(missing, plan, source)
+        report = _report(missing, plan, source, env["PATH"])
         tail = _tail(image.stderr)
         raise ProofFailed(f"--test `{command}`: {problem}" + (f" ({tail})" if tail else ""), tuple(report))
     return notes
@@ -179,18 +180,12 @@ def _run_here(argv: list[str], cwd: str | None) -> Outcome:
 
 
 def _sandbox_command(root: str, argv: list[str], box: Sandbox, scratch: str, strace: list[str]) -> list[str]:
-    tools = {name: shutil.which(name) for name in ("unshare", "mount", "sh")}
-    missing = [name for name, path in tools.items() if path is None]
-    if missing:
-        raise MinifyError(f"--test needs {', '.join(missing)} (util-linux)")
+    tools, unshare = namespaces("--test")
     upper, work, merged = (os.path.join(scratch, n) for n in ("upper", "work", "merged"))
     for folder in (upper, work, merged):
         os.makedirs(folder, exist_ok=True)
-    unshare = [str(tools["unshare"]), "--mount", "--pid", "--fork", "--propagation", "private"]
-    if os.geteuid() != 0:
-        unshare.append("--map-root-user")
     helper = [sys.executable, "-I", "-c", _HELPER, merged, box.workdir, box.user or "", json.dumps(box.env)]
-    return [*unshare, str(tools["sh"]), "-c", _SETUP, "minify-test", root, upper, work, merged, *strace, *helper, *argv]
+    return [*unshare, tools["sh"], "-c", _SETUP, "minify-test", root, upper, work, merged, *strace, *helper, *argv]
 
 
 def run_in(root: str, argv: list[str], box: Sandbox, *, scratch: str, strace: tuple[str, ...] = ()) -> Outcome:
@@ -219,14 +214,12 @@ def _missing_in_image(rootfs: str, argv: list[str], box: Sandbox, scratch: str) 
 
 #: Paths a preset brings, and the flag.
 _PRESET_PATHS = (
-    ("/usr/share/zoneinfo", "--with tzdata"),
+    (ZONEINFO, "--with tzdata"),
     ("/etc/localtime", "--with tzdata"),
     ("/etc/ssl", "--with certs"),
     ("/usr/share/ca-certificates", "--with certs"),
     ("/usr/lib/locale", "--with locale"),
-    ("/usr/share/terminfo", "--with terminfo"),
-    ("/lib/terminfo", "--with terminfo"),
-    ("/etc/terminfo", "--with terminfo"),
+    *((folder, "--with terminfo") for folder in TERMINFO_DIRS),
     ("/etc/nsswitch.conf", "--with nss"),
     ("/etc/passwd", "--with nss"),
     ("/etc/group", "--with nss"),
@@ -269,14 +262,15 @@ def _small_folder(source: Root, folder: str) -> bool:
     return True
 
 
-def _report(missing: set[str], plan: ImagePlan, source: Root) -> list[str]:
-    """What the run in the image did not find and the source root has, by package."""
+def _report(missing: set[str], plan: ImagePlan, source: Root, search: str) -> list[str]:
+    """What the run in the image did not find and the source root has, by package
+    (``search``: the image's PATH, where ``#!/usr/bin/env NAME`` finds NAME)."""
     found = {p for p in missing if plan.lookup(p) is None and _exists(source, p)}
     # an execve of a script the image has fails with ENOENT when its #! interpreter is
     # missing (Rscript runs the bash script R): name the interpreter
     for path in sorted(missing - found):
         if plan.lookup(path) is not None and _exists(source, path):
-            chain, _ = interpreters(source, path, DEFAULT_PATH)
+            chain, _ = interpreters(source, path, search)
             found.update(i for i in chain if plan.lookup(i) is None)
     # one name per file: /bin/uname and /usr/bin/uname are one file on a usrmerged root
     by_file: dict[str, str] = {}
@@ -285,9 +279,9 @@ def _report(missing: set[str], plan: ImagePlan, source: Root) -> list[str]:
     present = sorted(by_file.values())
     if not present:
         return ["the run in the image looked for nothing that the source root has (see its output above)"]
-    owners = owners_of(source, present)
     programs = [e.source for p in plan.programs if (e := plan.lookup(p)) is not None and e.source]
-    data = set(data_packages(source, set(owners_of(source, programs).values()))) if programs else set()
+    owners = owners_of(source, [*present, *programs])  # the database read once for both
+    data = set(data_packages(source, {owners[p] for p in programs if p in owners}))
     by_package: dict[str, list[str]] = {}
     for path in present:
         by_package.setdefault(owners.get(path, "no package"), []).append(path)

@@ -505,25 +505,25 @@ def _generated(
         if options.user is None:
             generated.extend(origin.users)
     if trace is not None:
-        dirs.extend(
-            (d, _folder_mode(view, d), (0, 0))
-            for d in trace.dirs
-            if not any(within(d, s) for s in skip)
-            and why_secret(d) is None
-            and view.resolve(d).path == d
-            and view.resolve(d).is_dir
-        )
+        dirs.extend(_traced_folders(trace, view, skip))
     if options.user == "nonroot":
         generated.extend(presets.users_files(view))
         dirs.append(presets.NONROOT_HOME)
     return generated, dirs
 
 
-def _folder_mode(view: Root, path: str) -> int:
-    """A traced folder's permission bits in the root (``/tmp`` keeps 1777), less
-    setuid and setgid."""
-    mode = view.resolve(path).mode
-    return stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID) if mode is not None else 0o755
+def _traced_folders(trace: Trace, view: Root, skip: tuple[str, ...]) -> list[tuple[str, int, tuple[int, int]]]:
+    """The folders a trace looked at or wrote into that are real folders of the root
+    (not reached through a link), less OUT and secret places, with their permission
+    bits in the root (``/tmp`` keeps 1777) less setuid and setgid."""
+    out = []
+    for folder in trace.dirs:
+        if any(within(folder, s) for s in skip) or why_secret(folder) is not None:
+            continue
+        found = view.resolve(folder)
+        if found.path == folder and found.is_dir and found.mode is not None:
+            out.append((folder, stat.S_IMODE(found.mode) & ~(stat.S_ISUID | stat.S_ISGID), (0, 0)))
+    return out
 
 
 def _extra_closures(

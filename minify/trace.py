@@ -185,10 +185,7 @@ def _inside(root: str, workdir: str, strace: list[str], argv: list[str]) -> list
     this machine's files: in its own mount and PID namespaces with /proc, a /dev of
     the usual devices and an empty /tmp mounted inside the root, chrooted by
     ``unshare --root`` (strace itself stays outside, writing its record here)."""
-    tools = {name: shutil.which(name) for name in ("unshare", "mount", "sh")}
-    missing = [name for name, path in tools.items() if path is None]
-    if missing:
-        raise TraceFailed(f"--trace inside an image needs {', '.join(missing)} (util-linux)")
+    tools, unshare = namespaces("--trace inside an image")
     mounts = []
     for name, what in (("proc", "-t proc proc"), ("dev", "-t tmpfs -o mode=755 tmpfs"), ("tmp", "-t tmpfs tmpfs")):
         path = os.path.join(root, name)
@@ -199,11 +196,24 @@ def _inside(root: str, workdir: str, strace: list[str], argv: list[str]) -> list
             if name == "dev":
                 mounts.extend(f': > "$0/dev/{d}" && {tools["mount"]} --bind /dev/{d} "$0/dev/{d}"' for d in DEVICES)
     script = " && ".join([*mounts, 'exec "$@"'])
-    unshare = [str(tools["unshare"]), "--mount", "--pid", "--fork", "--propagation", "private"]
+    chroot = [tools["unshare"], f"--root={root}", f"--wd={workdir}", "--"]
+    return [*unshare, tools["sh"], "-c", script, root, *strace, *chroot, *argv]
+
+
+def namespaces(who: str) -> tuple[dict[str, str], list[str]]:
+    """The tools a sandbox needs (unshare, mount, sh), and the command line that gives
+    what follows its own mount and PID namespaces (a user namespace too when not
+    root). ``--kill-child``: a run that times out takes its whole PID namespace with
+    it. One line naming what is missing, for ``who``, when a tool is not installed."""
+    found = {name: shutil.which(name) for name in ("unshare", "mount", "sh")}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise TraceFailed(f"{who} needs {', '.join(missing)} (util-linux)")
+    tools = {name: str(path) for name, path in found.items()}
+    unshare = [tools["unshare"], "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private"]
     if os.geteuid() != 0:
         unshare.append("--map-root-user")
-    chroot = [str(tools["unshare"]), f"--root={root}", f"--wd={workdir}", "--"]
-    return [*unshare, str(tools["sh"]), "-c", script, root, *strace, *chroot, *argv]
+    return tools, unshare
 
 
 @dataclass
