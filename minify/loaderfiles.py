@@ -18,8 +18,7 @@ import posixpath
 from minify.closure import Analysis
 from minify.image import EntryType, Generated, ImagePlan
 from minify.loader import ldcache, ldconf
-from minify.loader.arch import ARCHES
-from minify.loader.model import LoaderKind
+from minify.loader.glibc import GlibcModel
 from minify.loader.musl import MuslModel
 
 CACHE = "/etc/ld.so.cache"
@@ -27,13 +26,16 @@ CONF = "/etc/ld.so.conf"
 
 
 def loader_files(plan: ImagePlan, analysis: Analysis) -> tuple[Generated, ...]:
-    """The loader files the image gets (none for a root that has none)."""
-    kinds = {p.loader for p in analysis.programs}
-    out: list[Generated] = []
-    if LoaderKind.GLIBC in kinds:
-        out.extend(_glibc(plan, analysis))
-    if LoaderKind.MUSL in kinds:
-        out.extend(_musl(plan, analysis))
+    """The loader files the image gets (none for a root that has none), from what the
+    run's loader models read of the root: its parsed cache, musl's path files."""
+    models = analysis.target.models()
+    cache = next((m.cache for m in models if isinstance(m, GlibcModel) and m.cache is not None), None)
+    out = _glibc(plan, analysis, cache) if cache is not None else []
+    seen: set[str] = set()
+    for model in models:
+        if isinstance(model, MuslModel) and model.system_source == model.path_file and model.path_file not in seen:
+            seen.add(model.path_file)
+            out.append(_musl(plan, model))
     return tuple(out)
 
 
@@ -42,15 +44,7 @@ def _shipped(plan: ImagePlan, path: str) -> bool:
     return entry is not None and entry.type in (EntryType.FILE, EntryType.HARDLINK)
 
 
-def _glibc(plan: ImagePlan, analysis: Analysis) -> list[Generated]:
-    root = analysis.target.root
-    data = root.read_bytes(CACHE)
-    if data is None:
-        return []
-    try:
-        cache = ldcache.parse(data)
-    except ldcache.CacheFormatError:
-        return []  # the analysis said so already; the image gets none
+def _glibc(plan: ImagePlan, analysis: Analysis, cache: ldcache.LdCache) -> list[Generated]:
     kept = tuple(e for e in cache.entries if _shipped(plan, e.path))
     if not kept:
         return []
@@ -58,7 +52,7 @@ def _glibc(plan: ImagePlan, analysis: Analysis) -> list[Generated]:
     # the ld.so.conf lines that name the folders of shipped libraries, so that an
     # ldconfig run in the image (or a reader of ld.so.conf) finds them again
     folders = {posixpath.dirname(e.path) for e in kept}
-    named = [d for d in ldconf.directories(root) if d in folders]
+    named = [d for d in ldconf.directories(analysis.target.root) if d in folders]
     if named:
         text = "# Written by minify: the folders of the root's ld.so.conf that hold the image's libraries.\n"
         lines = text + "".join(f"{d}\n" for d in named)
@@ -66,25 +60,12 @@ def _glibc(plan: ImagePlan, analysis: Analysis) -> list[Generated]:
     return out
 
 
-def _musl(plan: ImagePlan, analysis: Analysis) -> list[Generated]:
+def _musl(plan: ImagePlan, model: MuslModel) -> Generated:
     """musl reads ``<prefix>/etc/ld-musl-ARCH.path`` instead of its default path: the
-    root's file, with only the folders the image has."""
-    root = analysis.target.root
-    out: list[Generated] = []
-    for program in analysis.programs:
-        if program.loader is not LoaderKind.MUSL or program.interpreter is None:
-            continue
-        arch = next((a for a in ARCHES if a.name == program.machine), None)
-        name = MuslModel.path_file_for(program.interpreter, arch.musl if arch else "")
-        if any(g.path == name for g in out):
-            continue
-        data = root.read_bytes(name)
-        if data is None:
-            continue
-        folders = [p for p in data.decode("utf-8", "surrogateescape").replace(":", "\n").splitlines() if p]
-        kept = [f for f in dict.fromkeys(folders) if _is_dir(plan, f)]
-        out.append(Generated(name, "".join(f"{f}\n" for f in kept).encode(), reason="musl's search path of the image"))
-    return out
+    root's file (as its model read it), with only the folders the image has."""
+    kept = [f for f in dict.fromkeys(model.system_path) if _is_dir(plan, f)]
+    text = "".join(f"{f}\n" for f in kept)
+    return Generated(model.path_file, text.encode(), reason="musl's search path of the image")
 
 
 def _is_dir(plan: ImagePlan, path: str) -> bool:

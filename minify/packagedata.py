@@ -16,7 +16,7 @@ from minify.closure import Analysis
 from minify.errors import MinifyError
 from minify.image import ImagePlan
 from minify.loader.model import ProgramKind
-from minify.packages import DPKG, installed, owners_of
+from minify.packages import DPKG, DebPackage, installed, list_names, owners_of
 from minify.render import human_size
 from minify.root import Root, within
 
@@ -47,12 +47,10 @@ class PackageData:
     sizes: tuple[int, ...]
 
 
-def _listed(root: Root, name: str) -> list[str]:
-    """The paths ``info/NAME.list`` (or ``NAME:ARCH.list``) of the root lists."""
-    info = f"{DPKG}/info"
-    candidates = [f"{name}.list", *(n for n in root.listdir(info) if n.startswith(f"{name}:") and n.endswith(".list"))]
-    for candidate in candidates:
-        data = root.read_bytes(f"{info}/{candidate}", limit=MAX_LIST)
+def _listed(root: Root, package: DebPackage) -> list[str]:
+    """The paths the package's list in ``info/`` names."""
+    for suffix in list_names(package):
+        data = root.read_bytes(f"{DPKG}/info/{suffix}.list", limit=MAX_LIST)
         if data is not None:
             return [line for line in data.decode("utf-8", "surrogateescape").splitlines() if line.startswith("/")]
     return []
@@ -74,16 +72,24 @@ def data_packages(root: Root, owners: set[str]) -> list[str]:
     return sorted(out)
 
 
-def program_data(analysis: Analysis) -> tuple[PackageData, ...]:
-    """The packages that hold the inputs' data, each with its data files in the root."""
+def program_data(analysis: Analysis, plan: ImagePlan | None = None) -> tuple[PackageData, ...]:
+    """The packages that hold the inputs' data, each with its data files in the root.
+    The inputs' owners come from the ``plan`` when there is one (its entries name their
+    package: the database is not read again), else from the root's database."""
     root = analysis.target.root
     programs = [p.realpath for p in analysis.programs if p.kind is not ProgramKind.NOT_ELF]
-    owners = owners_of(root, programs) if programs else {}
+    if plan is not None:
+        owners = {e.package for p in plan.programs if (e := plan.lookup(p)) is not None and e.package}
+    else:
+        owners = set(owners_of(root, programs).values()) if programs else set()
+    packages = installed(root)
     out = []
-    for package in data_packages(root, set(owners.values())):
+    for package in data_packages(root, owners):
+        if package not in packages:
+            continue  # a status.d root (distroless) keeps no file lists
         files, sizes = [], []
         seen: set[tuple[int, int]] = set()  # a hard-linked file weighs once (git-core)
-        for path in _listed(root, package):
+        for path in _listed(root, packages[package]):
             if any(within(path, folder) for folder in (*LEFT_OUT, *PROGRAM_FOLDERS)) or path in programs:
                 continue
             try:

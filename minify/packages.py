@@ -106,7 +106,7 @@ def read_dpkg(root: Root, wanted: set[str] | None = None) -> PackageDb | None:
         lists = {n for n in root.listdir(f"{DPKG}/info") if n.endswith(".list")}
         for package in _stanzas(status, f"{DPKG}/status", db.warnings):
             _add(db, package)
-            for suffix in (f"{package.name}:{package.architecture}", package.name):
+            for suffix in list_names(package):
                 if f"{suffix}.list" not in lists:
                     continue
                 listed = root.read_bytes(f"{DPKG}/info/{suffix}.list", limit=MAX_DB_BYTES)
@@ -182,6 +182,12 @@ def _depends(text: str) -> tuple[str, ...]:
         if _NAME.fullmatch(first):
             names.append(first)
     return tuple(dict.fromkeys(names))
+
+
+def list_names(package: DebPackage) -> tuple[str, str]:
+    """The names dpkg gives a package's files in ``info/`` (before ``.list`` and
+    ``.md5sums``): NAME:ARCH for a multi-arch package, else NAME."""
+    return f"{package.name}:{package.architecture}", package.name
 
 
 def installed(root: Root) -> dict[str, DebPackage]:

@@ -279,9 +279,9 @@ def _report(missing: set[str], plan: ImagePlan, source: Root, search: str) -> li
     present = sorted(by_file.values())
     if not present:
         return ["the run in the image looked for nothing that the source root has (see its output above)"]
-    programs = [e.source for p in plan.programs if (e := plan.lookup(p)) is not None and e.source]
-    owners = owners_of(source, [*present, *programs])  # the database read once for both
-    data = set(data_packages(source, {owners[p] for p in programs if p in owners}))
+    owners = owners_of(source, present)
+    # the programs' own packages, as the plan's entries name them
+    data = set(data_packages(source, {e.package for p in plan.programs if (e := plan.lookup(p)) and e.package}))
     by_package: dict[str, list[str]] = {}
     for path in present:
         by_package.setdefault(owners.get(path, "no package"), []).append(path)

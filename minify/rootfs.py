@@ -330,7 +330,7 @@ def _plan_notes(analysis: Analysis, plan: ImagePlan, presets_taken: tuple[str, .
     cache = analysis.target.reader.cache
     notes = [cache.note] if cache is not None and cache.note else []
     if "package-data" not in presets_taken:
-        notes.extend(left_out(program_data(analysis), plan))
+        notes.extend(left_out(program_data(analysis, plan), plan))
     return [*notes, *embedded_hints(analysis, plan), *surprising_modes(plan)]
 
 

@@ -42,6 +42,10 @@ class Target:
     def directory(self) -> str:
         return self.root.directory
 
+    def models(self) -> tuple[LoaderModel, ...]:
+        """The loader models this run built, in the order it built them."""
+        return tuple(self._models.values())
+
     def model(self, settings: Settings, kind: LoaderKind, arch: Arch, interpreter: str, endian: Endian) -> LoaderModel:
         """The loader model for one interpreter under one set of settings, built once
         (it reads ld.so, /etc/ld.so.cache and ld.so.conf)."""

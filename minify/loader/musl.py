@@ -45,15 +45,11 @@ class MuslModel:
             self.system_source = self.path_file
 
     def _path_file_name(self) -> str:
-        return self.path_file_for(self.interpreter, self.arch.musl)
-
-    @staticmethod
-    def path_file_for(interpreter: str, musl_arch: str) -> str:
         """<prefix>/etc/ld-musl-<arch>.path, prefix = dirname(dirname(PT_INTERP))."""
-        prefix = posixpath.dirname(posixpath.dirname(interpreter))
+        prefix = posixpath.dirname(posixpath.dirname(self.interpreter))
         prefix = "" if prefix == "/" else prefix
-        name = posixpath.basename(interpreter)
-        arch = name[len("ld-musl-") :].split(".so", 1)[0] if name.startswith("ld-musl-") else musl_arch
+        name = posixpath.basename(self.interpreter)
+        arch = name[len("ld-musl-") :].split(".so", 1)[0] if name.startswith("ld-musl-") else self.arch.musl
         return f"{prefix}/etc/ld-musl-{arch}.path"
 
     def origin_of_program(self, resolved: Resolved) -> str:
