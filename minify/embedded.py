@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from minify.closure import Analysis, ProgramClosure
 from minify.errors import MinifyError
+from minify.hints import own_objects
 from minify.image import ImagePlan
 from minify.loader.model import ProgramKind
 from minify.packagedata import LEFT_OUT
@@ -73,21 +74,13 @@ def embedded_hints(analysis: Analysis, plan: ImagePlan) -> list[str]:
     for program in analysis.programs:
         if program.kind is not ProgramKind.DYNAMIC or program.error or not program.objects:
             continue
-        own = _own_files(program)
+        own = sorted(own_objects(program))
         strings: set[str] = set()
         for path in own:
             strings |= _strings(analysis.target.root, path)
         out.extend(_data_hint(program, strings, analysis.target.root, plan))
         out.extend(_program_hint(program, own, strings, analysis, plan))
     return out
-
-
-def _own_files(program: ProgramClosure) -> list[str]:
-    own = [program.objects[0].realpath]
-    for dep in program.dependencies:
-        if dep.target is not None and dep.how is not None and dep.how.value in ("rpath", "runpath", "direct path"):
-            own.append(dep.target)
-    return list(dict.fromkeys(own))
 
 
 def _strings(root: Root, path: str) -> set[str]:

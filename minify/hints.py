@@ -132,7 +132,7 @@ def hints_for(
 
 def _symbol_hints(program: ProgramClosure, imported: dict[str, list[str]]) -> list[Hint]:
     """One hint per rule whose symbols the closure imports, naming who imports them."""
-    own = _own_objects(program)
+    own = own_objects(program)
     out = []
     for preset, names, reason in SYMBOL_RULES:
         by_object: dict[str, list[str]] = {}
@@ -159,7 +159,7 @@ def _library_hints(program: ProgramClosure) -> list[Hint]:
     return out
 
 
-def _own_objects(program: ProgramClosure) -> set[str]:
+def own_objects(program: ProgramClosure) -> set[str]:
     """The program's own code: the input, and what it finds through its own search
     paths (rpath, runpath, a path), not what the system's cache or folders give."""
     own = {program.objects[0].path} if program.objects else set()
