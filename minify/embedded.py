@@ -25,6 +25,7 @@ from minify.loader.model import ProgramKind
 from minify.packagedata import LEFT_OUT
 from minify.render import human_size
 from minify.root import Root, within
+from minify.scripts import executable
 
 #: Folders whose paths, compiled into a program, name data it may read at run time.
 DATA_PREFIXES = ("/usr/share/", "/usr/lib/", "/usr/libexec/", "/etc/", "/var/lib/")
@@ -202,7 +203,7 @@ def _program_hint(
     wanted = {s for s in strings if s.startswith(PROGRAM_PREFIXES)}
     if calls & SHELL_RUNNERS:
         wanted.add("/bin/sh")
-    missing = sorted(p for p in wanted if plan.lookup(p) is None and _executable(root, p))
+    missing = sorted(p for p in wanted if plan.lookup(p) is None and executable(root, p) is not None)
     if not missing:
         return []
     shown = ", ".join(missing[:SHOWN]) + (f" and {len(missing) - SHOWN} more" if len(missing) > SHOWN else "")
@@ -210,11 +211,3 @@ def _program_hint(
         f"hint: {program.path} runs other programs ({', '.join(sorted(calls))}); these it names are not in the image:"
         f" {shown}; add them as inputs (minify rootfs {program.path} {' '.join(missing[:SHOWN])} ...)"
     ]
-
-
-def _executable(root: Root, path: str) -> bool:
-    try:
-        resolved = root.resolve(path)
-    except MinifyError:
-        return False
-    return resolved.is_file and resolved.mode is not None and bool(resolved.mode & 0o111)

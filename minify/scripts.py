@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import posixpath
 
+from minify.errors import MinifyError
 from minify.loader.model import Reader
 from minify.root import Root
 
@@ -20,8 +21,12 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def executable(view: Root, path: str) -> str | None:
-    """``path`` if it is an executable regular file of the root."""
-    res = view.resolve(path)
+    """``path`` if it is an executable regular file of the root (a path that loops or
+    leaves the root is none)."""
+    try:
+        res = view.resolve(path)
+    except MinifyError:
+        return None
     if res.is_file and res.mode is not None and res.mode & 0o111:
         return path
     return None
