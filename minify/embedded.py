@@ -26,6 +26,7 @@ from minify.packagedata import LEFT_OUT
 from minify.render import human_size
 from minify.root import Root, within
 from minify.scripts import executable
+from minify.wording import some
 
 #: Folders whose paths, compiled into a program, name data it may read at run time.
 DATA_PREFIXES = ("/usr/share/", "/usr/lib/", "/usr/libexec/", "/etc/", "/var/lib/")
@@ -143,9 +144,7 @@ def _data_hint(program: ProgramClosure, strings: set[str], root: Root, plan: Ima
     named = _by_folder(named, root, plan)
     if not named:
         return []
-    shown = ", ".join(_describe(n) for n in named[:SHOWN]) + (
-        f" and {len(named) - SHOWN} more" if len(named) > SHOWN else ""
-    )
+    shown = some([_describe(n) for n in named], SHOWN)
     flags = " ".join(f"--add {n.path}" for n in named[:SHOWN])
     return [f"hint: {program.path} names paths it may read that the image lacks: {shown}; add them with {flags}"]
 
@@ -206,7 +205,7 @@ def _program_hint(
     missing = sorted(p for p in wanted if plan.lookup(p) is None and executable(root, p) is not None)
     if not missing:
         return []
-    shown = ", ".join(missing[:SHOWN]) + (f" and {len(missing) - SHOWN} more" if len(missing) > SHOWN else "")
+    shown = some(missing, SHOWN)
     return [
         f"hint: {program.path} runs other programs ({', '.join(sorted(calls))}); these it names are not in the image:"
         f" {shown}; add them as inputs (minify rootfs {program.path} {' '.join(missing[:SHOWN])} ...)"

@@ -33,6 +33,7 @@ from typing import Any
 
 from minify.errors import OutputError
 from minify.root import read_host_file, remove_tree, within
+from minify.wording import some
 
 LOCK_NAME = "minify.lock.json"
 LOCK_SCHEMA = 1
@@ -168,7 +169,7 @@ def refuse_foreign(out: str, *, force: bool) -> None:
     """Refuse to replace an OUT holding things minify did not write, unless forced."""
     foreign = foreign_entries(out)
     if foreign and not force:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        shown = some(foreign, 5)
         raise OutputError(
             f"{out}: holds what minify did not write ({shown}); move it away, or use --force to delete it"
         )

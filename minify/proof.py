@@ -36,6 +36,7 @@ from minify.presets import TERMINFO_DIRS, ZONEINFO
 from minify.root import Root, remove_tree
 from minify.scripts import DEFAULT_PATH, interpreters
 from minify.trace import DEVICES, missing_paths, namespaces
+from minify.wording import some
 
 #: How long one run of a test may take (a server that never exits is a failed test).
 TEST_TIMEOUT = 120.0
@@ -289,7 +290,7 @@ def _report(missing: set[str], plan: ImagePlan, source: Root, search: str) -> li
     flags: list[str] = []
     for package in sorted(by_package, key=lambda k: (k == "no package", k)):
         paths = by_package[package]
-        shown = ", ".join(paths[:SHOWN]) + (f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "")
+        shown = some(paths, SHOWN)
         lines.append(f"  {package}: {shown}")
         flags.extend(_flag(p, plan, source, package in data) for p in paths)
     lines.append("bring them with: " + " ".join(dict.fromkeys(flags)))

@@ -17,6 +17,7 @@ from minify.closure import Analysis, Dependency, LoadedObject, ProgramClosure
 from minify.hints import Hint
 from minify.image import Entry, ImagePlan
 from minify.loader.model import How
+from minify.wording import some
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -383,9 +384,8 @@ def size_lines(analysis: Analysis, packages: Packages | None = None) -> list[str
         chain = " -> ".join(names.get(step, posixpath.basename(step)) for step in item["chain"])
         lines.append(f"  {human_size(item['size']):>9} {100 * item['share']:5.1f}%  {chain}")
     if "packages" in data:
-        by_package = ", ".join(f"{p['name']} {human_size(p['size'])}" for p in data["packages"][:8])
-        more = f" and {len(data['packages']) - 8} more" if len(data["packages"]) > 8 else ""
-        lines.append(f"  by package: {by_package}{more}; no package: {human_size(data['no_package'])}")
+        by_package = some([f"{p['name']} {human_size(p['size'])}" for p in data["packages"]], 8)
+        lines.append(f"  by package: {by_package}; no package: {human_size(data['no_package'])}")
     return lines
 
 

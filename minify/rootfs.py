@@ -67,6 +67,7 @@ from minify.scripts import DEFAULT_PATH, interpreters
 from minify.sensitive import why_secret
 from minify.target import Target
 from minify.trace import TRACE_NAME, Trace, run_trace
+from minify.wording import some
 
 if TYPE_CHECKING:
     from minify.fromimage import Origin
@@ -203,7 +204,7 @@ def _not_elf_note(view: Root, reader: Reader, traced: list[str]) -> list[str]:
     data = [p for p in traced if not _is_elf_file(view, reader, p)]
     if not data:
         return []
-    shown = ", ".join(data[:8]) + (f" and {len(data) - 8} more" if len(data) > 8 else "")
+    shown = some(data, 8)
     return [f'note: the trace adds {len(data)} file(s) that are not ELF objects: {shown} (why "traced" in {LOCK_NAME})']
 
 

@@ -30,6 +30,7 @@ from typing import IO, cast
 from minify.errors import HostileLayer, ImageSourceError
 from minify.root import remove_tree
 from minify.source import Blobs, Compression, LayerRef, SourceImage
+from minify.wording import some
 
 #: Members one layer may hold.
 MAX_MEMBERS = 2_000_000
@@ -81,7 +82,7 @@ def flatten(image: SourceImage, blobs: Blobs, root: str, *, limit: int) -> Unpac
             + ", ".join(f"{n} {kind}" for kind, n in sorted(done.skipped.items()))
         )
     if done.xattrs:
-        shown = ", ".join(done.xattrs[:8]) + (f" and {len(done.xattrs) - 8} more" if len(done.xattrs) > 8 else "")
+        shown = some(done.xattrs, 8)
         done.notes.append(f"extended attributes of the image not kept: {shown}")
     return done
 
