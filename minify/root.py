@@ -438,34 +438,44 @@ def remove_tree(path: str, *, dir_fd: int | None = None, quiet: bool = False) ->
             raise
 
 
+def _clear(fd: int) -> list[str]:
+    """Unlink everything in an open folder but its subfolders; their names."""
+    folders = []
+    for name in os.listdir(fd):
+        if stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
+            folders.append(name)
+        else:
+            os.unlink(name, dir_fd=fd)
+    return folders
+
+
 def _remove_tree(path: str, dir_fd: int | None) -> None:
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags, dir_fd=dir_fd)
     except FileNotFoundError:
         return
-    names: list[str] = []  # the folders entered below ``path``
+    entered: list[str] = []  # the folders entered below ``path``
+    left: list[list[str]] = []  # for each of them, its parent's subfolders still to remove
     try:
+        pending = _clear(fd)
         while True:
-            child = None
-            for name in os.listdir(fd):
-                st = os.lstat(name, dir_fd=fd)
-                if stat.S_ISDIR(st.st_mode):
-                    child = name
-                    break
-                os.unlink(name, dir_fd=fd)
-            if child is not None:
+            if pending:
+                child = pending.pop()
                 below = os.open(child, flags, dir_fd=fd)
                 os.close(fd)
                 fd = below
-                names.append(child)
+                entered.append(child)
+                left.append(pending)
+                pending = _clear(fd)  # each folder is listed once, however wide
                 continue
-            if not names:
+            if not entered:
                 break
             above = os.open("..", flags, dir_fd=fd)
             os.close(fd)
             fd = above
-            os.rmdir(names.pop(), dir_fd=fd)
+            os.rmdir(entered.pop(), dir_fd=fd)
+            pending = left.pop()
     finally:
         os.close(fd)
     os.rmdir(path, dir_fd=dir_fd)
