@@ -288,7 +288,7 @@ class Root:
         if not res.is_dir:
             return
         top = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dirfd(res.path))
-        chain: list[tuple[int, str, list[str]]] = []  # (descriptor, folder, subfolders left)
+        chain: list[tuple[int, str, list[str]]] = []  # (descriptor, folder, subfolders left, last first)
         count = 0
         try:
             pending: tuple[int, str] | None = (top, res.path)
@@ -303,6 +303,7 @@ class Root:
                     if stat.S_ISDIR(entry.mode):
                         subfolders.append(posixpath.basename(entry.path))
                     yield entry
+                subfolders.reverse()  # entered in name order, taken from the end
                 pending = _next_folder(chain, res.path)
         finally:
             for held, _, _ in chain:
@@ -413,7 +414,7 @@ def _next_folder(chain: list[tuple[int, str, list[str]]], top: str) -> tuple[int
         if not left:
             os.close(chain.pop()[0])
             continue
-        name = left.pop(0)
+        name = left.pop()
         if len(chain) > MAX_WALK_DEPTH:
             raise PathError(top, f"folders nested more than {MAX_WALK_DEPTH} deep below it")
         try:
