@@ -114,12 +114,15 @@ class FactCache:
         if self._fd is not None:
             base, self._fd = self._fd, _own_folder(_tag(), self._fd, self)
             os.close(base)
-        self.enabled = self._fd is not None
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)  # type: ignore[arg-type]
+
+    @property
+    def enabled(self) -> bool:
+        return self._fd is not None
 
     @classmethod
     def default(cls) -> FactCache | None:
@@ -127,17 +130,11 @@ class FactCache:
         return cls(folder) if folder else None
 
     def _path(self, key: Key, kind: Kind) -> tuple[str, str]:
-        """The subfolder and the file name of an entry, inside the cache folder."""
+        """The subfolder and the file name of an entry, inside the cache folder. The
+        subfolder needs no check of its own: only this user can write in the checked
+        folder, so only this user can have made (or swapped) what is in it."""
         name = "-".join(f"{n:x}" for n in key)
         return f"{key[1] & 0xFF:02x}", f"{name}.{kind.value}.json"
-
-    def _subfolder(self, name: str, *, create: bool) -> int | None:
-        if self._fd is None:
-            return None
-        if create:
-            with contextlib.suppress(OSError):
-                os.mkdir(name, 0o700, dir_fd=self._fd)
-        return _own_folder(name, self._fd, None)
 
     def info(self, st: os.stat_result, header: ElfHeader) -> ElfInfo | None:
         data = self.load(st, Kind.INFO)
@@ -165,19 +162,14 @@ class FactCache:
 
     def load(self, st: os.stat_result, kind: Kind) -> dict[str, Any] | None:
         """The entry of ``kind`` for this version of a file, or None."""
-        if not self.enabled:
+        if self._fd is None:
             return None
         key = key_of(st)
-        sub_name, name = self._path(key, kind)
-        sub = self._subfolder(sub_name, create=False)
-        if sub is None:
-            return None
+        sub, name = self._path(key, kind)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sub)
+            fd = os.open(f"{sub}/{name}", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._fd)
         except OSError:
             return None
-        finally:
-            os.close(sub)
         try:
             own = os.fstat(fd)
             if not stat.S_ISREG(own.st_mode) or own.st_uid != os.getuid():
@@ -195,32 +187,28 @@ class FactCache:
         return data
 
     def store(self, st: os.stat_result, kind: Kind, data: dict[str, Any]) -> None:
-        if not self.enabled:
+        if self._fd is None:
             return
         key = key_of(st)
-        sub_name, name = self._path(key, kind)
+        sub, name = self._path(key, kind)
         data = {"key": list(key), "kind": kind.value, **data}
-        sub = self._subfolder(sub_name, create=True)
-        if sub is None:
-            return
-        try:
-            with contextlib.suppress(OSError):
-                temporary = f".new-{os.getpid()}-{os.urandom(6).hex()}"
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                fd = os.open(temporary, flags, 0o600, dir_fd=sub)
-                try:
-                    with os.fdopen(fd, "w", encoding="ascii") as fh:
-                        json.dump(data, fh, separators=(",", ":"))
-                    os.replace(temporary, name, src_dir_fd=sub, dst_dir_fd=sub)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(temporary, dir_fd=sub)
-                    raise
-        finally:
-            os.close(sub)
+        with contextlib.suppress(OSError):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(sub, 0o700, dir_fd=self._fd)
+            temporary = f"{sub}/.new-{os.getpid()}-{os.urandom(6).hex()}"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(temporary, flags, 0o600, dir_fd=self._fd)
+            try:
+                with os.fdopen(fd, "w", encoding="ascii") as fh:
+                    json.dump(data, fh, separators=(",", ":"))
+                os.replace(temporary, f"{sub}/{name}", src_dir_fd=self._fd, dst_dir_fd=self._fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=self._fd)
+                raise
 
 
-def _own_folder(name: str, at: int | None, cache: FactCache | None) -> int | None:
+def _own_folder(name: str, at: int | None, cache: FactCache) -> int | None:
     """A descriptor of the folder ``name`` (created if need be; relative to ``at``),
     checked on that descriptor: a folder, not a symlink, this user's, writable by
     nobody else. None otherwise; ``cache.note`` says why when it is not this user's."""
@@ -238,9 +226,8 @@ def _own_folder(name: str, at: int | None, cache: FactCache | None) -> int | Non
     if st.st_uid == os.getuid() and not st.st_mode & 0o022:
         return fd
     os.close(fd)
-    if cache is not None:
-        where = name if at is None else cache.folder
-        cache.note = f"note: the cache folder {where} is not this user's own (or others may write to it): no cache"
+    where = name if at is None else cache.folder
+    cache.note = f"note: the cache folder {where} is not this user's own (or others may write to it): no cache"
     return None
 
 
