@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from minify.errors import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, MinifyError
+from minify.errors import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, MinifyError, ProofFailed
 
 if TYPE_CHECKING:
     from minify.closure import Analysis
@@ -62,7 +62,7 @@ def _guard(verbose: bool, action: Callable[[], T]) -> T:
     except MinifyError as exc:
         if verbose:
             traceback.print_exc()
-        for line in getattr(exc, "report", ()):
+        for line in exc.report if isinstance(exc, ProofFailed) else ():
             _say("test", line)
         _say("error", str(exc))
         raise typer.Exit(exc.exit_code) from None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from minify.elfimage import DT_STRSZ, DT_STRTAB, PT_DYNAMIC, compact_image, dynamic_pairs
 from minify.errors import BadInput, CorruptElf, FileTooLarge, NotElf, NotRegularFile
 from minify.root import kind_of
+from minify.text import is_number
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -352,7 +353,7 @@ def _compact_parses() -> bool:
     bytes), so older releases are given the whole file."""
     version = str(getattr(_lief(), "__version__", "0"))
     major = version.split(".", 1)[0]
-    return major.isascii() and major.isdigit() and int(major) >= 1
+    return is_number(major) and int(major) >= 1
 
 
 def _section_counted(config: Any) -> Any:

@@ -26,7 +26,7 @@ from minify.packagedata import LEFT_OUT
 from minify.render import human_size
 from minify.root import Root, within
 from minify.scripts import executable
-from minify.wording import some
+from minify.text import some
 
 #: Folders whose paths, compiled into a program, name data it may read at run time.
 DATA_PREFIXES = ("/usr/share/", "/usr/lib/", "/usr/libexec/", "/etc/", "/var/lib/")

@@ -29,6 +29,7 @@ from minify.image import Generated, ImageConfig, ImagePlan
 from minify.root import Root, remove_tree
 from minify.scripts import DEFAULT_PATH, interpreters, lookup
 from minify.source import ImageSource, Platform, SourceImage, parse_platform, parse_source, read_image
+from minify.text import is_number
 from minify.unpack import Unpacked, flatten
 
 if TYPE_CHECKING:
@@ -256,11 +257,11 @@ def _user(
     if re.fullmatch(r"[^:\s]+(:[^:\s]+)?", user) is None:
         raise ImageSourceError(f"the image's User {user!r} is not USER[:GROUP]")
     name, _, group = user.partition(":")
-    passwd = [f for f in _lines(view, "/etc/passwd") if len(f) >= 7 and _number(f[3])]
+    passwd = [f for f in _lines(view, "/etc/passwd") if len(f) >= 7 and is_number(f[3])]
     groups = _lines(view, "/etc/group")
     entry = next((f for f in passwd if name in (f[0], f[2])), None)
     if entry is None:
-        if not _number(name):
+        if not is_number(name):
             raise ImageSourceError(f"the image's User {name!r} is not in its /etc/passwd")
         return None, ()
     gid = entry[3]
@@ -282,12 +283,7 @@ def _user(
 def _lines(view: Root, path: str) -> list[list[str]]:
     text = (view.read_bytes(path, limit=4 << 20) or b"").decode("utf-8", "surrogateescape")
     fields = [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
-    return [f for f in fields if len(f) >= 4 and _number(f[2])]
-
-
-def _number(text: str) -> bool:
-    """A uid or gid as passwd writes it: ASCII digits (``²`` passes isdigit, not int)."""
-    return text.isascii() and text.isdigit()
+    return [f for f in fields if len(f) >= 4 and is_number(f[2])]
 
 
 def _join(lines: list[list[str]]) -> bytes:

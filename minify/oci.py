@@ -35,6 +35,7 @@ from minify import __version__, output
 from minify.errors import OutOfDate, OutputError, PlanError
 from minify.image import Entry, EntryType, ImagePlan
 from minify.root import remove_tree
+from minify.text import is_number
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -127,7 +128,7 @@ def source_date_epoch() -> int:
     text = os.environ.get("SOURCE_DATE_EPOCH", "")
     if not text:
         return 0
-    if not (text.isascii() and text.isdigit()) or int(text) > 253402300799:
+    if not is_number(text) or int(text) > 253402300799:
         raise PlanError(f"SOURCE_DATE_EPOCH={text!r}: expected a number of seconds since 1970")
     return int(text)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from minify.errors import OutputError
 from minify.root import read_host_file, remove_tree, within
-from minify.wording import some
+from minify.text import some
 
 LOCK_NAME = "minify.lock.json"
 LOCK_SCHEMA = 1

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from minify.errors import PathError
 from minify.image import Digests, Entry, EntryType, Generated, ImagePlan
+from minify.text import is_number
 
 if TYPE_CHECKING:
     from minify.root import Root
@@ -167,7 +168,7 @@ def _parse_stanzas(data: bytes, where: str, warnings: list[str]) -> list[DebPack
         kept = tuple((k, fields[k]) for k in KEPT_FIELDS if k in fields)
         source = fields.get("Source", "").split(" ", 1)[0] or None
         size = fields.get("Installed-Size", "")
-        installed = int(size) * 1024 if size.isascii() and size.isdigit() else 0
+        installed = int(size) * 1024 if is_number(size) else 0
         depends = _depends(fields.get("Pre-Depends", "") + "," + fields.get("Depends", ""))
         arch = fields.get("Architecture", "")
         out.append(DebPackage(name, fields["Version"], arch, kept, source, installed, depends))

@@ -17,6 +17,7 @@ from minify.loader.arch import arch_for
 from minify.loader.glibc import ldso_facts
 from minify.loader.model import LoaderKind, ProgramKind
 from minify.root import Root
+from minify.text import is_number
 
 PRESETS = ("nss", "certs", "tzdata", "gconv", "locale", "libgcc_s", "terminfo", "tmp", "package-data")
 #: ncurses' search order for compiled terminfo entries (after $TERMINFO and ~/.terminfo).
@@ -132,12 +133,7 @@ def _names(root: Root, path: str, ids: object) -> dict[int, str]:
     text = (root.read_bytes(path, limit=1 << 20) or b"").decode("utf-8", "replace")
     for line in text.splitlines():
         fields = line.split(":")
-        if (
-            len(fields) >= 3
-            and fields[2].isascii()
-            and fields[2].isdigit()
-            and re.fullmatch(r"[a-z_][a-z0-9_.-]*", fields[0])
-        ):
+        if len(fields) >= 3 and is_number(fields[2]) and re.fullmatch(r"[a-z_][a-z0-9_.-]*", fields[0]):
             number = int(fields[2])
             if number in ids and number not in out:  # type: ignore[operator]
                 out[number] = fields[0]

@@ -35,8 +35,8 @@ from minify.packages import owners_of
 from minify.presets import TERMINFO_DIRS, ZONEINFO
 from minify.root import Root, remove_tree
 from minify.scripts import DEFAULT_PATH, interpreters
+from minify.text import some
 from minify.trace import DEVICES, missing_paths, namespaces
-from minify.wording import some
 
 #: How long one run of a test may take (a server that never exits is a failed test).
 TEST_TIMEOUT = 120.0

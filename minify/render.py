@@ -17,7 +17,7 @@ from minify.closure import Analysis, Dependency, LoadedObject, ProgramClosure
 from minify.hints import Hint
 from minify.image import Entry, ImagePlan
 from minify.loader.model import How
-from minify.wording import some
+from minify.text import some
 
 if TYPE_CHECKING:
     import networkx as nx

@@ -66,8 +66,8 @@ from minify.sbom import document as spdx_document
 from minify.scripts import DEFAULT_PATH, interpreters
 from minify.sensitive import why_secret
 from minify.target import Target
+from minify.text import some
 from minify.trace import TRACE_NAME, Trace, run_trace
-from minify.wording import some
 
 if TYPE_CHECKING:
     from minify.fromimage import Origin

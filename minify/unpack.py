@@ -30,7 +30,7 @@ from typing import IO, cast
 from minify.errors import HostileLayer, ImageSourceError
 from minify.root import remove_tree
 from minify.source import Blobs, Compression, LayerRef, SourceImage
-from minify.wording import some
+from minify.text import some
 
 #: Members one layer may hold.
 MAX_MEMBERS = 2_000_000
