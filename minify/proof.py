@@ -48,7 +48,7 @@ FOLDER_FILES = 500
 #: Run inside the sandbox by this machine's Python before the program: enter the
 #: root, take the image's user, exec the command through the image's PATH.
 _HELPER = """
-import os, sys, json, pwd, grp  # every import before the chroot: after it, none can be found
+import os, sys, json, pwd, grp, stat  # every import before the chroot: after it, none can be found
 root, wd, user, env = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 argv = sys.argv[5:]
 os.chroot(root)
@@ -67,8 +67,12 @@ if user:
     os.setuid(uid)
 if "HOME" not in env:  # as runc does: the user's home in the image's passwd, else /
     env["HOME"] = "/"  # read by hand: NSS here would be this process's lookups, not the job's
-    try:
-        with open("/etc/passwd", encoding="utf-8", errors="replace") as fh:
+    try:  # a regular file only, opened without blocking: never a wait on a FIFO
+        fd = os.open("/etc/passwd", os.O_RDONLY | os.O_NONBLOCK)  # inside the chroot: a link stays in it
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError("not a regular file")
+        with open(fd, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 fields = line.rstrip("\\n").split(":")
                 if len(fields) >= 6 and fields[2] == str(os.getuid()):
