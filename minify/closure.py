@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from minify.elf import ET_DYN, ET_EXEC, ElfInfo, is_elf, read_header, script_interpreter
 from minify.errors import BadInput, MinifyError, NotElf, PathError
-from minify.loader.arch import Arch, arch_for, machine_name
+from minify.loader.arch import Arch, arch_of, machine_name
 from minify.loader.glibc import Settings
 from minify.loader.model import How, LoaderKind, LoaderModel, Node, ProgramKind, Reader, Request, Role, Step
 from minify.root import Link, Resolved, Root, kind_of
@@ -332,11 +332,11 @@ def _analyze_program(run: _Run, path: str, resolved: Resolved, skipped: list[Ski
     except BadInput as exc:
         return ProgramClosure(path, resolved.path, ProgramKind.NOT_ELF, None, None, None, error=str(exc))
     header = info.header
-    machine = machine_name(header.machine, header.elf_class)
+    machine = machine_name(header)
     own = _object(path, resolved, info, Role.INPUT)
     if header.interpreter is None and not info.needed:
         return ProgramClosure(path, resolved.path, ProgramKind.STATIC, None, None, machine, objects=(own,))
-    arch = arch_for(header.machine, header.elf_class)
+    arch = arch_of(header)
     failed = partial(ProgramClosure, path, resolved.path, ProgramKind.DYNAMIC, objects=(own,))
     if arch is None:
         return failed(None, header.interpreter, machine, error=f"{path}: unsupported machine {machine}")
@@ -575,7 +575,7 @@ def dlopen_path(analysis: Analysis, program: ProgramClosure, name: str) -> str |
     main_obj = program.objects[0]
     resolved = target.root.resolve(main_obj.realpath)
     info = target.reader.info(resolved)
-    arch = arch_for(info.header.machine, info.header.elf_class)
+    arch = arch_of(info.header)
     if arch is None:
         return None
     settings = Settings(cwd="/", hwcaps="baseline")

@@ -63,6 +63,8 @@ class ElfHeader:
     has_dynamic: bool
     interpreter: str | None
     dynamic: tuple[int, int] = (0, 0)  # PT_DYNAMIC: file offset and size
+    flags: int = 0  # e_flags: the float ABI and ABI version some loaders check
+    abiversion: int = 0  # EI_ABIVERSION
 
 
 @dataclass(frozen=True)
@@ -196,10 +198,10 @@ def _read_header(f: Opened) -> tuple[ElfHeader, int]:
     elf_class, endian = _identification(path, head)
     fmt = "<" if endian is Endian.LITTLE else ">"
     if elf_class == 64:
-        e_type, e_machine, _, _, e_phoff = struct.unpack_from(fmt + "HHIQQ", head, 16)
+        e_type, e_machine, _, _, e_phoff, _, e_flags = struct.unpack_from(fmt + "HHIQQQI", head, 16)
         e_phentsize, e_phnum = struct.unpack_from(fmt + "HH", head, 54)
     else:
-        e_type, e_machine, _, _, e_phoff = struct.unpack_from(fmt + "HHIII", head, 16)
+        e_type, e_machine, _, _, e_phoff, _, e_flags = struct.unpack_from(fmt + "HHIIIII", head, 16)
         e_phentsize, e_phnum = struct.unpack_from(fmt + "HH", head, 42)
     dynamic, interpreter = _dynamic_and_interpreter(f, fmt, elf_class, (e_phoff, e_phentsize, e_phnum))
     header = ElfHeader(
@@ -211,6 +213,8 @@ def _read_header(f: Opened) -> tuple[ElfHeader, int]:
         has_dynamic=dynamic is not None,
         interpreter=interpreter,
         dynamic=dynamic or (0, 0),
+        flags=e_flags,
+        abiversion=head[8],
     )
     return header, size
 

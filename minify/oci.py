@@ -61,6 +61,9 @@ PLATFORMS: dict[str, tuple[str, str | None]] = {
     "ppc64le": ("ppc64le", None),
     "s390x": ("s390x", None),
     "riscv64": ("riscv64", None),
+    "armel": ("arm", "v5"),
+    "mips64el": ("mips64le", None),
+    "mipsel": ("mipsle", None),
 }
 
 # A reference: [domain[:port]/]path[:tag], the grammar of distribution/reference.

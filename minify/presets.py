@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from minify.closure import Analysis, ProgramClosure, dlopen_path
 from minify.errors import MinifyError, PresetUnavailable
 from minify.image import Generated
-from minify.loader.arch import arch_for
+from minify.loader.arch import arch_of
 from minify.loader.glibc import ldso_facts
 from minify.loader.model import LoaderKind, ProgramKind
 from minify.root import Root
@@ -267,7 +267,7 @@ def _glibc_version(req: _Request) -> tuple[int, int] | None:
     """The release of the programs' glibc, read from their ld.so."""
     for program in _programs(req.analysis):
         header = req.analysis.target.reader.header(req.root.resolve(program.realpath))
-        arch = arch_for(header.machine, header.elf_class)
+        arch = arch_of(header)
         if arch is not None and program.interpreter:
             return ldso_facts(req.root, program.interpreter, arch, req.analysis.target.reader).version
     return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from minify.cache import Kind
 from minify.elf import ELFOSABI_GNU, ELFOSABI_SYSV, ET_DYN, ET_EXEC, Endian
@@ -39,6 +40,10 @@ _VERSION = re.compile(rb"release version ([0-9]+)\.([0-9]+)")
 #: A system directory is a short printable string; ld.so has a handful of them.
 MAX_DIR_LENGTH = 256
 MAX_SYSTEM_DIRS = 64
+#: Runs of folder-like strings, and first strings of a run, tried against ld.so's
+#: lengths array (a real ld.so has two or three runs; each search reads the file once).
+MAX_RUNS = 32
+MAX_FIRSTS = 8
 #: Bytes of ld.so read for its facts (ld.so is a few hundred KB).
 LDSO_LIMIT = 16 << 20
 #: Steps of a failed search kept for the report.
@@ -106,9 +111,9 @@ def _ldso_from(data: dict[str, object]) -> LdsoFacts | None:
 def _ldso_facts(data: bytes, root: Root, arch: Arch) -> LdsoFacts:
     found = _VERSION.search(data)
     version = (int(found.group(1)), int(found.group(2))) if found else None
-    for dirs in _string_runs(data):
-        if any("lib" in d for d in dirs):
-            return LdsoFacts(version, dirs, True)
+    dirs = system_dirs(data, arch)
+    if dirs:
+        return LdsoFacts(version, dirs, True)
     guess: tuple[str, ...]
     if root.resolve(f"/lib/{arch.triplet}").exists or root.resolve(f"/usr/lib/{arch.triplet}").exists:
         guess = (f"/lib/{arch.triplet}", f"/usr/lib/{arch.triplet}", "/lib", "/usr/lib")
@@ -119,28 +124,60 @@ def _ldso_facts(data: bytes, root: Root, arch: Arch) -> LdsoFacts:
     return LdsoFacts(version, guess, False)
 
 
-def _string_runs(data: bytes) -> list[tuple[str, ...]]:
+def system_dirs(data: bytes, arch: Arch) -> tuple[str, ...]:
+    """ld.so's system folders: elf/dl-load.c keeps them as ``system_dirs``, one run of
+    NUL-terminated strings ending in '/' ("/lib/x86_64-linux-gnu/\\0/usr/lib/...\\0"),
+    and their lengths as ``system_dirs_len``, an array of size_t. Any bytes may come
+    right before the first string (machine code on armhf), so a run's first folder is
+    one of the '/'-suffixes of its piece; the one whose lengths array ld.so also holds
+    (in the target's word size and byte order) is the loader's own. Without such an
+    array, the longest suffix of the run that names a lib folder. Empty when ld.so has
+    no such run."""
+    fallback: tuple[str, ...] = ()
+    word = 8 if arch.elf_class == 64 else 4
+    order: Literal["little", "big"] = "big" if arch.big_endian else "little"
+    for firsts, rest in _string_runs(data)[:MAX_RUNS]:
+        options = [(first, *rest) for first in firsts[:MAX_FIRSTS]] + [rest[i:] for i in range(len(rest) - 1)]
+        for dirs in options:
+            found = tuple(_folder(d) for d in dirs[:MAX_SYSTEM_DIRS])
+            if b"".join(len(d).to_bytes(word, order) for d in dirs) in data:
+                return found
+            if not fallback and any("lib" in d for d in found):
+                fallback = found
+    return fallback
+
+
+def _folder(text: str) -> str:
+    return text.rstrip("/") or "/"
+
+
+def _string_runs(data: bytes) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """Runs of two or more consecutive NUL-terminated strings that each start and end
-    with '/' (the first may follow other printable text in its string), in one linear
-    pass: ld.so's SYSTEM_DIRS ("/lib/x86_64-linux-gnu/\\0/usr/lib/x86_64-linux-gnu/\\0...")."""
-    runs: list[tuple[str, ...]] = []
-    current: list[str] = []
+    with '/', in one linear pass: (the candidates for the first string, longest first,
+    the rest). The first string's piece may start with other bytes: its candidates are
+    its printable tail's suffixes that start with '/'."""
+    runs: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+    firsts: tuple[str, ...] = ()
+    rest: list[str] = []
     for piece in data.split(b"\0")[:-1]:  # the last piece has no terminating NUL
-        if len(piece) > 1 and len(piece) <= MAX_DIR_LENGTH and piece.endswith(b"/") and _printable(piece):
-            if piece.startswith(b"/"):
-                current.append(piece.decode().rstrip("/") or "/")
-                continue
-            if not current:
-                start = piece.find(b"/")
-                if 0 < start < len(piece) - 1:
-                    current.append(piece[start:].decode().rstrip("/") or "/")
-                    continue
-        if len(current) >= 2:
-            runs.append(tuple(current[:MAX_SYSTEM_DIRS]))
-        current = []
-    if len(current) >= 2:
-        runs.append(tuple(current[:MAX_SYSTEM_DIRS]))
+        whole = 1 < len(piece) <= MAX_DIR_LENGTH and piece.endswith(b"/")
+        if whole and firsts and piece.startswith(b"/") and _printable(piece):
+            rest.append(piece.decode())
+            continue
+        if len(rest) >= 1:
+            runs.append((firsts, tuple(rest)))
+        firsts, rest = (_first_candidates(piece) if whole else ()), []
+    if firsts and rest:
+        runs.append((firsts, tuple(rest)))
     return runs
+
+
+def _first_candidates(piece: bytes) -> tuple[str, ...]:
+    """The suffixes of ``piece`` after its last non-printable byte that start with '/'
+    and are more than '/', longest first."""
+    start = max((i + 1 for i, b in enumerate(piece) if not 0x21 <= b <= 0x7E), default=0)
+    tail = piece[start:]
+    return tuple(tail[i:].decode() for i in range(len(tail) - 1) if tail[i] == 0x2F)
 
 
 def _printable(piece: bytes) -> bool:
@@ -210,7 +247,11 @@ class GlibcModel:
         if self.cache is None:
             self.conf_dirs = ldconf.directories(root)
             if self.conf_dirs:
-                self.notes.append("no ld.so.cache in the root: ld.so.conf used instead (an approximation)")
+                self.notes.append(
+                    "the root has an ld.so.conf but no ld.so.cache: the loader never reads ld.so.conf, so its"
+                    f" folders ({':'.join(self.conf_dirs[:8])}) are not searched; `ldconfig -r ROOT` would write"
+                    " the cache that makes them searched"
+                )
 
     # -- the parts closure.py asks for --------------------------------------------
 
@@ -321,21 +362,30 @@ class GlibcModel:
         return None
 
     def _in_defaults(self, name: str, requester: Node, steps: list[Step]) -> Candidate | None:
-        """ld.so.cache (or ld.so.conf without one), then the system folders; with
-        DF_1_NODEFLIB neither the cache's system-folder entries nor those folders."""
+        """ld.so.cache, then the system folders; with DF_1_NODEFLIB neither the cache's
+        system-folder entries nor those folders. Without a cache, ld.so.conf is not
+        read (ld.so never does); a miss that it lists says so on the trail."""
         nodeflib = requester.info.nodeflib
         if self.cache is not None:
             hit = self._from_cache(name, nodeflib, steps)
             if hit:
                 return hit
-        elif self.conf_dirs:
-            hit = self._in_dirs(name, self.conf_dirs, How.LD_CONF, "ld.so.conf (no ld.so.cache)", steps)
-            if hit:
-                return hit
         if nodeflib:
             steps.append(Step("system dirs", None, f"ignored: {requester.path} has DF_1_NODEFLIB"))
             return None
-        return self._in_dirs(name, self.system_dirs, How.SYSTEM_DIR, "system dir", steps)
+        hit = self._in_dirs(name, self.system_dirs, How.SYSTEM_DIR, "system dir", steps)
+        if hit is None and self.cache is None and self.conf_dirs:
+            listed = self._in_dirs(name, self.conf_dirs, How.SYSTEM_DIR, "ld.so.conf", [])
+            if listed is not None:
+                steps.append(
+                    Step(
+                        "ld.so.conf",
+                        listed.path,
+                        "not searched: the loader reads ld.so.conf only through ld.so.cache, which the root"
+                        " lacks (`ldconfig -r ROOT` would make this found)",
+                    )
+                )
+        return hit
 
     def _from_cache(self, name: str, nodeflib: bool, steps: list[Step]) -> Candidate | None:
         assert self.cache is not None
@@ -383,8 +433,10 @@ class GlibcModel:
         return known
 
     def check(self, resolved: Resolved) -> str | None:
-        """glibc open_verify: None to accept, a reason to skip silently, or raise when
-        the loader would stop with an error (not ELF, too short, foreign ABI)."""
+        """glibc open_verify, as Debian's loader applies it: None to accept, a reason
+        to skip the file and search on (another class, machine, byte order or float ABI:
+        ``Arch.rejects``), or raise where the loader stops with an error (not ELF, too
+        short, a foreign OS ABI or ABI version, a file type it cannot load)."""
         host = self.root.host_path(resolved.path)
         if resolved.is_dir:
             raise NotRegularFile(host, "cannot read file data: is a directory")
@@ -392,11 +444,23 @@ class GlibcModel:
         if header.elf_class != self.arch.elf_class:
             return f"skipped: wrong ELF class (ELFCLASS{header.elf_class})"
         if header.endian is not self.endian:
-            raise CorruptElf(host, f"ELF file data encoding is {header.endian.value}-endian")
-        if header.osabi not in (ELFOSABI_SYSV, ELFOSABI_GNU):
+            return f"skipped: other byte order ({header.endian.value}-endian)"
+        if header.osabi not in self.arch.osabis:
             raise CorruptElf(host, f"ELF file OS ABI invalid ({header.osabi})")
-        if header.machine != self.arch.machine:
-            return f"skipped: wrong machine (e_machine {header.machine})"
+        if not _valid_abiversion(self.arch, header.osabi, header.abiversion):
+            raise CorruptElf(host, f"ELF file ABI version invalid ({header.abiversion})")
+        skip = self.arch.rejects(header)
+        if skip:
+            return skip
         if header.file_type not in (ET_DYN, ET_EXEC):
             raise CorruptElf(host, "only ET_DYN and ET_EXEC can be loaded")
         return None
+
+
+def _valid_abiversion(arch: Arch, osabi: int, version: int) -> bool:
+    """VALID_ELF_ABIVERSION (sysdeps/gnu/ldsodefs.h, MIPS's own)."""
+    if version == 0:
+        return True
+    if osabi == ELFOSABI_GNU:
+        return version < arch.abi_max
+    return osabi == ELFOSABI_SYSV and version < arch.sysv_abi_max

@@ -51,13 +51,14 @@ class LdCache:
             index.setdefault(entry.name, []).append(entry)
         self.by_name.update((k, tuple(v)) for k, v in index.items())
 
-    def lookup(self, name: str, flags: int, hwcaps: tuple[str, ...]) -> str | None:
+    def lookup(self, name: str, flags: tuple[int, ...], hwcaps: tuple[str, ...]) -> str | None:
         """The path the cache gives for ``name``: the best glibc-hwcaps entry among
-        ``hwcaps`` (best first), else the first plain entry in file order."""
+        ``hwcaps`` (best first), else the first plain entry in file order. Only entries
+        whose flags are among ``flags`` count (_dl_cache_check_flags)."""
         best: tuple[int, str] | None = None
         plain: str | None = None
         for entry in self.by_name.get(name, ()):
-            if entry.flags != flags:
+            if entry.flags not in flags:
                 continue
             if entry.hwcaps_subdir is not None:
                 if entry.hwcaps_subdir in hwcaps:

@@ -1,7 +1,9 @@
-"""ld.so.conf, read only as a declared fallback when a root has no ld.so.cache.
+"""ld.so.conf, read to explain a miss when a root has no ld.so.cache.
 
-ld.so itself never reads ld.so.conf (ldconfig compiles it into the cache), so this is
-an approximation and the analysis says so when it is used. ``include`` takes glob
+ld.so itself never reads ld.so.conf (ldconfig compiles it into the cache), so its
+folders are never searched; a library that only they hold is named on the search trail
+with the command that would write the cache, and the image's loader files (issue 19)
+list them. ``include`` takes glob
 patterns (several per line), relative ones relative to the including file's folder,
 and the matches are read in sorted order, as ldconfig does.
 """

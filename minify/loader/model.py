@@ -41,7 +41,6 @@ class How(StrEnum):
     LD_LIBRARY_PATH = "LD_LIBRARY_PATH"
     RUNPATH = "runpath"
     LD_CACHE = "ld.so.cache"
-    LD_CONF = "ld.so.conf"
     SYSTEM_DIR = "system dir"
     MUSL_PATH = "musl path"
     INTERPRETER = "interpreter"
