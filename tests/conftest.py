@@ -183,6 +183,7 @@ def loader_truth(
     env: dict[str, str] | None = None,
     chroot: str | None = None,
     qemu: str | None = None,
+    emulator: str | None = None,
 ) -> Truth:
     """Run the program under LD_TRACE_LOADED_OBJECTS=1 (the loader lists what it maps
     and exits without running main). Test-only: minify itself never does this."""
@@ -196,7 +197,7 @@ def loader_truth(
             os.chroot(chroot)
             os.chdir("/")
 
-        cmd = [program]
+        cmd = [emulator, program] if emulator else [program]  # the emulator's path inside the root
     elif qemu:
         # qemu-user runs the guest loader with every absolute path prefixed by the root
         cmd = ["qemu-aarch64-static", "-L", qemu, qemu + program]

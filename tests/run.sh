@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs everything the tests need on a fresh Debian machine
-# (compilers, musl, the aarch64 cross toolchain and qemu, podman and runc, strace,
+# (compilers, musl, the cross toolchains of the architectures Debian ships and qemu,
+# podman and runc, strace,
 # the real programs whose jobs the tests run from images: R, tesseract, pandoc, emacs,
 # neovim, LibreOffice, zsh,
 # skopeo, umoci and a registry),
@@ -14,6 +15,10 @@ cd "$(dirname "$0")/.."
 packages=(
     gcc g++ libc6-dev make musl-tools
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
+    gcc-arm-linux-gnueabihf libc6-dev-armhf-cross gcc-arm-linux-gnueabi libc6-dev-armel-cross
+    gcc-i686-linux-gnu libc6-dev-i386-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
+    gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross gcc-s390x-linux-gnu libc6-dev-s390x-cross
+    gcc-mips64el-linux-gnuabi64 libc6-dev-mips64el-cross gcc-mipsel-linux-gnu libc6-dev-mipsel-cross
     podman runc uidmap
     strace util-linux coreutils dash
     pax-utils libtree skopeo umoci docker-registry graphviz
@@ -43,17 +48,32 @@ if [ "${#missing[@]}" -gt 0 ]; then
     [ -z "$policy" ] || $sudo rm -f "$policy"
 fi
 
-# The aarch64 C library's own ldconfig (a static program, run under qemu) makes the
-# cache of the aarch64 sysroot a test minifies: libc-bin:arm64 downloaded with apt into
-# a private state folder, so this machine's dpkg architectures stay as they are.
-arm=.cache/arm64
-if [ ! -x "$arm/sbin/ldconfig" ]; then
-    mkdir -p "$arm/lists/partial" "$arm/cache/archives/partial" "$arm/debs"
-    apt_arm=(-qq -o APT::Architectures::=arm64 -o APT::Architecture=arm64 -o "Dir::State::Lists=$PWD/$arm/lists"
-        -o "Dir::Cache=$PWD/$arm/cache" -o Dir::State::Status=/dev/null)
-    apt-get "${apt_arm[@]}" update
-    (cd "$arm/debs" && apt-get "${apt_arm[@]}" download libc-bin:arm64 2>/dev/null)
-    dpkg-deb -x "$arm"/debs/libc-bin_*_arm64.deb "$arm"
+# Each target's own ldconfig (a static program, run under qemu) writes the cache of the
+# sysroots the tests minify (tests/sysroots.py): libc-bin:ARCH downloaded with apt into a
+# private state folder, so this machine's dpkg architectures stay as they are. An
+# architecture the archive has no libc-bin for (riscv64 before Debian 13) gets none, and
+# its sysroot is judged without a cache.
+bins=.cache/libc-bin
+targets=(arm64 armhf armel i386 ppc64el s390x mips64el mipsel riscv64)
+wanted=()
+for a in "${targets[@]}"; do [ -e "$bins/$a/.done" ] || wanted+=("$a"); done
+if [ "${#wanted[@]}" -gt 0 ]; then
+    mkdir -p "$bins/lists/partial" "$bins/cache/archives/partial" "$bins/debs"
+    apt_x=(-qq -o Dir::State::Status=/dev/null -o "Dir::State::Lists=$PWD/$bins/lists" -o "Dir::Cache=$PWD/$bins/cache")
+    for a in "${wanted[@]}"; do apt_x+=(-o "APT::Architectures::=$a"); done
+    apt-get "${apt_x[@]}" update
+    # one query and one download (each apt call reads every architecture's lists)
+    mapfile -t found < <(apt-cache "${apt_x[@]}" policy "${wanted[@]/#/libc-bin:}" 2>/dev/null |
+        awk '/^libc-bin:/ {p=$1} /Candidate:/ && $2 != "(none)" {sub(":$", "", p); print p}')
+    [ "${#found[@]}" -eq 0 ] || (cd "$bins/debs" && apt-get "${apt_x[@]}" download "${found[@]}" 2>/dev/null)
+    for a in "${wanted[@]}"; do
+        mkdir -p "$bins/$a"
+        for deb in "$bins"/debs/libc-bin_*_"$a".deb; do
+            [ -e "$deb" ] && dpkg-deb -x "$deb" "$bins/$a"
+        done
+        [ -x "$bins/$a/sbin/ldconfig" ] || echo "no libc-bin for $a in the archive: its sysroot is judged without a cache"
+        touch "$bins/$a/.done"
+    done
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -49,11 +49,15 @@ def test_ld_so_preload_of_the_root(sysroot: Path, builder: Builder) -> None:
     assert any("ld.so.preload" in n for n in program.notes)
 
 
-def test_without_a_cache_ld_so_conf_is_a_declared_fallback(sysroot: Path) -> None:
+def test_without_a_cache_ld_so_conf_is_not_read(sysroot: Path) -> None:
+    """The loader never reads ld.so.conf: without a cache, the library only it lists is
+    missing for minify as for the loader, and the trail names the file and the command
+    that would write the cache."""
     (sysroot / "etc/ld.so.cache").unlink()
-    (program,) = minify.analyze(["/bin/prog"], root=str(sysroot)).programs
-    assert any("ld.so.conf used instead" in n for n in program.notes)
-    assert {d.name: d.how for d in program.dependencies}["libcache.so.1"] is How.LD_CONF
-    # the loader itself never reads ld.so.conf: in the chroot it does not find the library
     truth = loader_truth("/bin/prog", chroot=str(sysroot))
     assert truth.missing == {"libcache.so.1"}
+    (program,) = minify.analyze(["/bin/prog"], root=str(sysroot)).programs
+    assert set(program.missing) == truth.missing
+    assert any("ld.so.conf but no ld.so.cache" in n and "ldconfig -r ROOT" in n for n in program.notes)
+    (trail,) = [d for d in program.dependencies if d.name == "libcache.so.1"]
+    assert any(s.directory == "/opt/lib/libcache.so.1" and "ldconfig -r ROOT" in s.outcome for s in trail.searched)

@@ -80,7 +80,7 @@ def test_new_format_and_flags_filter() -> None:
     cache = ldcache.parse(data)
     assert cache.format == "new"
     assert cache.lookup("libfoo.so.1", X86.cache_flags, ()) == "/lib64/libfoo.so.1"
-    assert cache.lookup("libfoo.so.1", 0x0003, ()) == "/lib32/libfoo.so.1"
+    assert cache.lookup("libfoo.so.1", (0x0003,), ()) == "/lib32/libfoo.so.1"
     assert cache.lookup("libbar.so", X86.cache_flags, ()) is None
 
 
@@ -95,22 +95,22 @@ def test_glibc_hwcaps_entries_are_preferred_by_level() -> None:
         hwcap_names=("x86-64-v3", "x86-64-v2"),
     )
     cache = ldcache.parse(data)
-    assert cache.lookup("libhw.so.1", 0x0303, ("x86-64-v4", "x86-64-v3", "x86-64-v2")).endswith("v3/libhw.so.1")
-    assert cache.lookup("libhw.so.1", 0x0303, ("x86-64-v2",)).endswith("v2/libhw.so.1")
-    assert cache.lookup("libhw.so.1", 0x0303, ()) == "/lib/libhw.so.1"
+    assert cache.lookup("libhw.so.1", (0x0303,), ("x86-64-v4", "x86-64-v3", "x86-64-v2")).endswith("v3/libhw.so.1")
+    assert cache.lookup("libhw.so.1", (0x0303,), ("x86-64-v2",)).endswith("v2/libhw.so.1")
+    assert cache.lookup("libhw.so.1", (0x0303,), ()) == "/lib/libhw.so.1"
 
 
 def test_old_and_compat_formats() -> None:
     old = old_cache([(0x0303, "libold.so.1", "/lib/libold.so.1")])
     cache = ldcache.parse(old)
-    assert cache.format == "old" and cache.lookup("libold.so.1", 0x0303, ()) == "/lib/libold.so.1"
+    assert cache.format == "old" and cache.lookup("libold.so.1", (0x0303,), ()) == "/lib/libold.so.1"
     new = new_cache([(0x0303, "libnew.so.1", "/lib/libnew.so.1", 0)])
     # glibc dl-cache.c: in the compat format the new header follows the old entry
     # table at the next 8-byte boundary (the old strings live after it)
     table = old[: 16 + 12]
     compat = table + b"\0" * (-len(table) % 8) + new
     cache = ldcache.parse(compat)
-    assert cache.format == "compat" and cache.lookup("libnew.so.1", 0x0303, ()) == "/lib/libnew.so.1"
+    assert cache.format == "compat" and cache.lookup("libnew.so.1", (0x0303,), ()) == "/lib/libnew.so.1"
 
 
 @pytest.mark.parametrize("blob", [b"", b"garbage", b"glibc-ld.so.cache1.1" + b"\xff" * 40])
