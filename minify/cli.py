@@ -291,6 +291,25 @@ _TraceOkExitOpt = Annotated[
     bool, typer.Option("--trace-ok-exit", help="Accept a non-zero exit of the --trace command (with a warning).")
 ]
 
+_TraceTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--trace-timeout",
+        help="End the --trace command (a server) after SECONDS, in its own namespaces; that counts as success.",
+        metavar="SECONDS",
+        min=0.1,
+    ),
+]
+
+_ProbeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--probe",
+        help="Run CMD on this machine, in the traced server's network, once it listens on a port (repeat for more).",
+        metavar='"CMD"',
+    ),
+]
+
 _GraphOpt = Annotated[
     str | None,
     typer.Option("--graph", help="Also draw the plan here (.svg, .png with Graphviz, or .dot).", metavar="FILE"),
@@ -355,6 +374,8 @@ def rootfs(
     trace: _TraceOpt = None,
     trace_user: _TraceUserOpt = None,
     trace_ok_exit: _TraceOkExitOpt = False,
+    trace_timeout: _TraceTimeoutOpt = None,
+    probe: _ProbeOpt = None,
     trace_exclude: _TraceExcludeOpt = None,
     test: _TestOpt = None,
     test_output: _TestOutputOpt = False,
@@ -423,6 +444,8 @@ def image(
     trace: _TraceOpt = None,
     trace_user: _TraceUserOpt = None,
     trace_ok_exit: _TraceOkExitOpt = False,
+    trace_timeout: _TraceTimeoutOpt = None,
+    probe: _ProbeOpt = None,
     trace_exclude: _TraceExcludeOpt = None,
     test: _TestOpt = None,
     test_output: _TestOutputOpt = False,
@@ -584,6 +607,8 @@ def _rootfs_options(raw: dict[str, Any]) -> RootfsOptions:
     user = raw["user"]
     if not raw["paths"] and raw["from_"] is None:
         raise MinifyError("name the programs to ship (PATH...), or an image to minify (--from SOURCE)")
+    if raw["trace"] is None and (raw["probe"] or raw["trace_timeout"] is not None):
+        raise MinifyError("--trace-timeout and --probe end a --trace run: give --trace too")
     return RootfsOptions(
         paths=tuple(raw["paths"] or ()),
         output=raw["output"],
@@ -604,6 +629,8 @@ def _rootfs_options(raw: dict[str, Any]) -> RootfsOptions:
         trace=raw["trace"],
         trace_user=raw["trace_user"],
         trace_ok_exit=raw["trace_ok_exit"],
+        trace_timeout=raw["trace_timeout"],
+        probes=tuple(raw["probe"] or ()),
         trace_exclude=tuple(raw["trace_exclude"] or ()),
         cache=not raw["no_cache"],
         package_metadata=not raw["no_package_metadata"],

@@ -65,6 +65,7 @@ from minify.sbom import SBOM_PATH
 from minify.sbom import document as spdx_document
 from minify.scripts import DEFAULT_PATH, interpreters
 from minify.sensitive import why_secret
+from minify.served import Serving
 from minify.target import Target
 from minify.text import some
 from minify.trace import TRACE_NAME, Trace, run_trace
@@ -102,6 +103,8 @@ class RootfsOptions:
     trace: str | None = None  # a command to run under strace (this runs it)
     trace_user: str | None = None
     trace_ok_exit: bool = False
+    trace_timeout: float | None = None  # --trace-timeout: end a traced server after this
+    probes: tuple[str, ...] = ()  # --probe: commands run against the traced server
     trace_exclude: tuple[str, ...] = ()  # globs of traced paths to leave out
     cache: bool = True  # the persistent cache of parsed ELF facts
     package_metadata: bool = True  # status.d stanzas, os-release and the SBOM in the image
@@ -152,11 +155,18 @@ def _load_trace(options: RootfsOptions, view: Root, out: output.Destination, ori
             ok_exit=options.trace_ok_exit,
             root=view.directory,
             env=environment(config),
+            serving=Serving(options.trace_timeout, options.probes),
         )
     if options.trace is not None:
         if not view.is_host:
             raise PlanError("--trace runs the command on this machine: it needs --root /")
-        return run_trace(options.trace, cwd=options.cwd, user=options.trace_user, ok_exit=options.trace_ok_exit)
+        return run_trace(
+            options.trace,
+            cwd=options.cwd,
+            user=options.trace_user,
+            ok_exit=options.trace_ok_exit,
+            serving=Serving(options.trace_timeout, options.probes),
+        )
     saved = os.path.join(out.path, TRACE_NAME)
     if not os.path.lexists(saved):
         return None

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from minify.errors import MinifyError, TraceFailed
+from minify.served import Serving, loopback_command, run_served
 
 TRACE_NAME = "minify.trace"
 #: Paths a saved trace may list at most.
@@ -111,6 +112,7 @@ def run_trace(
     echo: bool = True,
     root: str | None = None,
     env: dict[str, str] | None = None,
+    serving: Serving | None = None,
 ) -> Trace:
     """Run ``command`` under ``strace -f`` and return what it read.
 
@@ -121,7 +123,9 @@ def run_trace(
     as bytes (``gzip -c`` writes binary), leaving stdout to minify.
 
     With ``root`` (a flattened image) it runs inside it (``_inside``), with ``env``
-    as its environment and ``cwd`` inside the root; the paths recorded are its paths."""
+    as its environment and ``cwd`` inside the root; the paths recorded are its paths.
+    With ``serving`` (a server: ``--trace-timeout``, ``--probe``) it runs in its own
+    namespaces and minify ends it (``minify.served``)."""
     argv = shlex.split(command) if isinstance(command, str) else list(command)
     if not argv:
         raise TraceFailed("trace: no command given")
@@ -135,32 +139,58 @@ def run_trace(
         prefix = os.path.join(tmp, "t")
         traced = ["-e", f"trace={SYSCALLS}" + (",chroot" if root else ""), *as_user, "-o", prefix]
         cmd = [strace, "-f", "-ff", "-qq", "-y", "-s", "4096", *traced, *argv]
+        serving = serving or Serving()
         if root is not None:
             cmd = _inside(root, workdir, cmd[: -len(argv)], argv)
+        elif serving.wanted:
+            cmd = _isolated(cmd)
         sink = 2 if echo else subprocess.PIPE
-        try:
-            proc = subprocess.run(
-                cmd,
-                stdout=sink,
-                stderr=sink,
-                stdin=subprocess.DEVNULL,
-                timeout=timeout,
-                cwd=workdir if root is None else "/",
-                env=env,
-            )
-        except subprocess.TimeoutExpired:
-            raise TraceFailed(f"trace: `{shlex.join(argv)}` timed out after {timeout:.0f}s") from None
-        except OSError as exc:
-            raise TraceFailed(f"trace: cannot run strace: {exc.strerror}") from None
-        if proc.returncode != 0 and not ok_exit:
-            tail = " | ".join((proc.stderr or b"").decode("utf-8", "replace").strip().splitlines()[-3:])
+        returncode, said = _run(
+            cmd, serving, argv, sink=sink, cwd=workdir if root is None else "/", env=env, timeout=timeout
+        )
+        if returncode != 0 and not ok_exit:
+            tail = " | ".join(said.decode("utf-8", "replace").strip().splitlines()[-3:])
             raise TraceFailed(
-                f"trace: `{shlex.join(argv)}` exited with status {proc.returncode}"
+                f"trace: `{shlex.join(argv)}` exited with status {returncode}"
                 + (f": {tail}" if tail else "")
                 + " (--trace-ok-exit accepts that)"
             )
         files, dirs, executed = _collect(tmp, workdir, root)
-    return Trace(tuple(argv), tuple(sorted(files)), tuple(sorted(dirs)), proc.returncode, tuple(sorted(executed)))
+    return Trace(tuple(argv), tuple(sorted(files)), tuple(sorted(dirs)), returncode, tuple(sorted(executed)))
+
+
+def _run(
+    cmd: list[str],
+    serving: Serving,
+    argv: list[str],
+    *,
+    sink: int,
+    cwd: str,
+    env: dict[str, str] | None,
+    timeout: float,
+) -> tuple[int, bytes]:
+    """The traced run's exit status (0 for a server minify stopped), and what it wrote
+    to stderr when that was not shown."""
+    try:
+        if serving.wanted:
+            return run_served(cmd, serving, sink=sink, cwd=cwd, env=env), b""
+        done = subprocess.run(
+            cmd, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, timeout=timeout, cwd=cwd, env=env
+        )
+        return done.returncode, done.stderr or b""
+    except subprocess.TimeoutExpired:
+        raise TraceFailed(
+            f"trace: `{shlex.join(argv)}` timed out after {timeout:.0f}s (a server? --trace-timeout SECONDS ends it)"
+        ) from None
+    except OSError as exc:
+        raise TraceFailed(f"trace: cannot run strace: {exc.strerror}") from None
+
+
+def _isolated(cmd: list[str]) -> list[str]:
+    """``cmd`` (strace and the command) as the first process of its own PID, network
+    and UTS namespaces, with the loopback interface up."""
+    tools, unshare = namespaces("--trace-timeout and --probe")
+    return [*unshare, "--net", "--uts", tools["sh"], "-c", f'{loopback_command()} && exec "$@"', "sh", *cmd]
 
 
 def _as_user(user: str | None, root: str | None) -> list[str]:
@@ -182,11 +212,12 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 def _inside(root: str, workdir: str, strace: list[str], argv: list[str]) -> list[str]:
     """The command line that runs ``argv`` under ``strace`` inside ``root``, never on
-    this machine's files: in its own mount and PID namespaces with /proc, a /dev of
-    the usual devices and an empty /tmp mounted inside the root, chrooted by
-    ``unshare --root`` (strace itself stays outside, writing its record here)."""
+    this machine's files: in its own mount, PID, network (loopback only) and UTS
+    namespaces with /proc, a /dev of the usual devices and /dev/shm, and an empty /tmp
+    mounted inside the root, chrooted by ``unshare --root`` (strace itself stays
+    outside, writing its record here)."""
     tools, unshare = namespaces("--trace inside an image")
-    mounts = []
+    mounts = [loopback_command()]
     for name, what in (("proc", "-t proc proc"), ("dev", "-t tmpfs -o mode=755 tmpfs"), ("tmp", "-t tmpfs tmpfs")):
         path = os.path.join(root, name)
         if not os.path.lexists(path):
@@ -195,9 +226,10 @@ def _inside(root: str, workdir: str, strace: list[str], argv: list[str]) -> list
             mounts.append(f'{tools["mount"]} {what} "$0/{name}"')
             if name == "dev":
                 mounts.extend(f': > "$0/dev/{d}" && {tools["mount"]} --bind /dev/{d} "$0/dev/{d}"' for d in DEVICES)
+                mounts.append(f'mkdir "$0/dev/shm" && {tools["mount"]} -t tmpfs -o mode=1777 tmpfs "$0/dev/shm"')
     script = " && ".join([*mounts, 'exec "$@"'])
     chroot = [tools["unshare"], f"--root={root}", f"--wd={workdir}", "--"]
-    return [*unshare, tools["sh"], "-c", script, root, *strace, *chroot, *argv]
+    return [*unshare, "--net", "--uts", tools["sh"], "-c", script, root, *strace, *chroot, *argv]
 
 
 def namespaces(who: str) -> tuple[dict[str, str], list[str]]:

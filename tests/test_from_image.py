@@ -293,3 +293,26 @@ def test_rootfs_from_the_layout_reports_and_checks(tmp_path: Path, fat: Fat) -> 
         timeout=900,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_trace_inside_an_image_has_shm_and_its_own_network(tmp_path: Path, fat: Fat, podman: Podman) -> None:
+    """Python's multiprocessing needs /dev/shm (a POSIX semaphore), as postgres does; the
+    traced run has it, and a network of its own: only loopback, which is up."""
+    src = source("oci", "hello", fat, podman, tmp_path)
+    job = (
+        "/usr/bin/python3 -c 'import multiprocessing, socket, os;"
+        " multiprocessing.Lock();"
+        ' assert sorted(n for _, n in socket.if_nameindex()) == ["lo"], socket.if_nameindex();'
+        ' s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()\''
+    )
+    out = tmp_path / "out"
+    made = subprocess.run(
+        [*MINIFY, "rootfs", "--from", src, "-o", str(out), "--trace", job],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert made.returncode == 0, made.stderr
+    traced = json.loads((out / "minify.trace").read_text())["files"]
+    assert any(p.endswith("/multiprocessing/synchronize.py") for p in traced)
