@@ -60,10 +60,11 @@ from minify.output import LOCK_NAME, LOCK_SCHEMA, SBOM_NAME
 from minify.packagedata import left_out, program_data
 from minify.packages import APK_DB, apk_installed, ownership, spelt_entries, unreadable_databases
 from minify.presets import NONROOT
+from minify.python import PythonNeeds, command_line, is_python, python_needs
 from minify.root import Root, hash_fd, read_host_file, remove_tree, within
 from minify.sbom import SBOM_PATH
 from minify.sbom import document as spdx_document
-from minify.scripts import DEFAULT_PATH, interpreters
+from minify.scripts import DEFAULT_PATH, interpreters, shell_needs
 from minify.sensitive import why_secret
 from minify.served import Serving
 from minify.target import Target
@@ -242,7 +243,8 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     out = output.destination(options.output, root=view.directory, inputs=inputs, cwd=os.getcwd(), folder=folder)
     skip = _skipped_folders(view, out)
     search = _search_path(origin)
-    analysis, brought = _analyse_inputs(options, target, cwd, skip, search)
+    read = _analyse_inputs(options, target, cwd, skip, origin)
+    analysis, brought, options = read.analysis, read.brought, replace(options, add=(*options.add, *read.added))
     first = analysis.programs[0].path if analysis.programs else None
     programs, scripts = _split_scripts(analysis)
     analysis = replace(analysis, programs=programs)
@@ -276,9 +278,9 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     gathered.warnings.extend(package_warnings)
     gathered.warnings.extend(_plan_notes(analysis, plan, names))
     _check_entrypoint(plan, config, options, origin)
-    warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered)]
-    given = len(analysis.programs) + len(scripts) - len(brought)
-    warnings.extend([*tree_warnings, *_entrypoint_note(options, config, given), *brought.values()])
+    warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered, scripts)]
+    given = len(analysis.programs) + len(scripts) - len(set(brought) - set(read.added))
+    warnings.extend([*tree_warnings, *_entrypoint_note(options, config, given), *brought.values(), *read.notes])
     warnings.extend(
         f"hint: {h}" for h in hints if h.preset not in names and not (trace is not None and h.preset is None)
     )
@@ -301,15 +303,61 @@ def _search_path(origin: Origin | None) -> str:
     return environment(origin.config)["PATH"]
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """The analysed inputs and what came with them: the interpreters and the commands
+    their scripts need (notes by path), the files to add (what shell scripts source,
+    what Python apps import), other notes."""
+
+    analysis: Analysis
+    brought: dict[str, str]
+    added: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
 def _analyse_inputs(
-    options: RootfsOptions, target: Target, cwd: str, skip: tuple[str, ...], search: str
-) -> tuple[Analysis, dict[str, str]]:
-    """The closures of the inputs and of the interpreters their ``#!`` lines need
-    (``search``: the PATH ``env`` looks in); notes on the interpreters brought. hwcaps
-    ``all`` analyses the baseline and adds every hwcaps copy later."""
+    options: RootfsOptions, target: Target, cwd: str, skip: tuple[str, ...], origin: Origin | None
+) -> _Inputs:
+    """The closures of the inputs, of the interpreters their ``#!`` lines need (looked
+    up in the image's PATH) and of the commands their shell scripts run; the modules
+    their Python apps import. hwcaps ``all`` analyses the baseline and adds every
+    hwcaps copy later."""
     hwcaps = "baseline" if options.hwcaps in ("all", "baseline") else options.hwcaps
-    paths, brought = _with_interpreters(options.paths, target.root, cwd, search)
-    return analyze(paths, root=target, cwd=cwd, hwcaps=hwcaps, cpuinfo="", exclude=skip), brought
+    view, search = target.root, _search_path(origin)
+    inner = [
+        p for p in (posixpath.normpath(posixpath.join(cwd, p)) for p in options.paths if p) if view.resolve(p).is_file
+    ]
+    needs = shell_needs(view, inner, search, cwd)
+    paths, brought = _with_interpreters((*options.paths, *needs.programs), view, cwd, search)
+    for program, script in needs.programs.items():
+        brought[program] = f"note: {program} comes with {script}, a command it runs"
+    for file in needs.sourced:
+        brought.setdefault(file, f"note: {file} comes with the script that sources it")
+    apps = _python_apps(view, inner, search, origin)
+    analysis = analyze(paths, root=target, cwd=cwd, hwcaps=hwcaps, cpuinfo="", exclude=skip)
+    return _Inputs(analysis, brought, (*needs.sourced, *apps.files), (*needs.notes, *apps.notes))
+
+
+def _python_apps(view: Root, inputs: list[str], search: str, origin: Origin | None) -> PythonNeeds:
+    """The modules of the Python apps among the inputs (``#!`` scripts of python3) and
+    of a source image whose entrypoint is ``python3 SCRIPT``, ``-m MODULE`` or ``-c``."""
+    files: list[str] = []
+    notes: list[str] = []
+    runs: list[tuple[str, list[str], list[str], str]] = []
+    for path in inputs:
+        chain, _ = interpreters(view, path, search)
+        if chain and is_python(chain[-1]):
+            runs.append((chain[-1], [path], [], ""))
+    if origin is not None and origin.entry is not None and is_python(origin.entry):
+        config = origin.config
+        runs.append((origin.entry, *command_line((*config.entrypoint, *config.cmd), config.working_dir or "/")))
+    for interpreter, scripts, modules, code in runs:
+        needs = python_needs(view, interpreter, [s for s in scripts if view.resolve(s).is_file], modules, code)
+        files += needs.files
+        notes += needs.notes
+    if files:
+        notes.append(f"note: {len(set(files))} Python modules, packages and their files come with the app's imports")
+    return PythonNeeds(tuple(dict.fromkeys(files)), tuple(notes))
 
 
 def _with_interpreters(
@@ -555,13 +603,15 @@ def _extra_closures(
     return extra, warnings
 
 
-def _skipped_warnings(analysis: Analysis, got: _Gathered) -> list[str]:
-    """Inputs that are not programs, except inside folders given to ``--add``."""
+def _skipped_warnings(analysis: Analysis, got: _Gathered, scripts: tuple[tuple[str, str], ...]) -> list[str]:
+    """Inputs that are not programs, except inside folders given to ``--add`` and the
+    scripts that ship (with the interpreters they need)."""
     added = [e.path for e in got.extras if e.reason.startswith("--add")]
+    shipped = {path for path, _ in scripts}
     return [
         f"skipped {s.path}: {s.reason}"
         for s in analysis.skipped
-        if not s.symlink and not any(within(s.path, folder) for folder in added)
+        if not s.symlink and s.path not in shipped and not any(within(s.path, f) for f in added)
     ]
 
 

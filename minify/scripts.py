@@ -1,6 +1,7 @@
 """How the kernel and a shell run a ``#!`` script, read inside a root: the chain of
 interpreters a script needs (``#!/usr/bin/env python3`` needs env and python3 as PATH
-finds it), and a name looked up through PATH as a runtime does.
+finds it), a name looked up through PATH as a runtime does, and the commands a shell
+script runs (``shell_needs``).
 
 Shared by ``--from`` (the image's entrypoint) and ``--trace`` (every script the run
 executed: the kernel opens the interpreter itself, so strace never shows an open).
@@ -9,10 +10,13 @@ executed: the kernel opens the interpreter itself, so strace never shows an open
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 
 from minify.errors import MinifyError
 from minify.loader.model import Reader
 from minify.root import Root
+from minify.shell import MAX_SCRIPT, commands
+from minify.text import some
 
 #: A script's interpreter may be a script in turn; the kernel allows a few levels.
 MAX_INTERPRETERS = 4
@@ -73,3 +77,66 @@ def interpreters(view: Root, program: str, search: str) -> tuple[list[str], str 
                 found.append(target)
                 current = target
     return found, None
+
+
+#: Interpreters whose scripts are read for the commands they run.
+SHELLS = frozenset({"sh", "dash", "bash", "ash", "ksh", "mksh", "busybox"})
+#: Scripts (entrypoints, the scripts they run, the files they source) read per run.
+MAX_SCRIPTS = 32
+
+
+@dataclass(frozen=True)
+class ScriptNeeds:
+    """What shell scripts need beside their interpreters: the programs they run, found
+    on PATH (by the script that runs each), the files they source, and notes on what a
+    static reading cannot settle."""
+
+    programs: dict[str, str]
+    sourced: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+def shell_needs(view: Root, scripts: list[str], search: str, workdir: str) -> ScriptNeeds:
+    """Read each shell script among ``scripts`` (and those they run or source, up to
+    ``MAX_SCRIPTS``) for its commands (``minify.shell``): a command PATH finds in the
+    root is needed; one it does not find, or one built at run time, is named."""
+    programs: dict[str, str] = {}
+    sourced: list[str] = []
+    notes: list[str] = []
+    queue = [(path, False) for path in scripts]
+    seen: set[str] = set()
+    while queue and len(seen) < MAX_SCRIPTS:
+        path, is_sourced = queue.pop(0)
+        if path in seen or not (is_sourced or _is_shell_script(view, path, search)):
+            continue
+        seen.add(path)
+        data = view.read_bytes(path, limit=MAX_SCRIPT)
+        found = commands(data.decode("utf-8", "replace")) if data else commands("")
+        missing = []
+        for name in found.names:
+            program = lookup(view, name, search, workdir)
+            if program is None:
+                missing.append(name)
+            elif program not in programs and program not in scripts:
+                programs[program] = path
+                queue.append((program, False))
+        for name in found.sourced:
+            file = posixpath.normpath(posixpath.join(workdir, name))
+            if view.resolve(file).is_file:
+                sourced.append(file)
+                queue.append((file, True))
+            else:
+                missing.append(f". {name}")
+        if missing:
+            notes.append(f"note: {path} runs commands that are not in the root's PATH ({search}): {some(missing, 8)}")
+        if found.dynamic:
+            notes.append(
+                f"hint: {path} runs commands it builds at run time ({some(found.dynamic, 4)}), which a static "
+                "reading cannot name: add them as inputs, or --trace the script"
+            )
+    return ScriptNeeds(programs, tuple(dict.fromkeys(sourced)), tuple(notes))
+
+
+def _is_shell_script(view: Root, path: str, search: str) -> bool:
+    chain, _problem = interpreters(view, path, search)
+    return bool(chain) and posixpath.basename(chain[-1]) in SHELLS
