@@ -10,7 +10,7 @@ executed: the kernel opens the interpreter itself, so strace never shows an open
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from minify.errors import MinifyError
 from minify.loader.model import Reader
@@ -96,45 +96,67 @@ class ScriptNeeds:
     notes: tuple[str, ...]
 
 
+@dataclass
+class _Reading:
+    """The state of ``shell_needs``: what was found, and the scripts still to read."""
+
+    view: Root
+    search: str
+    workdir: str
+    given: list[str]
+    programs: dict[str, str] = field(default_factory=dict)
+    sourced: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    queue: list[tuple[str, bool]] = field(default_factory=list)
+
+    def command(self, script: str, name: str) -> bool:
+        """Take the command ``name`` that ``script`` runs; False when PATH lacks it."""
+        program = lookup(self.view, name, self.search, self.workdir)
+        if program is None:
+            return False
+        if program not in self.programs and program not in self.given:
+            _chain, problem = interpreters(self.view, program, self.search)
+            if problem is not None:  # a command is not worth failing the run for
+                self.notes.append(f"note: {script} runs {program}, left out: {problem}")
+            else:
+                self.programs[program] = script
+                self.queue.append((program, False))
+        return True
+
+    def source(self, name: str) -> bool:
+        file = posixpath.normpath(posixpath.join(self.workdir, name))
+        if not self.view.resolve(file).is_file:
+            return False
+        self.sourced.append(file)
+        self.queue.append((file, True))
+        return True
+
+
 def shell_needs(view: Root, scripts: list[str], search: str, workdir: str) -> ScriptNeeds:
     """Read each shell script among ``scripts`` (and those they run or source, up to
     ``MAX_SCRIPTS``) for its commands (``minify.shell``): a command PATH finds in the
     root is needed; one it does not find, or one built at run time, is named."""
-    programs: dict[str, str] = {}
-    sourced: list[str] = []
-    notes: list[str] = []
-    queue = [(path, False) for path in scripts]
+    reading = _Reading(view, search, workdir, scripts, queue=[(path, False) for path in scripts])
     seen: set[str] = set()
-    while queue and len(seen) < MAX_SCRIPTS:
-        path, is_sourced = queue.pop(0)
+    while reading.queue and len(seen) < MAX_SCRIPTS:
+        path, is_sourced = reading.queue.pop(0)
         if path in seen or not (is_sourced or _is_shell_script(view, path, search)):
             continue
         seen.add(path)
         data = view.read_bytes(path, limit=MAX_SCRIPT)
-        found = commands(data.decode("utf-8", "replace")) if data else commands("")
-        missing = []
-        for name in found.names:
-            program = lookup(view, name, search, workdir)
-            if program is None:
-                missing.append(name)
-            elif program not in programs and program not in scripts:
-                programs[program] = path
-                queue.append((program, False))
-        for name in found.sourced:
-            file = posixpath.normpath(posixpath.join(workdir, name))
-            if view.resolve(file).is_file:
-                sourced.append(file)
-                queue.append((file, True))
-            else:
-                missing.append(f". {name}")
+        found = commands(data.decode("utf-8", "replace") if data else "")
+        missing = [n for n in found.names if not reading.command(path, n)]
+        missing += [f". {n}" for n in found.sourced if not reading.source(n)]
         if missing:
-            notes.append(f"note: {path} runs commands that are not in the root's PATH ({search}): {some(missing, 8)}")
+            reading.notes.append(
+                f"note: {path} runs commands that are not in the root's PATH ({search}): {some(missing, 8)}"
+            )
         if found.dynamic:
-            notes.append(
+            reading.notes.append(
                 f"hint: {path} runs commands it builds at run time ({some(found.dynamic, 4)}), which a static "
                 "reading cannot name: add them as inputs, or --trace the script"
             )
-    return ScriptNeeds(programs, tuple(dict.fromkeys(sourced)), tuple(notes))
+    return ScriptNeeds(reading.programs, tuple(dict.fromkeys(reading.sourced)), tuple(reading.notes))
 
 
 def _is_shell_script(view: Root, path: str, search: str) -> bool:

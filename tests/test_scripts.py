@@ -20,6 +20,7 @@ set -eu
 stamp="$(date -u -d @86400 +%Y-%m-%d)"
 greet "$stamp" | sed 's/^/> /' | gzip -c | gzip -dc
 command -v not-a-real-tool-xyz >/dev/null || true
+{helper} 2>/dev/null || true
 if [ -n "${{RUNNER:-}}" ]; then $RUNNER; fi
 cat <<END
 here-document text is not a command: rm -rf /
@@ -37,8 +38,11 @@ def test_a_shell_script_brings_the_commands_it_runs_and_runs(tmp_path: Path) -> 
     app.mkdir()
     lib = app / "lib.sh"
     lib.write_text("greet() { printf 'hello %s\\n' \"$1\"; }\n")
+    helper = app / "helper"  # its interpreter is nowhere: left out with a note, not a failed run
+    helper.write_text("#!/no/such/interpreter\n")
+    helper.chmod(0o755)
     script = app / "entrypoint.sh"
-    script.write_text(SCRIPT.format(lib=lib))
+    script.write_text(SCRIPT.format(lib=lib, helper=helper))
     script.chmod(0o755)
     host = subprocess.run([str(script)], capture_output=True, text=True, check=True)
     assert host.stdout == "> hello 1970-01-02\nhere-document text is not a command: rm -rf /\n"
@@ -50,6 +54,7 @@ def test_a_shell_script_brings_the_commands_it_runs_and_runs(tmp_path: Path) -> 
         assert f"/{name} comes with {script}, a command it runs" in made.stderr, made.stderr
     assert "not-a-real-tool-xyz" in made.stderr and "not in the root's PATH" in made.stderr
     assert "$RUNNER" in made.stderr and "a static reading cannot name" in made.stderr
+    assert f"runs {helper}, left out: {helper}: its #! interpreter /no/such/interpreter is not in" in made.stderr
     lock = json.loads((out / "minify.lock.json").read_text())
     shipped = {e["path"] for e in lock["entries"]}
     assert str(lib) in shipped
