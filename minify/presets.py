@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from minify.closure import Analysis, ProgramClosure, dlopen_path
 from minify.errors import MinifyError, PresetUnavailable
@@ -86,6 +87,15 @@ class _Collect:
     env: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def marks(self) -> tuple[int, ...]:
+        """Where each list ends now, to take back what a preset added."""
+        return (len(self.files), len(self.elf), len(self.generated), len(self.dirs), len(self.env), len(self.notes))
+
+    def rewind(self, marks: tuple[int, ...]) -> None:
+        lists: tuple[list[Any], ...] = (self.files, self.elf, self.generated, self.dirs, self.env, self.notes)
+        for items, mark in zip(lists, marks, strict=True):
+            del items[mark:]
+
     def freeze(self) -> Additions:
         gen = {g.path: g for g in self.generated}
         return Additions(
@@ -147,15 +157,22 @@ def resolve(
     tz: tuple[str, ...] = (),
     charsets: tuple[str, ...] = (),
     terms: tuple[str, ...] = (),
+    optional: frozenset[str] = frozenset(),
 ) -> Additions:
-    """The files, folders, generated files and environment the presets call for."""
+    """The files, folders, generated files and environment the presets call for. A
+    preset the root cannot serve fails the run when it was named; one in ``optional``
+    (what ``--with auto`` chose) is left out with a note saying what the root lacks."""
     req = _Request(analysis.target.root, analysis, tz, charsets, terms)
     out = _Collect()
     missing: list[str] = []
     for name in names:
-        before = len(out.files)
+        marks = out.marks()
         problem = _PRESET_FUNCS[name](req, out)
-        for path in out.files[before:]:
+        if problem and name in optional:
+            out.rewind(marks)
+            out.notes.append(f"note: --with auto: {name} left out: {problem}")
+            continue
+        for path in out.files[marks[0] :]:
             out.preset_of.setdefault(path, name)
         if problem:
             missing.append(f"--with {name}: {problem}")

@@ -249,8 +249,10 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     programs, scripts = _split_scripts(analysis)
     analysis = replace(analysis, programs=programs)
     hints = _hints(analysis)
-    names = _preset_names(options, hints)
-    additions = presets.resolve(names, analysis, tz=options.tz, charsets=options.charsets, terms=options.terms)
+    names, chosen = _preset_names(options, hints)
+    additions = presets.resolve(
+        names, analysis, tz=options.tz, charsets=options.charsets, terms=options.terms, optional=chosen
+    )
     gathered = _gather(options, analysis, additions, cwd, skip)
     trace = _load_trace(options, view, out, origin)
     if trace is not None:
@@ -485,15 +487,18 @@ def _maps(options: RootfsOptions, cwd: str) -> tuple[Mapping, ...]:
     return maps
 
 
-def _preset_names(options: RootfsOptions, hints: tuple[Hint, ...]) -> tuple[str, ...]:
+def _preset_names(options: RootfsOptions, hints: tuple[Hint, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
     """``--with``, the presets that ``--tz``/``--gconv``/``--term`` imply, and for
-    ``auto`` the ones the hints call for."""
+    ``auto`` the ones the hints call for; and which of them only ``auto`` chose (those
+    the root cannot serve are left out with a note, not a failed run)."""
     names = presets.parse_with(options.with_)
     subsets = (("tzdata", options.tz), ("gconv", options.charsets), ("terminfo", options.terms))
     names += tuple(n for n, given in subsets if given and n not in names)
-    if "auto" in names:
-        names = tuple(dict.fromkeys([n for n in names if n != "auto"] + list(presets_called_for(hints))))
-    return names
+    if "auto" not in names:
+        return names, frozenset()
+    named = [n for n in names if n != "auto"]
+    chosen = [n for n in presets_called_for(hints) if n not in named]
+    return tuple(dict.fromkeys(named + chosen)), frozenset(chosen)
 
 
 def _gather(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HOST_INTERP, HOST_LIBC, Builder, Podman, chroot_run, cli, image_from
+from tests.conftest import HOST_INTERP, HOST_LIBC, Builder, Podman, chroot_run, cli, host_libc_into, image_from
 
 CASES = [
     ("getpwnam.c", "nss", "nonroot 65532 /home/nonroot\n"),
@@ -152,3 +152,17 @@ def test_dlopen_note_brings_recommended_and_hints_suggested(tmp_path: Path, buil
     assert "libzstd.so.1" in names and ".note.dlopen" in names["libzstd.so.1"]["why"]
     assert "liblz4.so.1" not in names
     assert "suggests dlopen of liblz4.so.1" in proc.stderr
+
+
+def test_with_auto_leaves_out_what_the_root_lacks(tmp_path: Path, builder: Builder) -> None:
+    """A root without zoneinfo (an image's): `--with auto` still writes the image and
+    notes the preset it left out; naming the preset fails with the same reason."""
+    root = tmp_path / "root"
+    host_libc_into(root)
+    build_fixture(builder, root, "localtime.c")
+    auto = cli("rootfs", "/localtime", "--root", str(root), "-o", str(tmp_path / "auto"), "--with", "auto")
+    assert auto.returncode == 0, auto.stderr
+    assert "note: --with auto: tzdata left out: no /usr/share/zoneinfo in the root" in auto.stderr
+    named = cli("rootfs", "/localtime", "--root", str(root), "-o", str(tmp_path / "named"), "--with", "tzdata")
+    assert named.returncode != 0
+    assert "--with tzdata: no /usr/share/zoneinfo in the root" in named.stderr
