@@ -573,7 +573,29 @@ def _generated(
     if options.user == "nonroot":
         generated.extend(presets.users_files(view))
         dirs.append(presets.NONROOT_HOME)
-    return generated, dirs
+    return _merge_users(generated), dirs
+
+
+def _merge_users(generated: list[Generated]) -> list[Generated]:
+    """One /etc/passwd and one /etc/group when several sources write them (``--with
+    nss`` and a source image's named user): the lines of the first, then the others'
+    lines for names and ids it does not have. Any other file: the first one."""
+    merged: dict[str, Generated] = {}
+    for item in generated:
+        first = merged.get(item.path)
+        if first is None:
+            merged[item.path] = item
+        elif item.path in ("/etc/passwd", "/etc/group"):
+            lines = first.content.decode("utf-8", "replace").splitlines()
+            taken = {field for line in lines for field in line.split(":")[0:3:2]}
+            extra = [
+                ln
+                for ln in item.content.decode("utf-8", "replace").splitlines()
+                if not set(ln.split(":")[0:3:2]) & taken
+            ]
+            text = "".join(f"{line}\n" for line in (*lines, *extra))
+            merged[item.path] = replace(first, content=text.encode(), reason=f"{first.reason}; {item.reason}")
+    return list(merged.values())
 
 
 def _traced_folders(trace: Trace, view: Root, skip: tuple[str, ...]) -> list[tuple[str, int, tuple[int, int]]]:

@@ -647,3 +647,27 @@ def test_an_env_script_entrypoint_finds_its_program_through_the_images_path(tmp_
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out/rootfs/opt/bin/mytool").is_file()
     assert not (tmp_path / "out/rootfs/usr/local/bin/mytool").exists()
+
+
+def test_nss_with_a_named_user_gives_one_passwd(tmp_path: Path, static_hello: Path) -> None:
+    """The image's named user and --with nss both write /etc/passwd and /etc/group:
+    one of each, the image's user kept and the preset's users added."""
+    layers = [
+        layer_tar(
+            [
+                host_file("bin/hello", static_hello),
+                file("etc/passwd", PASSWD),
+                file("etc/group", GROUP),
+                folder("home/app", 0o750, (1000, 1000)),
+            ]
+        )
+    ]
+    write_layout(tmp_path / "src", layers, {"Entrypoint": ["/bin/hello"], "User": "app"})
+    done = minify("rootfs", "--from", "oci:src", "-o", "out", "--with", "nss", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    passwd = (tmp_path / "out/rootfs/etc/passwd").read_text().splitlines()
+    names = [line.split(":")[0] for line in passwd]
+    assert "app" in names and "nonroot" in names and len(names) == len(set(names))
+    assert any(line.startswith("app:x:1000:1000:") for line in passwd)
+    groups = [line.split(":")[0] for line in (tmp_path / "out/rootfs/etc/group").read_text().splitlines()]
+    assert "app" in groups and len(groups) == len(set(groups))
