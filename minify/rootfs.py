@@ -33,6 +33,7 @@ from minify.errors import (
     DockerfileError,
     ImageSourceError,
     IncompleteClosure,
+    MinifyError,
     OutOfDate,
     OutputError,
     PlanError,
@@ -283,9 +284,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered, scripts)]
     given = len(analysis.programs) + len(scripts) - len(set(brought) - set(read.added))
     warnings.extend([*tree_warnings, *_entrypoint_note(options, config, given), *brought.values(), *read.notes])
-    warnings.extend(
-        f"hint: {h}" for h in hints if h.preset not in names and not (trace is not None and h.preset is None)
-    )
+    warnings.extend(f"hint: {h}" for h in _open_hints(hints, names, trace, plan, analysis))
     warnings.extend([*additions.notes, *note_warnings, *gathered.warnings])
     plan = replace(plan, warnings=tuple(warnings))
     try:
@@ -485,6 +484,33 @@ def _maps(options: RootfsOptions, cwd: str) -> tuple[Mapping, ...]:
     if any(not p.startswith("/") for p in options.paths) and cwd != "/":
         maps += (Mapping(clean_path(cwd, "--cwd"), "/", explicit=False),)
     return maps
+
+
+def _open_hints(
+    hints: tuple[Hint, ...], names: tuple[str, ...], trace: Trace | None, plan: ImagePlan, analysis: Analysis
+) -> list[Hint]:
+    """The hints the image still needs: not a preset it takes, not a preset whose
+    files a trace (or ``--add``) brought already, and with a trace none of the hints
+    about dlopen and data, which the trace answers."""
+    out = []
+    for hint in hints:
+        if hint.preset in names or (trace is not None and hint.preset is None):
+            continue
+        if hint.preset is not None and _preset_shipped(hint.preset, plan, analysis):
+            continue
+        out.append(hint)
+    return out
+
+
+def _preset_shipped(name: str, plan: ImagePlan, analysis: Analysis) -> bool:
+    """True when the plan already holds a file the preset would add (a traced
+    zoneinfo file, a CA bundle added by hand)."""
+    try:
+        wanted = presets.resolve((name,), analysis)
+    except MinifyError:
+        return False
+    shipped = {e.path for e in plan.entries}
+    return any(path in shipped or any(p.startswith(path.rstrip("/") + "/") for p in shipped) for path in wanted.files)
 
 
 def _preset_names(options: RootfsOptions, hints: tuple[Hint, ...]) -> tuple[tuple[str, ...], frozenset[str]]:

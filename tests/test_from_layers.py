@@ -671,3 +671,11 @@ def test_nss_with_a_named_user_gives_one_passwd(tmp_path: Path, static_hello: Pa
     assert any(line.startswith("app:x:1000:1000:") for line in passwd)
     groups = [line.split(":")[0] for line in (tmp_path / "out/rootfs/etc/group").read_text().splitlines()]
     assert "app" in groups and len(groups) == len(set(groups))
+
+
+def test_trace_user_with_from_is_refused_before_anything_is_unpacked(tmp_path: Path) -> None:
+    """One line, before the source is even opened: the source named here does not exist."""
+    done = minify("rootfs", "--from", "oci:nowhere", "-o", "out", "--trace", "", "--trace-user", "app", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "minify: error: --trace-user: a command traced inside an image runs as root there"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

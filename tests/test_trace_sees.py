@@ -112,3 +112,16 @@ def test_the_files_minify_was_redirected_to_are_not_traced(tmp_path: Path) -> No
     assert str(err) not in record["files"]
     assert not (out / "rootfs" / str(err).lstrip("/")).exists()
     assert (out / "rootfs" / str(data).lstrip("/")).read_text() == "data\n"
+
+
+def test_a_preset_hint_is_dropped_when_the_trace_brought_its_files(tmp_path: Path) -> None:
+    """date looks up time zones: without a trace the tzdata hint shows; a trace that
+    read the zone it used brought that file, so the hint is answered."""
+    need_tool("date")
+    bare = cli("rootfs", "/bin/date", "-o", str(tmp_path / "bare"))
+    assert bare.returncode == 0, bare.stderr
+    assert "add --with tzdata" in bare.stderr
+    traced = cli("rootfs", "/bin/date", "-o", str(tmp_path / "out"), "--trace", "env TZ=Europe/Paris /bin/date")
+    assert traced.returncode == 0, traced.stderr
+    assert (tmp_path / "out/rootfs/usr/share/zoneinfo/Europe/Paris").exists()
+    assert "add --with tzdata" not in traced.stderr
