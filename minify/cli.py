@@ -8,6 +8,7 @@ here; ``--verbose`` shows the traceback as well.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -16,7 +17,15 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from minify.errors import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_OK, MinifyError, ProofFailed
+from minify.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Interrupted,
+    MinifyError,
+    ProofFailed,
+)
 
 if TYPE_CHECKING:
     from minify.closure import Analysis
@@ -744,11 +753,19 @@ def main() -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="surrogateescape")
+    signal.signal(signal.SIGINT, _interrupted)
     try:
         app()
+    except Interrupted:
+        _say("error", "interrupted")
+        _exit(EXIT_INTERRUPTED)
     except SystemExit as done:
         _exit(done.code if isinstance(done.code, int) else (0 if done.code is None else EXIT_BAD_INPUT))
     _exit(EXIT_OK)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise Interrupted
 
 
 def _exit(code: int) -> None:

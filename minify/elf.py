@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import stat
 import struct
 import warnings
@@ -309,9 +310,15 @@ def _lief() -> Any:
     """Import LIEF on first use: it costs half a second, which `--help` must not pay."""
     global _LIEF  # noqa: PLW0603 - a lazily imported module, not state
     if _LIEF is None:
-        import lief
+        # Ctrl-C in the middle of LIEF's native initialisation ends in std::terminate:
+        # SIGINT waits until the import is done, then interrupts Python code as usual
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            import lief
 
-        lief.logging.disable()
+            lief.logging.disable()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         _LIEF = lief
     return _LIEF
 

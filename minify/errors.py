@@ -31,6 +31,14 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1  # analysis worked, but something is missing or out of date
 EXIT_BAD_INPUT = 2  # the input itself cannot be analysed
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a command ended by SIGINT
+
+
+class Interrupted(BaseException):
+    """Ctrl-C. Raised by minify's own SIGINT handler instead of KeyboardInterrupt so
+    that click does not turn it into "Aborted!": every ``with`` and ``finally`` on the
+    way out runs (temporary and private folders removed, a traced run killed) and the
+    command ends with one line and exit 130."""
 
 
 class MinifyError(Exception):

@@ -10,12 +10,14 @@ extension modules, java with libjvm) get a working image.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -174,16 +176,30 @@ def _run(
     try:
         if serving.wanted:
             return run_served(cmd, serving, sink=sink, cwd=cwd, env=env), b""
-        done = subprocess.run(
-            cmd, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, timeout=timeout, cwd=cwd, env=env
-        )
-        return done.returncode, done.stderr or b""
+        return _run_group(cmd, sink=sink, cwd=cwd, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise TraceFailed(
             f"trace: `{shlex.join(argv)}` timed out after {timeout:.0f}s (a server? --trace-timeout SECONDS ends it)"
         ) from None
     except OSError as exc:
         raise TraceFailed(f"trace: cannot run strace: {exc.strerror}") from None
+
+
+def _run_group(cmd: list[str], *, sink: int, cwd: str, env: dict[str, str] | None, timeout: float) -> tuple[int, bytes]:
+    """Run strace and the command in a process group of their own, so that whatever
+    ends the run early (the timeout, Ctrl-C) kills every traced process with it: a
+    tracee outlives a killed strace otherwise."""
+    proc = subprocess.Popen(
+        cmd, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, cwd=cwd, env=env, start_new_session=True
+    )
+    try:
+        _, err = proc.communicate(timeout=timeout)
+        return proc.returncode, err or b""
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _isolated(cmd: list[str]) -> list[str]:

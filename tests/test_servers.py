@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli, need_tool
+from tests.conftest import MINIFY, cli, need_tool
 
 PYTHON = "/usr/bin/python3"
 
@@ -115,3 +116,31 @@ def test_probe_and_timeout_need_a_trace(tmp_path: Path) -> None:
     made = cli("rootfs", PYTHON, "-o", str(tmp_path / "out"), "--probe", "true")
     assert made.returncode == 2
     assert "--trace-timeout and --probe end a --trace run: give --trace too" in made.stderr
+
+
+def test_ctrl_c_during_a_trace_ends_the_run_in_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """SIGINT while the traced command runs: exit 130 with one line, the traced command
+    killed, no trace folder or OUT left."""
+    marker = f"minify-interrupted-{os.getpid()}"
+    job = f"{PYTHON} -c 'import time; time.sleep(600)' {marker}"
+    before = {p.name for p in Path("/tmp").iterdir() if p.name.startswith("minify-trace-")}
+    proc = subprocess.Popen(
+        [*MINIFY, "rootfs", PYTHON, "-o", str(tmp_path / "out"), "--trace", job],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while subprocess.run(["pgrep", "-f", f"^{PYTHON} -c .*{marker}"], capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "minify: error: interrupted"
+    assert "Traceback" not in err
+    time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1
+    after = {p.name for p in Path("/tmp").iterdir() if p.name.startswith("minify-trace-")}
+    assert after <= before
+    assert not (tmp_path / "out").exists()
