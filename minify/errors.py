@@ -144,8 +144,14 @@ class VerificationFailed(MinifyError):
 
     exit_code = EXIT_INCOMPLETE
 
+    #: Problems named in the one line; the rest are counted (a JDK's GUI libraries
+    #: added whole can miss hundreds of symbols).
+    SHOWN = 12
+
     def __init__(self, problems: tuple[str, ...]) -> None:
-        super().__init__("verification failed: " + "; ".join(problems))
+        shown = "; ".join(problems[: self.SHOWN])
+        more = f"; and {len(problems) - self.SHOWN} more" if len(problems) > self.SHOWN else ""
+        super().__init__(f"verification failed: {shown}{more}")
         self.problems = problems
 
 

@@ -55,6 +55,7 @@ from minify.image import (
     plan_image,
     user_spec,
 )
+from minify.java import JavaNeeds, java_home, java_needs
 from minify.loader.model import ProgramKind, Reader
 from minify.loaderfiles import loader_files
 from minify.output import LOCK_NAME, LOCK_SCHEMA, SBOM_NAME
@@ -71,6 +72,9 @@ from minify.served import Serving
 from minify.target import Target
 from minify.text import some
 from minify.trace import TRACE_NAME, Trace, run_trace
+
+#: Why a runtime's own files (the JVM's lib/) are in the image.
+LAYOUT_REASON = "the runtime's layout"
 
 if TYPE_CHECKING:
     from minify.fromimage import Origin
@@ -108,6 +112,7 @@ class RootfsOptions:
     trace_timeout: float | None = None  # --trace-timeout: end a traced server after this
     probes: tuple[str, ...] = ()  # --probe: commands run against the traced server
     trace_exclude: tuple[str, ...] = ()  # globs of traced paths to leave out
+    layout: tuple[str, ...] = ()  # a runtime's own files (the JVM's): added, their libraries' closures lenient
     cache: bool = True  # the persistent cache of parsed ELF facts
     package_metadata: bool = True  # status.d stanzas, os-release and the SBOM in the image
     source: str | None = None  # --from: an image to minify (its flattened files are the root)
@@ -228,6 +233,7 @@ class _Gathered:
     extras: list[Extra] = field(default_factory=list)
     elf: list[str] = field(default_factory=list)  # ELF files among them: their closures too
     tree_elves: list[str] = field(default_factory=list)  # ELF files inside --add folders
+    layout_elves: list[str] = field(default_factory=list)  # a runtime's libraries (the JVM's)
     named: set[str] = field(default_factory=set)  # what --add names (a secret there is wanted)
     warnings: list[str] = field(default_factory=list)
 
@@ -245,7 +251,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     skip = _skipped_folders(view, out)
     search = _search_path(origin)
     read = _analyse_inputs(options, target, cwd, skip, origin)
-    analysis, brought, options = read.analysis, read.brought, replace(options, add=(*options.add, *read.added))
+    analysis, brought, options = read.analysis, read.brought, replace(options, add=read.add, layout=read.layout)
     first = analysis.programs[0].path if analysis.programs else None
     programs, scripts = _split_scripts(analysis)
     analysis = replace(analysis, programs=programs)
@@ -314,6 +320,13 @@ class _Inputs:
     brought: dict[str, str]
     added: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    layout: tuple[str, ...] = ()  # a runtime's own files (``RootfsOptions.layout``)
+    given: tuple[str, ...] = ()  # the user's --add
+
+    @property
+    def add(self) -> tuple[str, ...]:
+        """``--add`` and the files the inputs' scripts and apps need."""
+        return (*self.given, *self.added)
 
 
 def _analyse_inputs(
@@ -335,8 +348,17 @@ def _analyse_inputs(
     for file in needs.sourced:
         brought.setdefault(file, f"note: {file} comes with the script that sources it")
     apps = _python_apps(view, inner, search, origin)
+    jvm = _java_apps(target, [*inner, *needs.programs], origin)
     analysis = analyze(paths, root=target, cwd=cwd, hwcaps=hwcaps, cpuinfo="", exclude=skip)
-    return _Inputs(analysis, brought, (*needs.sourced, *apps.files), (*needs.notes, *apps.notes))
+    added = (*needs.sourced, *apps.files)
+    return _Inputs(analysis, brought, added, (*needs.notes, *apps.notes, *jvm.notes), jvm.files, options.add)
+
+
+def _java_apps(target: Target, inputs: list[str], origin: Origin | None) -> JavaNeeds:
+    """The JVM layout of each ``java`` among the inputs and a source image's entrypoint."""
+    homes = {java_home(target.root, p) for p in (*inputs, *([origin.entry] if origin and origin.entry else []))}
+    found = [java_needs(target, home) for home in sorted(h for h in homes if h is not None)]
+    return JavaNeeds(tuple(f for n in found for f in n.files), tuple(x for n in found for x in n.notes))
 
 
 def _python_apps(view: Root, inputs: list[str], search: str, origin: Origin | None) -> PythonNeeds:
@@ -543,6 +565,10 @@ def _gather(
     got.extras.extend(
         Extra(s.path, None, "symlink in an input folder", private=True) for s in analysis.skipped if s.symlink
     )
+    for path in options.layout:  # the JVM's: closures as loaded after libjvm.so (_extra_closures)
+        got.extras.append(Extra(path, None, LAYOUT_REASON))
+        if _is_elf_file(view, reader, path):
+            got.layout_elves.append(path)
     for spec in options.add:
         added = _parse_add(spec, view, cwd)
         got.extras.append(added)
@@ -653,6 +679,10 @@ def _extra_closures(
     if got.tree_elves:
         closures, warnings = _closures_of_tree(sorted(set(got.tree_elves) - set(got.elf)), target, cwd)
         extra += closures
+    if got.layout_elves:  # the JVM opens libjvm.so by path first: its soname meets the others' need
+        jvm = tuple(p for p in got.layout_elves if p.endswith("/server/libjvm.so"))
+        closures, more = _closures_of_tree(sorted(set(got.layout_elves)), target, cwd, preload=jvm)
+        extra, warnings = extra + closures, warnings + more
     return extra, warnings
 
 
@@ -759,11 +789,13 @@ def _closures_of(paths: list[str], target: Target, cwd: str) -> tuple[ProgramClo
     return extra.programs
 
 
-def _closures_of_tree(paths: list[str], target: Target, cwd: str) -> tuple[tuple[ProgramClosure, ...], list[str]]:
-    """The closures of the ELF files of an added folder. One whose libraries are not in
-    the source root either is still copied, with a warning: minify is no stricter
-    than the system it reads."""
-    extra = analyze(paths, root=target, cwd=cwd, hwcaps="baseline", cpuinfo="")
+def _closures_of_tree(
+    paths: list[str], target: Target, cwd: str, preload: tuple[str, ...] = ()
+) -> tuple[tuple[ProgramClosure, ...], list[str]]:
+    """The closures of the ELF files of an added folder (with ``preload`` loaded
+    first). One whose libraries are not in the source root either is still copied,
+    with a warning: minify is no stricter than the system it reads."""
+    extra = analyze(paths, root=target, cwd=cwd, hwcaps="baseline", cpuinfo="", preload=preload)
     kept, warnings = [], []
     for program in extra.programs:
         if program.error or program.missing:
@@ -1184,16 +1216,27 @@ def verify_rootfs(rootfs: str, plan: ImagePlan) -> list[str]:
     except BadInput:
         at_source = set()
     inherited = {(p.path, p.kind, _in_image(p.detail)) for p in at_source}
-    lost, warnings = [], []
+    lost: list[str] = []
+    kept: dict[tuple[str, str], list[str]] = {}
     for problem in report.problems:
         key = (source_of.get(problem.path, problem.path), problem.kind, _in_image(problem.detail))
         if key in inherited:
-            warnings.append(f"{problem.path}: {_in_image(problem.detail)} (in the source root too)")
+            kept.setdefault((problem.path, problem.kind), []).append(_in_image(problem.detail))
         else:
             lost.append(_in_image(str(problem)))
     if lost:
         raise VerificationFailed(tuple(lost))
-    return warnings
+    # a runtime's libraries (the JVM's) are loaded after libjvm.so, which the files do not say
+    layout = {e.path for e in plan.entries if LAYOUT_REASON in e.reasons}
+    return [_inherited_line(path, kind, details) for (path, kind), details in kept.items() if path not in layout]
+
+
+def _inherited_line(path: str, kind: str, details: list[str]) -> str:
+    """One warning per file and kind of problem the source root has too (a JDK library
+    misses the JVM_ symbols libjvm.so gives it at run time: a hundred lines otherwise)."""
+    if len(details) <= 2:
+        return "; ".join(f"{path}: {d} (in the source root too)" for d in details)
+    return f"{path}: {len(details)} problems of kind {kind} (in the source root too): {some(details, 2)}"
 
 
 def _in_image(problem: str) -> str:

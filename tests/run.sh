@@ -25,6 +25,7 @@ packages=(
     xz-utils openssl git sqlite3 curl gdb file zsh
     tesseract-ocr tesseract-ocr-eng pandoc emacs-nox neovim r-base-core libreoffice-writer-nogui
     python3 python3-venv tzdata ca-certificates libzstd1 libc-bin libcap2-bin systemd ruby less postgresql
+    openjdk-17-jre-headless
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,88 @@
+"""The JVM's own layout (issue 20): what ``java`` needs that no ELF closure shows.
+
+The ``java`` launcher finds ``lib/server/libjvm.so`` through ``lib/jvm.cfg`` and opens
+it by full path, and the JVM then reads ``lib/modules`` (the class library), ``conf/``
+(security policy, ``java.security``), ``lib/security/cacerts``, ``lib/tzdb.dat`` and
+loads the JDK's own libraries from ``lib/`` by path as classes need them. So a ``java``
+input (or entrypoint) brings its ``JAVA_HOME``'s ``lib/``, ``conf/`` and ``release``,
+each library with its closure, less the libraries whose closure the root cannot give
+(AWT, sound, splash screen need X11, ALSA, image libraries a headless JRE lacks: the
+JVM loads them only for those features) and links that dangle in the root (Debian's
+``src.zip``). Those left out are named.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import stat
+from dataclasses import dataclass
+
+from minify.closure import analyze
+from minify.root import Root
+from minify.target import Target
+from minify.text import some
+
+#: Entries of a JAVA_HOME's lib/ read at most (a JDK has a few hundred).
+MAX_ENTRIES = 20_000
+
+
+@dataclass(frozen=True)
+class JavaNeeds:
+    files: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+def java_home(view: Root, program: str) -> str | None:
+    """The JAVA_HOME of a ``java`` launcher: the folder above its ``bin/``, when that
+    holds ``lib/jvm.cfg`` or ``lib/server/libjvm.so``."""
+    real = view.realpath(program)
+    if posixpath.basename(real) != "java":
+        return None
+    home = posixpath.dirname(posixpath.dirname(real))
+    if view.resolve(f"{home}/lib/jvm.cfg").exists or view.resolve(f"{home}/lib/server/libjvm.so").is_file:
+        return home
+    return None
+
+
+def java_needs(target: Target, home: str) -> JavaNeeds:
+    """The files of ``home`` the JVM reads, and notes on what is left out."""
+    view = target.root
+    files: list[str] = []
+    libraries: list[str] = []
+    dangling: list[str] = []
+    for count, item in enumerate(view.walk(f"{home}/lib")):
+        if count >= MAX_ENTRIES:
+            break
+        if item.target is not None and not view.resolve(item.path).exists:
+            dangling.append(item.path)
+        elif posixpath.basename(item.path).endswith(".so") and view.resolve(item.path).is_file:
+            libraries.append(item.path)
+        elif item.target is not None or stat.S_ISREG(item.mode):
+            files.append(item.path)
+    incomplete = _incomplete(target, libraries)
+    files += [lib for lib in libraries if lib not in incomplete]
+    files += [p for p in (f"{home}/conf", f"{home}/release") if view.resolve(p).exists]
+    notes = [f"note: {home}/lib, conf and release come with java, the JVM's own layout (libjvm.so is opened by path)"]
+    if incomplete:
+        named = [f"{posixpath.basename(lib)} (needs {some(need, 2)})" for lib, need in incomplete.items()]
+        notes.append(f"note: JDK libraries left out, their closure is not in the root: {some(named, 6)}")
+    if dangling:
+        notes.append(f"note: links in {home}/lib that dangle in the root, left out: {some(dangling, 4)}")
+    return JavaNeeds(tuple(files), tuple(notes))
+
+
+def _incomplete(target: Target, libraries: list[str]) -> dict[str, tuple[str, ...]]:
+    """The libraries whose closure misses a library, with what it misses. A name the
+    JDK itself has is not missing: the JVM loads ``libjvm.so`` by path before
+    ``libjava.so``, whose need for it the loaded soname then meets."""
+    if not libraries:
+        return {}
+    own = {posixpath.basename(lib) for lib in libraries}
+    jvm = tuple(lib for lib in libraries if lib.endswith("/server/libjvm.so"))
+    analysis = analyze(libraries, root=target, cwd="/", hwcaps="baseline", cpuinfo="", preload=jvm)
+    out = {}
+    for program in analysis.programs:
+        lacking = tuple(name for name in program.missing if name not in own)
+        if lacking:
+            out[program.path] = lacking
+    return out
