@@ -166,11 +166,14 @@ class ImageResult:
 
     def as_data(self) -> dict[str, Any]:
         source = {"source": self.report} if self.report is not None else {}
+        hints = [w.removeprefix("hint: ") for w in self.warnings if w.startswith("hint: ")]
         return {
             "dest": str(self.dest),
             "digest": self.digest,
             "size": {"compressed": self.compressed, "uncompressed": self.uncompressed},
             "platform": "/".join(self.platform[k] for k in ("os", "architecture", "variant") if k in self.platform),
+            "hints": hints,  # what the image may still lack, with the flag that brings it
+            "warnings": [w for w in self.warnings if not w.startswith("hint: ")],
             **source,
         }
 

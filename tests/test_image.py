@@ -300,3 +300,14 @@ def test_file_capabilities_are_kept_in_the_layer(tmp_path: Path, hello: Path) ->
         others = [m.name for m in tar if "SCHILY.xattr.security.capability" in m.pax_headers and m.name != "hello"]
     assert record.encode("utf-8", "surrogateescape") == want
     assert others == []
+
+
+def test_json_output_carries_the_hints(tmp_path: Path) -> None:
+    """`date` looks up time zones: the image's JSON report names the preset that brings
+    them, as the text report does on stderr."""
+    need_tool("date")
+    done = minify("image", "/bin/date", "-o", "oci:out:date", "--format", "json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert any("add --with tzdata" in hint for hint in data["hints"]), data
+    assert isinstance(data["warnings"], list)
