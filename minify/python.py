@@ -71,7 +71,7 @@ def python_needs(view: Root, interpreter: str, scripts: list[str], modules: list
     app_dirs = list(dict.fromkeys(posixpath.dirname(s) for s in scripts))  # sys.path[0]: one module at a time
     finder = _Finder(view, [d for d in (*app_dirs, *stdlib) if view.resolve(d).is_dir], site)
     for name in (*STARTUP, *_pth_imports(view, site), *modules):
-        _module(finder, name, "", app=None)
+        _module(finder, name, app=None)
     for script in scripts:
         finder.files[script] = None
         finder.queue.append((script, ""))
@@ -146,7 +146,7 @@ def _imports_of(finder: _Finder, text: str, source: str, package: str, app: str 
         if level:
             base = package.rsplit(".", level - 1)[0] if level > 1 else package
             name = f"{base}.{name}".strip(".") if name else base
-        _module(finder, name, source, app=app)
+        _module(finder, name, app=app)
 
 
 def _names(text: str, source: str, *, lazy: bool = True) -> list[tuple[str, int]]:
@@ -184,20 +184,23 @@ def _is_import_call(node: ast.Call) -> bool:
     return name in ("import_module", "__import__") and bool(node.args)
 
 
-def _module(finder: _Finder, name: str, source: str, app: str | None) -> None:
-    """Ship module ``name`` and its parent packages; queue their sources. A top-level
-    module the app imports that nothing provides is named, unless it is one this
-    Python's standard library has (it may be built into the interpreter)."""
-    if not name or name in finder.done or not re.fullmatch(r"[\w.]+", name):
+def _module(finder: _Finder, name: str, app: str | None) -> None:
+    """Ship module ``name`` and its parent packages, outermost first; queue their
+    sources. A top-level module the app imports that nothing provides is named, unless
+    it is one this Python's standard library has (it may be built into the interpreter).
+    A loop, not recursion: a hostile ``import a.a.a...`` is as deep as it is long."""
+    if not name or not re.fullmatch(r"[\w.]+", name):
         return
-    finder.done.add(name)
     parts = name.split(".")
-    if len(parts) == 1:
-        if not _top(finder, name) and app is not None and name not in sys.stdlib_module_names:
-            finder.missing.setdefault(name, posixpath.basename(app))
-        return
-    _module(finder, ".".join(parts[:-1]), source, app=app)
-    _submodule(finder, parts)
+    for depth in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:depth])
+        if prefix in finder.done:
+            continue
+        finder.done.add(prefix)
+        if depth > 1:
+            _submodule(finder, parts[:depth])
+        elif not _top(finder, prefix) and app is not None and prefix not in sys.stdlib_module_names:
+            finder.missing.setdefault(prefix, posixpath.basename(app))
 
 
 def _top(finder: _Finder, top: str) -> bool:
@@ -206,11 +209,7 @@ def _top(finder: _Finder, top: str) -> bool:
     for folder in finder.stdlib:
         if _ship(finder, folder, top, top):
             return True
-    for folder in finder.site:
-        found = _third_party(finder, folder, top)
-        if found:
-            return True
-    return False
+    return any(_third_party(finder, folder, top) for folder in finder.site)
 
 
 def _submodule(finder: _Finder, parts: list[str]) -> None:

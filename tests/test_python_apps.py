@@ -119,3 +119,12 @@ def test_a_third_party_package_ships_whole_with_its_metadata(tmp_path: Path) -> 
 )
 def test_the_command_line_names_the_app(argv: tuple[str, ...], expected: tuple[list[str], list[str], str]) -> None:
     assert command_line(argv, "/srv") == expected
+
+
+def test_a_deep_dotted_import_is_read_without_recursion(tmp_path: Path) -> None:
+    """`import a.a.a...` 5,000 names deep (a hostile app): one note, no RecursionError."""
+    _tree(tmp_path, {"/usr/local/bin/python3.12": "", "/usr/local/lib/python3.12/os.py": ""})
+    _tree(tmp_path, {"/app/main.py": "import " + ".".join(["deep"] * 5000) + "\n"})
+    needs = python_needs(Root(str(tmp_path)), "/usr/local/bin/python3.12", ["/app/main.py"], [])
+    assert "/app/main.py" in needs.files
+    assert any("deep (main.py)" in n for n in needs.notes)
