@@ -71,6 +71,12 @@ def java_needs(target: Target, home: str) -> JavaNeeds:
     return JavaNeeds(tuple(files), tuple(notes))
 
 
+def loaded_first(libraries: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The library the launcher opens by path before the others: ``lib/server/libjvm.so``
+    (modelled as preloaded, its soname meets their need for it)."""
+    return tuple(lib for lib in libraries if lib.endswith("/server/libjvm.so"))
+
+
 def _incomplete(target: Target, libraries: list[str]) -> dict[str, tuple[str, ...]]:
     """The libraries whose closure misses a library, with what it misses. A name the
     JDK itself has is not missing: the JVM loads ``libjvm.so`` by path before
@@ -78,8 +84,7 @@ def _incomplete(target: Target, libraries: list[str]) -> dict[str, tuple[str, ..
     if not libraries:
         return {}
     own = {posixpath.basename(lib) for lib in libraries}
-    jvm = tuple(lib for lib in libraries if lib.endswith("/server/libjvm.so"))
-    analysis = analyze(libraries, root=target, cwd="/", hwcaps="baseline", cpuinfo="", preload=jvm)
+    analysis = analyze(libraries, root=target, cwd="/", hwcaps="baseline", cpuinfo="", preload=loaded_first(libraries))
     out = {}
     for program in analysis.programs:
         lacking = tuple(name for name in program.missing if name not in own)

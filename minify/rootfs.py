@@ -55,7 +55,7 @@ from minify.image import (
     plan_image,
     user_spec,
 )
-from minify.java import JavaNeeds, java_home, java_needs
+from minify.java import JavaNeeds, java_home, java_needs, loaded_first
 from minify.loader.model import ProgramKind, Reader
 from minify.loaderfiles import loader_files
 from minify.output import LOCK_NAME, LOCK_SCHEMA, SBOM_NAME
@@ -514,25 +514,25 @@ def _open_hints(
     """The hints the image still needs: not a preset it takes, not a preset whose
     files a trace (or ``--add``) brought already, and with a trace none of the hints
     about dlopen and data, which the trace answers."""
+    shipped = {e.path for e in plan.entries}
     out = []
     for hint in hints:
         if hint.preset in names or (trace is not None and hint.preset is None):
             continue
-        if hint.preset is not None and _preset_shipped(hint.preset, plan, analysis):
+        if hint.preset is not None and _preset_shipped(hint.preset, shipped, analysis):
             continue
         out.append(hint)
     return out
 
 
-def _preset_shipped(name: str, plan: ImagePlan, analysis: Analysis) -> bool:
-    """True when the plan already holds a file the preset would add (a traced
+def _preset_shipped(name: str, shipped: set[str], analysis: Analysis) -> bool:
+    """True when the image already holds a file the preset would add (a traced
     zoneinfo file, a CA bundle added by hand)."""
     try:
         wanted = presets.resolve((name,), analysis)
     except MinifyError:
         return False
-    shipped = {e.path for e in plan.entries}
-    return any(path in shipped or any(p.startswith(path.rstrip("/") + "/") for p in shipped) for path in wanted.files)
+    return any(within(p, path) for path in wanted.files for p in shipped)
 
 
 def _preset_names(options: RootfsOptions, hints: tuple[Hint, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
@@ -680,8 +680,8 @@ def _extra_closures(
         closures, warnings = _closures_of_tree(sorted(set(got.tree_elves) - set(got.elf)), target, cwd)
         extra += closures
     if got.layout_elves:  # the JVM opens libjvm.so by path first: its soname meets the others' need
-        jvm = tuple(p for p in got.layout_elves if p.endswith("/server/libjvm.so"))
-        closures, more = _closures_of_tree(sorted(set(got.layout_elves)), target, cwd, preload=jvm)
+        elves = sorted(set(got.layout_elves))
+        closures, more = _closures_of_tree(elves, target, cwd, preload=loaded_first(elves))
         extra, warnings = extra + closures, warnings + more
     return extra, warnings
 

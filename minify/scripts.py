@@ -107,20 +107,22 @@ class _Reading:
     programs: dict[str, str] = field(default_factory=dict)
     sourced: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    queue: list[tuple[str, bool]] = field(default_factory=list)
+    queue: list[str] = field(default_factory=list)  # shell scripts and sourced files to read
 
     def command(self, script: str, name: str) -> bool:
-        """Take the command ``name`` that ``script`` runs; False when PATH lacks it."""
+        """Take the command ``name`` that ``script`` runs (read in turn when it is a
+        shell script); False when PATH lacks it."""
         program = lookup(self.view, name, self.search, self.workdir)
         if program is None:
             return False
         if program not in self.programs and program not in self.given:
-            _chain, problem = interpreters(self.view, program, self.search)
+            chain, problem = interpreters(self.view, program, self.search)
             if problem is not None:  # a command is not worth failing the run for
                 self.notes.append(f"note: {script} runs {program}, left out: {problem}")
             else:
                 self.programs[program] = script
-                self.queue.append((program, False))
+                if _is_shell(chain):
+                    self.queue.append(program)
         return True
 
     def source(self, name: str) -> bool:
@@ -128,7 +130,7 @@ class _Reading:
         if not self.view.resolve(file).is_file:
             return False
         self.sourced.append(file)
-        self.queue.append((file, True))
+        self.queue.append(file)
         return True
 
 
@@ -136,11 +138,12 @@ def shell_needs(view: Root, scripts: list[str], search: str, workdir: str) -> Sc
     """Read each shell script among ``scripts`` (and those they run or source, up to
     ``MAX_SCRIPTS``) for its commands (``minify.shell``): a command PATH finds in the
     root is needed; one it does not find, or one built at run time, is named."""
-    reading = _Reading(view, search, workdir, scripts, queue=[(path, False) for path in scripts])
+    shells = [path for path in scripts if _is_shell(interpreters(view, path, search)[0])]
+    reading = _Reading(view, search, workdir, scripts, queue=shells)
     seen: set[str] = set()
     while reading.queue and len(seen) < MAX_SCRIPTS:
-        path, is_sourced = reading.queue.pop(0)
-        if path in seen or not (is_sourced or _is_shell_script(view, path, search)):
+        path = reading.queue.pop(0)
+        if path in seen:
             continue
         seen.add(path)
         data = view.read_bytes(path, limit=MAX_SCRIPT)
@@ -159,6 +162,6 @@ def shell_needs(view: Root, scripts: list[str], search: str, workdir: str) -> Sc
     return ScriptNeeds(reading.programs, tuple(dict.fromkeys(reading.sourced)), tuple(reading.notes))
 
 
-def _is_shell_script(view: Root, path: str, search: str) -> bool:
-    chain, _problem = interpreters(view, path, search)
+def _is_shell(chain: list[str]) -> bool:
+    """A script's interpreter chain ends in a shell (``#!/usr/bin/env bash`` too)."""
     return bool(chain) and posixpath.basename(chain[-1]) in SHELLS

@@ -12,6 +12,7 @@ namespace with it), then everything gets SIGKILL if it is still there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from minify.errors import TraceFailed
@@ -61,14 +63,29 @@ def loopback_command() -> str:
     return f"{shlex.quote(sys.executable)} -c {shlex.quote(LOOPBACK_UP)}"
 
 
-def run_served(cmd: list[str], serving: Serving, *, sink: int, cwd: str, env: dict[str, str] | None) -> int:
-    """Run ``cmd`` (an ``unshare ... --net`` command line whose first child is strace)
-    until it ends, its probes have run, or ``stop_after`` passes; the exit status, 0
-    when minify stopped it."""
+@contextlib.contextmanager
+def process_group(
+    cmd: list[str], *, sink: int, cwd: str, env: dict[str, str] | None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``cmd`` (strace and the traced command) in a process group of its own;
+    whatever ends the run early (a timeout, Ctrl-C, a failed probe), every process of
+    the group still there is killed on the way out: a tracee outlives a killed strace
+    otherwise."""
     proc = subprocess.Popen(
         cmd, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, cwd=cwd, env=env, start_new_session=True
     )
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            _kill(proc)
+
+
+def run_served(cmd: list[str], serving: Serving, *, sink: int, cwd: str, env: dict[str, str] | None) -> int:
+    """Run ``cmd`` (an ``unshare ... --net`` command line whose first child is strace)
+    until it ends, its probes have run, or ``stop_after`` passes; the exit status, 0
+    when minify stopped it."""
+    with process_group(cmd, sink=sink, cwd=cwd, env=env) as proc:
         first = _first_child(proc)
         if serving.probes:
             _wait_listening(proc, first)
@@ -83,9 +100,6 @@ def run_served(cmd: list[str], serving: Serving, *, sink: int, cwd: str, env: di
             return proc.returncode
         _stop(proc, first)
         return 0
-    finally:
-        if proc.poll() is None:
-            _kill(proc)
 
 
 def _first_child(proc: subprocess.Popen[bytes]) -> int:
@@ -163,8 +177,6 @@ def _stop(proc: subprocess.Popen[bytes], first: int) -> None:
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()

@@ -10,14 +10,12 @@ extension modules, java with libjvm) get a working image.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pwd
 import re
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 import tempfile
@@ -25,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from minify.errors import MinifyError, TraceFailed
-from minify.served import Serving, loopback_command, run_served
+from minify.served import Serving, loopback_command, process_group, run_served
 
 TRACE_NAME = "minify.trace"
 #: Paths a saved trace may list at most.
@@ -186,20 +184,11 @@ def _run(
 
 
 def _run_group(cmd: list[str], *, sink: int, cwd: str, env: dict[str, str] | None, timeout: float) -> tuple[int, bytes]:
-    """Run strace and the command in a process group of their own, so that whatever
-    ends the run early (the timeout, Ctrl-C) kills every traced process with it: a
-    tracee outlives a killed strace otherwise."""
-    proc = subprocess.Popen(
-        cmd, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, cwd=cwd, env=env, start_new_session=True
-    )
-    try:
+    """Run strace and the command in a process group of their own (``process_group``),
+    so that whatever ends the run early kills every traced process with it."""
+    with process_group(cmd, sink=sink, cwd=cwd, env=env) as proc:
         _, err = proc.communicate(timeout=timeout)
         return proc.returncode, err or b""
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _isolated(cmd: list[str]) -> list[str]:

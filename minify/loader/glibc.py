@@ -164,10 +164,10 @@ def _string_runs(data: bytes) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
         if whole and firsts and piece.startswith(b"/") and _printable(piece):
             rest.append(piece.decode())
             continue
-        if len(rest) >= 1:
+        if rest:
             runs.append((firsts, tuple(rest)))
         firsts, rest = (_first_candidates(piece) if whole else ()), []
-    if firsts and rest:
+    if rest:
         runs.append((firsts, tuple(rest)))
     return runs
 
@@ -175,13 +175,17 @@ def _string_runs(data: bytes) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
 def _first_candidates(piece: bytes) -> tuple[str, ...]:
     """The suffixes of ``piece`` after its last non-printable byte that start with '/'
     and are more than '/', longest first."""
-    start = max((i + 1 for i, b in enumerate(piece) if not 0x21 <= b <= 0x7E), default=0)
+    start = max((i + 1 for i, b in enumerate(piece) if b not in _PRINTABLE), default=0)
     tail = piece[start:]
     return tuple(tail[i:].decode() for i in range(len(tail) - 1) if tail[i] == 0x2F)
 
 
+#: The bytes of a folder string: printable ASCII without the space.
+_PRINTABLE = range(0x21, 0x7F)
+
+
 def _printable(piece: bytes) -> bool:
-    return all(0x21 <= b <= 0x7E for b in piece)
+    return all(b in _PRINTABLE for b in piece)
 
 
 def choose_hwcaps(arch: Arch, setting: str, cpuinfo: str, *, native: bool) -> hw.Hwcaps:
