@@ -293,7 +293,11 @@ _TraceOpt = Annotated[
 
 _TraceUserOpt = Annotated[
     str | None,
-    typer.Option("--trace-user", help="Run the --trace command as this user (initdb refuses root).", metavar="USER"),
+    typer.Option(
+        "--trace-user",
+        help="Run the --trace command as this user (initdb refuses root); with --from, one of the image's users.",
+        metavar="USER",
+    ),
 ]
 
 _TraceOkExitOpt = Annotated[
@@ -618,8 +622,6 @@ def _rootfs_options(raw: dict[str, Any]) -> RootfsOptions:
         raise MinifyError("name the programs to ship (PATH...), or an image to minify (--from SOURCE)")
     if raw["trace"] is None and (raw["probe"] or raw["trace_timeout"] is not None):
         raise MinifyError("--trace-timeout and --probe end a --trace run: give --trace too")
-    if raw["from_"] is not None and raw["trace_user"] is not None:  # said before anything is unpacked
-        raise MinifyError("--trace-user: a command traced inside an image runs as root there")
     return RootfsOptions(
         paths=tuple(raw["paths"] or ()),
         output=raw["output"],

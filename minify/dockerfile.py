@@ -15,7 +15,7 @@ import json
 import posixpath
 
 from minify.errors import DockerfileError
-from minify.image import Entry, ImagePlan
+from minify.image import Entry, EntryType, ImagePlan
 
 
 def render(plan: ImagePlan) -> str:
@@ -27,7 +27,7 @@ def render(plan: ImagePlan) -> str:
         "FROM scratch",
         "COPY rootfs/ /",
     ]
-    lines.extend(f"COPY --chown={e.owner[0]}:{e.owner[1]} owned{e.path} {e.path}" for e in _owned_tops(plan))
+    lines.extend(f"COPY --chown={e.owner[0]}:{e.owner[1]} owned{e.path} {e.path}" for e in owned_copies(plan))
     lines.extend(f"ENV {_key(key, 'an ENV name')}={quote(value, f'--env {key}')}" for key, value in config.env)
     lines.extend(f"LABEL {_key(key, 'a LABEL key')}={quote(value, f'label {key}')}" for key, value in config.labels)
     if config.exposed_ports:
@@ -85,10 +85,34 @@ def exec_form(args: tuple[str, ...], what: str) -> str:
     return json.dumps([_text(a, what) for a in args], ensure_ascii=False)
 
 
+def owned_trees(plan: ImagePlan) -> list[Entry]:
+    """The entries at or below an entry not owned by root: they go into the image
+    from ``owned/`` (a root-owned file in postgres' folder too, so that folder can be
+    left out of ``COPY rootfs/ /`` whole)."""
+    tops: set[str] = set()
+    out = []
+    for entry in plan.entries:  # parents first
+        if entry.owned or posixpath.dirname(entry.path) in tops:
+            if entry.type is EntryType.DIR:
+                tops.add(entry.path)
+            out.append(entry)
+    return out
+
+
+def owned_copies(plan: ImagePlan) -> list[Entry]:
+    """One ``COPY --chown`` per entry of an owned tree whose owner differs from its
+    folder's (or whose folder is outside the trees): each copies its whole subtree,
+    and a later one gives a child its own owner back."""
+    trees = owned_trees(plan)
+    owner = {e.path: e.owner for e in trees}
+    return [e for e in trees if owner.get(posixpath.dirname(e.path)) != e.owner]
+
+
 def _owned_tops(plan: ImagePlan) -> list[Entry]:
-    """Owned entries whose folder is not owned too (one COPY brings their children)."""
-    owned = {e.path for e in plan.entries if e.owned}
-    return [e for e in plan.entries if e.owned and posixpath.dirname(e.path) not in owned]
+    """Owned trees' top entries (whose folder is not in a tree)."""
+    trees = owned_trees(plan)
+    paths = {e.path for e in trees}
+    return [e for e in trees if posixpath.dirname(e.path) not in paths]
 
 
 def render_dockerignore(plan: ImagePlan) -> str:

@@ -57,6 +57,8 @@ class Origin:
     layers: int = 0
     folders: dict[str, tuple[int, int]] = field(default_factory=dict)  # folder -> (files, bytes), for the report
     notes: tuple[str, ...] = ()
+    owners: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # Unpacked.owners
+    user_ids: tuple[int, int] | None = None  # the image's User as uid and gid (None: root)
 
 
 @contextlib.contextmanager
@@ -181,6 +183,8 @@ def _origin(image: SourceImage, unpacked: Unpacked, named: bool) -> Origin:
         unpacked.layers,
         folders,
         tuple(unpacked.notes),
+        unpacked.owners,
+        user_ids(view, config.user),
     )
 
 
@@ -278,6 +282,30 @@ def _user(
         return None, files
     path, mode, _ = _folder(home, owners)
     return (path, mode, (int(entry[2]), int(gid))), files
+
+
+def user_ids(view: Root, user: str | None, what: str = "the image's User") -> tuple[int, int] | None:
+    """``USER[:GROUP]`` as the runtime resolves it in the image: a name or uid from its
+    /etc/passwd (the group from there too), a uid it lacks as that uid and group 0, a
+    group by name or gid. None for root, who needs nothing changed."""
+    if user is None or user in ("root", "0", "0:0", "root:root"):
+        return None
+    name, _, group = user.partition(":")
+    entry = next((f for f in _lines(view, "/etc/passwd") if name in (f[0], f[2]) and is_number(f[3])), None)
+    if entry is not None:
+        uid, gid = int(entry[2]), int(entry[3])
+    elif is_number(name):
+        uid, gid = int(name), 0
+    else:
+        raise ImageSourceError(f"{what} {name!r} is not in the image's /etc/passwd")
+    if group:
+        found = next((f for f in _lines(view, "/etc/group") if group in (f[0], f[2])), None)
+        if found is None and not is_number(group):
+            raise ImageSourceError(f"{what}'s group {group!r} is not in the image's /etc/group")
+        gid = int(found[2]) if found is not None else int(group)
+    if max(uid, gid) >= 1 << 32:
+        raise ImageSourceError(f"{what} {user!r}: an id beyond 32 bits")
+    return (uid, gid) if (uid, gid) != (0, 0) else None
 
 
 def _lines(view: Root, path: str) -> list[list[str]]:

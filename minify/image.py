@@ -318,7 +318,9 @@ class _Planner:
         while parent != "/":
             old = self.entries.get(parent)
             if old is None:
-                self.entries[parent] = Entry(parent, EntryType.DIR, 0o755)
+                # a source image's own folder keeps its owner and mode on the way to a file
+                uid, gid, mode = self.root.owners.get(parent, (0, 0, 0o755))
+                self.entries[parent] = Entry(parent, EntryType.DIR, mode & 0o1777, owner=(uid, gid))
             elif old.type is not EntryType.DIR:
                 raise PlanError(f"{path}: its folder {parent} is a {old.type.value} in the image ({_describe(old)})")
             parent = posixpath.dirname(parent)
@@ -341,7 +343,7 @@ class _Planner:
             what = f"a {kind_of(resolved.mode)}" if resolved.mode is not None else "missing"
             raise PlanError(f"{realpath}: {what}, not a regular file (only regular files are copied)")
         image_path = clean_path(image_path or self.place(realpath, private), "image path")
-        mode = stat.S_IMODE(resolved.mode)
+        owner, mode = self.root.owner(resolved.path, resolved.mode)
         if mode & (stat.S_ISUID | stat.S_ISGID):
             self.warnings.append(f"{image_path}: setuid/setgid bits dropped")
             mode &= ~(stat.S_ISUID | stat.S_ISGID)
@@ -354,6 +356,7 @@ class _Planner:
                 size=resolved.size,
                 reasons=(reason,),
                 ident=resolved.ident,
+                owner=owner,
             )
         )
         placed = follow_links(self.entries, image_path, final=False)
@@ -382,7 +385,7 @@ class _Planner:
         if not resolved.is_dir:
             self.add_file(resolved.path, extra.private, extra.reason, image_path=top)
             return
-        self.add(Entry(top, EntryType.DIR, 0o755, reasons=(extra.reason,)))
+        self.add(self._folder(top, resolved.path, resolved.mode, extra.reason))
         base = resolved.path.rstrip("/")
         for item in self.root.walk(resolved.path, skip=self.skip):
             image = top.rstrip("/") + item.path[len(base) :]
@@ -390,11 +393,17 @@ class _Planner:
                 self.add(Entry(image, EntryType.SYMLINK, 0o777, target=item.target, reasons=(extra.reason,)))
                 self._follow(item.path, base, extra)
             elif stat.S_ISDIR(item.mode):
-                self.add(Entry(image, EntryType.DIR, 0o755, reasons=(extra.reason,)))
+                self.add(self._folder(image, item.path, item.mode, extra.reason))
             elif stat.S_ISREG(item.mode):
                 self.add_file(item.path, False, extra.reason, image_path=image)
             else:
                 self.warnings.append(f"{item.path}: a {kind_of(item.mode)} in {extra.path}, not copied")
+
+    def _folder(self, image_path: str, path: str, mode: int | None, reason: str) -> Entry:
+        """An added folder with the owner and mode the source gives it (a data folder
+        postgres owns, 0700), less setuid and setgid."""
+        owner, bits = self.root.owner(path, mode if mode is not None else 0o755)
+        return Entry(image_path, EntryType.DIR, bits & 0o1777, reasons=(reason,), owner=owner)
 
     def _follow(self, link: str, base: str, extra: Extra) -> None:
         """Bring the target of a link in an added folder when it lies outside it."""

@@ -19,7 +19,7 @@ import os
 import posixpath
 import stat
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from minify.errors import NotRegularFile, PathError, RootChanged
@@ -87,7 +87,10 @@ class WalkEntry:
 class Root:
     """Resolve and read paths inside ``directory`` without ever leaving it."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, owners: Mapping[str, tuple[int, int, int]] | None = None) -> None:
+        """``owners``: (uid, gid, mode) by path, where the files on disk do not say
+        them: a flattened image (``Unpacked.owners``). A folder of this machine has
+        none, and its files go into images as root's, with their own modes."""
         real = os.path.realpath(directory)
         try:
             self._fd = os.open(real, _DIR_FLAGS)
@@ -98,6 +101,7 @@ class Root:
         self.ident = (top.st_dev, top.st_ino)
         self._memo: dict[str, Resolved] = {}
         self._dirs: OrderedDict[str, int] = OrderedDict()
+        self.owners: Mapping[str, tuple[int, int, int]] = owners or {}
 
     def __del__(self) -> None:
         for fd in [*self._dirs.values(), getattr(self, "_fd", -1)]:
@@ -109,6 +113,12 @@ class Root:
 
     def __repr__(self) -> str:
         return f"Root({self.directory!r})"
+
+    def owner(self, inner: str, mode: int) -> tuple[tuple[int, int], int]:
+        """The owner (uid, gid) and permission bits the source gives a resolved path;
+        ``mode`` is what the file on disk holds."""
+        uid, gid, bits = self.owners.get(inner, (0, 0, stat.S_IMODE(mode)))
+        return (uid, gid), bits
 
     @property
     def is_host(self) -> bool:

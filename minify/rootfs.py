@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from minify import __version__, output, presets
 from minify.closure import Analysis, ProgramClosure, analyze, dlopen_path, loadable_files
+from minify.dockerfile import owned_trees, render_dockerignore
 from minify.dockerfile import render as render_dockerfile
-from minify.dockerfile import render_dockerignore
 from minify.embedded import embedded_hints
 from minify.errors import (
     BadInput,
@@ -151,18 +151,19 @@ def _load_trace(options: RootfsOptions, view: Root, out: output.Destination, ori
     its flattened root), else the one OUT recorded (validated like any input: an
     edited file is not trusted)."""
     if options.trace is not None and origin is not None:
-        from minify.fromimage import environment
+        from minify.fromimage import environment, user_ids
 
         config = origin.config
         command = options.trace or shlex.join((*config.entrypoint, *config.cmd))
+        named = options.trace_user is not None
         return run_trace(
             command,
             cwd=options.cwd or config.working_dir or "/",
-            user=options.trace_user,
             ok_exit=options.trace_ok_exit,
             root=view.directory,
             env=environment(config),
             serving=Serving(options.trace_timeout, options.probes),
+            ids=user_ids(view, options.trace_user, "--trace-user") if named else origin.user_ids,
         )
     if options.trace is not None:
         if not view.is_host:
@@ -243,7 +244,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     folder unless ``folder`` is False (an image archive). With ``origin`` (``--from``,
     inside ``fromimage.opened``) the root is the flattened source image."""
     # a flattened image is new inodes every run: caching its facts would only grow the cache
-    target = Target(options.root, cache=options.cache and origin is None)
+    target = Target(Root(options.root, origin.owners) if origin else options.root, cache=options.cache and not origin)
     view = target.root
     cwd = options.cwd if options.cwd is not None else (os.getcwd() if view.is_host else "/")
     inputs = tuple(view.host_path(view.resolve(posixpath.join(cwd, p)).path) for p in options.paths if p)
@@ -350,8 +351,20 @@ def _analyse_inputs(
     apps = _python_apps(view, inner, search, origin)
     jvm = _java_apps(target, [*inner, *needs.programs], origin)
     analysis = analyze(paths, root=target, cwd=cwd, hwcaps=hwcaps, cpuinfo="", exclude=skip)
-    added = (*needs.sourced, *apps.files)
-    return _Inputs(analysis, brought, added, (*needs.notes, *apps.notes, *jvm.notes), jvm.files, options.add)
+    volumes = _volumes(view, origin)
+    added = (*needs.sourced, *apps.files, *volumes)
+    notes = (*needs.notes, *apps.notes, *jvm.notes, *(f"note: {v} comes whole: a VOLUME of the image" for v in volumes))
+    return _Inputs(analysis, brought, added, notes, jvm.files, options.add)
+
+
+def _volumes(view: Root, origin: Origin | None) -> tuple[str, ...]:
+    """A source image's VOLUMEs that are folders of it: an engine fills a new volume
+    with what the image holds there (postgres' data), so each comes whole, with its
+    owners and modes."""
+    if origin is None:
+        return ()
+    found = ((v, view.resolve(v)) for v in origin.config.volumes if v.startswith("/"))
+    return tuple(v for v, res in found if res.is_dir and res.path == posixpath.normpath(v) != "/")
 
 
 def _java_apps(target: Target, inputs: list[str], origin: Origin | None) -> JavaNeeds:
@@ -653,14 +666,16 @@ def _merge_users(generated: list[Generated]) -> list[Generated]:
 def _traced_folders(trace: Trace, view: Root, skip: tuple[str, ...]) -> list[tuple[str, int, tuple[int, int]]]:
     """The folders a trace looked at or wrote into that are real folders of the root
     (not reached through a link), less OUT and secret places, with their permission
-    bits in the root (``/tmp`` keeps 1777) less setuid and setgid."""
+    bits in the root (``/tmp`` keeps 1777) less setuid and setgid, and a source
+    image's owner (nginx's /var/lib/nginx, postgres' socket folder)."""
     out = []
     for folder in trace.dirs:
         if any(within(folder, s) for s in skip) or why_secret(folder) is not None:
             continue
         found = view.resolve(folder)
         if found.path == folder and found.is_dir and found.mode is not None:
-            out.append((folder, stat.S_IMODE(found.mode) & ~(stat.S_ISUID | stat.S_ISGID), (0, 0)))
+            owner, mode = view.owner(folder, found.mode)
+            out.append((folder, mode & ~(stat.S_ISUID | stat.S_ISGID), owner))
     return out
 
 
@@ -987,7 +1002,7 @@ def _build(options: RootfsOptions, origin: Origin | None, progress: Callable[[in
             rootfs = os.path.join(tmp, "rootfs")
             hashes, copy_warnings, _ = materialise(plan, rootfs, progress=progress)
             warnings.extend(copy_warnings)
-            write_owned(plan, os.path.join(tmp, "owned"))
+            write_owned(plan, os.path.join(tmp, "owned"), rootfs)
             _write_text(os.path.join(tmp, "Dockerfile"), prepared.dockerfile)
             if any(e.owned for e in plan.entries):
                 _write_text(os.path.join(tmp, ".dockerignore"), render_dockerignore(plan))
@@ -1117,23 +1132,26 @@ def _materialise_entry(root: Root, base: str, entry: Entry) -> tuple[str | None,
     return None, None
 
 
-def write_owned(plan: ImagePlan, directory: str) -> None:
-    """``owned/``: the entries whose owner is not root, for the Dockerfile's
+def write_owned(plan: ImagePlan, directory: str, rootfs: str) -> None:
+    """``owned/``: the owned trees (``dockerfile.owned_trees``) for the Dockerfile's
     ``COPY --chown`` (a COPY makes everything 0:0, and ``--chown`` changes a folder only
-    when it creates it, so ``.dockerignore`` keeps them out of ``COPY rootfs/ /``)."""
-    owned = [e for e in plan.entries if e.owned]
+    when it creates it, so ``.dockerignore`` keeps them out of ``COPY rootfs/ /``).
+    Files are hard links to the written rootfs (same bytes, no second copy)."""
+    owned = owned_trees(plan)
     if not owned:
         return
     os.mkdir(directory, 0o755)
-    base = os.path.realpath(directory)
+    base, rootfs = os.path.realpath(directory), os.path.realpath(rootfs)
     for entry in owned:
         dest = _inside(base, entry.path)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         if entry.type is EntryType.DIR:
             os.mkdir(dest, entry.mode)
             os.chmod(dest, entry.mode)
-        elif entry.content is not None:
-            _write(entry.content, dest, entry.mode)
+        elif entry.type is EntryType.HARDLINK and entry.target is not None and os.path.lexists(base + entry.target):
+            os.link(base + entry.target, dest, follow_symlinks=False)
+        else:
+            os.link(_inside(rootfs, entry.path), dest, follow_symlinks=False)
     for dirpath, dirnames, filenames in os.walk(base, topdown=False):
         for name in dirnames + filenames:
             os.utime(os.path.join(dirpath, name), (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)

@@ -10,6 +10,7 @@ extension modules, java with libjvm) get a working image.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from minify.errors import MinifyError, TraceFailed
+from minify.root import remove_tree
 from minify.served import Serving, loopback_command, process_group, run_served
 
 TRACE_NAME = "minify.trace"
@@ -113,6 +115,7 @@ def run_trace(
     root: str | None = None,
     env: dict[str, str] | None = None,
     serving: Serving | None = None,
+    ids: tuple[int, int] | None = None,
 ) -> Trace:
     """Run ``command`` under ``strace -f`` and return what it read.
 
@@ -123,7 +126,10 @@ def run_trace(
     as bytes (``gzip -c`` writes binary), leaving stdout to minify.
 
     With ``root`` (a flattened image) it runs inside it (``_inside``), with ``env``
-    as its environment and ``cwd`` inside the root; the paths recorded are its paths.
+    as its environment, ``cwd`` inside the root and ``ids`` (the image's user) as its
+    uid and gid; the paths recorded are its paths. It runs on an overlay, so the root
+    stays as the image has it: a file the run wrote that the image had (postgres'
+    data) is the image's state, and comes with the image's bytes.
     With ``serving`` (a server: ``--trace-timeout``, ``--probe``) it runs in its own
     namespaces and minify ends it (``minify.served``)."""
     argv = shlex.split(command) if isinstance(command, str) else list(command)
@@ -134,14 +140,14 @@ def run_trace(
         raise TraceFailed("trace needs strace (apt-get install strace)")
     as_user = _as_user(user, root)
     workdir = cwd or os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="minify-trace-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="minify-trace-") as tmp, _overlay(root) as scratch:
         os.chmod(tmp, 0o755)
         prefix = os.path.join(tmp, "t")
         traced = ["-e", f"trace={SYSCALLS}" + (",chroot" if root else ""), *as_user, "-o", prefix]
         cmd = [strace, "-f", "-ff", "-qq", "-y", "-s", "4096", *traced, *argv]
         serving = serving or Serving()
         if root is not None:
-            cmd = _inside(root, workdir, cmd[: -len(argv)], argv)
+            cmd = _inside(root, scratch, workdir, cmd[: -len(argv)], argv, ids)
         elif serving.wanted:
             cmd = _isolated(cmd)
         sink = 2 if echo else subprocess.PIPE
@@ -155,8 +161,25 @@ def run_trace(
                 + (f": {tail}" if tail else "")
                 + " (--trace-ok-exit accepts that)"
             )
-        files, dirs, executed = _collect(tmp, workdir, root)
+        seen = os.path.join(scratch, "merged") if root is not None else None
+        files, dirs, executed = _collect(tmp, workdir, seen, root)
     return Trace(tuple(argv), tuple(sorted(files)), tuple(sorted(dirs)), returncode, tuple(sorted(executed)))
+
+
+@contextlib.contextmanager
+def _overlay(root: str | None) -> Iterator[str]:
+    """A private folder for the overlay a run inside ``root`` writes on (its upper
+    and work folders and the mount point), removed afterwards with all the run wrote."""
+    if root is None:
+        yield ""
+        return
+    scratch = tempfile.mkdtemp(prefix="minify-overlay-")
+    try:
+        for name in ("upper", "work", "merged"):
+            os.mkdir(os.path.join(scratch, name), 0o755)
+        yield scratch
+    finally:
+        remove_tree(scratch, quiet=True)
 
 
 def _run(
@@ -215,26 +238,36 @@ def _as_user(user: str | None, root: str | None) -> list[str]:
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
-def _inside(root: str, workdir: str, strace: list[str], argv: list[str]) -> list[str]:
+def _inside(
+    root: str, scratch: str, workdir: str, strace: list[str], argv: list[str], ids: tuple[int, int] | None
+) -> list[str]:
     """The command line that runs ``argv`` under ``strace`` inside ``root``, never on
     this machine's files: in its own mount, PID, network (loopback only) and UTS
-    namespaces with /proc, a /dev of the usual devices and /dev/shm, and an empty /tmp
-    mounted inside the root, chrooted by ``unshare --root`` (strace itself stays
-    outside, writing its record here)."""
+    namespaces, on an overlay of the root (its writes land in ``scratch``; where the
+    kernel refuses one, the root itself, bound), with /proc, a /dev of the usual
+    devices and /dev/shm, and an empty /tmp, chrooted by ``unshare --root`` as the
+    image's user (``ids``; strace itself stays outside, writing its record here)."""
     tools, unshare = namespaces("--trace inside an image")
-    mounts = [loopback_command()]
+    mount = tools["mount"]
+    merged = os.path.join(scratch, "merged")
+    mounts = [  # $0: the root, $1: the scratch folder (paths stay out of the script's text)
+        loopback_command(),
+        f'{{ {mount} -t overlay overlay -o "lowerdir=$0,upperdir=$1/upper,workdir=$1/work" "$1/merged" 2>/dev/null'
+        f' || {mount} --bind "$0" "$1/merged"; }}',
+    ]
     for name, what in (("proc", "-t proc proc"), ("dev", "-t tmpfs -o mode=755 tmpfs"), ("tmp", "-t tmpfs tmpfs")):
         path = os.path.join(root, name)
-        if not os.path.lexists(path):
-            os.mkdir(path, 0o755)
-        if os.path.isdir(path) and not os.path.islink(path):  # never mount over a symlink: it could lead out
-            mounts.append(f'{tools["mount"]} {what} "$0/{name}"')
-            if name == "dev":
-                mounts.extend(f': > "$0/dev/{d}" && {tools["mount"]} --bind /dev/{d} "$0/dev/{d}"' for d in DEVICES)
-                mounts.append(f'mkdir "$0/dev/shm" && {tools["mount"]} -t tmpfs -o mode=1777 tmpfs "$0/dev/shm"')
-    script = " && ".join([*mounts, 'exec "$@"'])
-    chroot = [tools["unshare"], f"--root={root}", f"--wd={workdir}", "--"]
-    return [*unshare, "--net", "--uts", tools["sh"], "-c", script, root, *strace, *chroot, *argv]
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
+            continue  # never mount over a symlink: it could lead out
+        at = f'"$1/merged/{name}"'
+        mounts.append(f"{{ [ -d {at} ] || mkdir {at}; }} && {mount} {what} {at}")
+        if name == "dev":
+            mounts.extend(f': > "$1/merged/dev/{d}" && {mount} --bind /dev/{d} "$1/merged/dev/{d}"' for d in DEVICES)
+            mounts.append(f'mkdir "$1/merged/dev/shm" && {mount} -t tmpfs -o mode=1777 tmpfs "$1/merged/dev/shm"')
+    script = " && ".join([*mounts, "shift", 'exec "$@"'])
+    user = ["--setgid", str(ids[1]), "--setuid", str(ids[0])] if ids is not None else []
+    chroot = [tools["unshare"], f"--root={merged}", f"--wd={workdir}", *user, "--"]
+    return [*unshare, "--net", "--uts", tools["sh"], "-c", script, root, scratch, *strace, *chroot, *argv]
 
 
 def namespaces(who: str) -> tuple[dict[str, str], list[str]]:
@@ -283,7 +316,9 @@ class _Calls:
         return path in self.made or path in self.made_dirs or path.startswith(below)
 
 
-def _collect(folder: str, cwd: str, root: str | None = None) -> tuple[set[str], set[str], set[str]]:
+def _collect(
+    folder: str, cwd: str, root: str | None = None, pristine: str | None = None
+) -> tuple[set[str], set[str], set[str]]:
     """What the traced processes read (regular files), looked at (folders: listed,
     ``stat``ed or ``access``ed, as emacs checks ``etc/charsets`` before reading
     anything, or written into) and executed, less everything they created or wrote,
@@ -292,7 +327,10 @@ def _collect(folder: str, cwd: str, root: str | None = None) -> tuple[set[str], 
     the root.
     A call on an open descriptor itself (``AT_EMPTY_PATH``: glibc's ``fstat`` of a
     redirected stdout) names no path the command looked up, and is left out: the file
-    is whatever the caller of minify redirected to."""
+    is whatever the caller of minify redirected to.
+    With ``pristine`` (the root as the image has it, ``root`` being the overlay the run
+    saw), what the run created is simply not there, and a file it wrote that the image
+    had is kept: that is the image's state (postgres' data), with the image's bytes."""
     calls = _Calls()
     for match, _ in _traced_calls(folder, root):
         if int(match.group(3)) < 0:
@@ -300,17 +338,19 @@ def _collect(folder: str, cwd: str, root: str | None = None) -> tuple[set[str], 
         paths = [_absolute(d, n, cwd, root) for d, n in _PATH.findall(match.group(2))]
         if paths and None not in paths:
             calls.add(match.group(1), match.group(2), paths)  # type: ignore[arg-type]
-    kind = _kind_in(root) if root is not None else _kind
+    seen = pristine or root
+    kind = _kind_in(seen) if seen is not None else _kind
+    kept = calls.read | calls.made if pristine is not None else calls.read
     files: set[str] = set()
     dirs: set[str] = set()
     # the folders the run wrote into exist in the image, empty (R's temporary files in
     # /tmp, a server's log folder): what it wrote there is left out, not the folder
     written_in = {os.path.dirname(p) for p in calls.made | calls.made_dirs}
-    for path in calls.read | calls.listed | written_in:
-        if calls.written(path) or (path + "/").startswith(SKIP_PREFIXES) or path in SKIP_FILES:
+    for path in kept | calls.listed | written_in:
+        if (pristine is None and calls.written(path)) or (path + "/").startswith(SKIP_PREFIXES) or path in SKIP_FILES:
             continue
         found = kind(path)
-        if found == "file" and path in calls.read:
+        if found == "file" and path in kept:
             files.add(path)
         elif found == "dir":
             dirs.add(path)

@@ -51,7 +51,9 @@ class Unpacked:
     root: str
     layers: int = 0
     notes: list[str] = field(default_factory=list)
-    owners: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # folder -> (uid, gid, mode)
+    # path -> (uid, gid, mode) as the image names it: every folder, and the files whose
+    # owner is not root or whose mode the unpacked copy does not hold (``Root.owners``)
+    owners: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)  # kinds of members not written, and how many
     xattrs: list[str] = field(default_factory=list)  # "path (name)" of extended attributes not kept
 
@@ -424,19 +426,24 @@ class _Tree:
             at = self._made(parts[:-1])
             name = parts[-1]
             mode = info.mode & 0o7777
+            path = "/" + "/".join(parts)
             if info.isdir():
-                self._make_dir(at, name, mode)
-                owners["/" + "/".join(parts)] = (info.uid, info.gid, mode)  # as the image names it
+                self._make_dir(at, name, mode, (info.uid, info.gid))
+                owners[path] = (info.uid, info.gid, mode)
                 continue
             self._remove(at, name)
+            owners.pop(path, None)
             if info.issym():
                 os.symlink(info.linkname, name, dir_fd=at)
-            elif info.islnk():
-                self._link(info.linkname, at, name)
             else:
-                self._file(tar, info, at, name, mode, done.xattrs)
+                if info.islnk():
+                    self._link(info.linkname, at, name)
+                else:
+                    self._file(tar, info, at, name, mode, done.xattrs)
+                if (info.uid, info.gid) != (0, 0) or not mode & 0o400:
+                    owners[path] = (info.uid, info.gid, mode)
 
-    def _make_dir(self, at: int, name: str, mode: int) -> None:
+    def _make_dir(self, at: int, name: str, mode: int, owner: tuple[int, int]) -> None:
         try:
             st = os.lstat(name, dir_fd=at)
         except FileNotFoundError:
@@ -448,6 +455,7 @@ class _Tree:
             os.mkdir(name, 0o700, dir_fd=at)
         fd = os.open(name, _DIR, dir_fd=at)
         try:
+            _own(fd, *owner, again=st is not None)
             os.fchmod(fd, mode | 0o700)  # minify must still read it; the plan keeps its own modes
         finally:
             os.close(fd)
@@ -479,6 +487,7 @@ class _Tree:
         if info.sparse is not None and src is not None:
             try:
                 _write_sparse(src, fd, info)
+                _own(fd, info.uid, info.gid)
                 os.fchmod(fd, mode | 0o400)
                 _xattrs(fd, info, dropped)
             finally:
@@ -493,8 +502,21 @@ class _Tree:
                 out.write(chunk)
                 left -= len(chunk)
             out.flush()
+            _own(out.fileno(), info.uid, info.gid)  # before the mode: chown clears setuid
             os.fchmod(out.fileno(), mode | 0o400)
             _xattrs(out.fileno(), info, dropped)  # last: the kernel clears a capability on every write
+
+
+def _own(fd: int, uid: int, gid: int, *, again: bool = False) -> None:
+    """The image's owner on the unpacked copy, when this process may set it (root): a
+    command traced as the image's user then finds its own files as in the image.
+    Otherwise the copy stays this user's, and ``Unpacked.owners`` still names them.
+    A new file is root's already; a folder a layer declares ``again`` may change hands."""
+    if ((uid, gid) != (0, 0) or again) and os.geteuid() == 0:
+        try:
+            os.fchown(fd, uid, gid)
+        except OSError:
+            pass  # ids this file system cannot hold: the owners table still has them
 
 
 def _write_sparse(src: IO[bytes], fd: int, info: tarfile.TarInfo) -> None:

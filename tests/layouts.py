@@ -26,13 +26,16 @@ HOST_ARCH = PLATFORMS[host_arch()][0]
 Member = Callable[[tarfile.TarFile], None]
 
 
-def file(name: str, data: bytes = b"", mode: int = 0o644, size: int | None = None) -> Member:
+def file(
+    name: str, data: bytes = b"", mode: int = 0o644, size: int | None = None, owner: tuple[int, int] = (0, 0)
+) -> Member:
     """A regular member; ``size`` may declare more than ``data`` holds (a lie)."""
 
     def add(tar: tarfile.TarFile) -> None:
         info = tarfile.TarInfo(name)
         info.size = len(data) if size is None else size
         info.mode = mode
+        info.uid, info.gid = owner
         tar.addfile(info, io.BytesIO(data))
 
     return add

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONTAINERS_CONF, MINIFY, Builder, Podman, chroot_run, strace_minify, written_paths
+from tests.conftest import (
+    CONTAINERS_CONF,
+    MINIFY,
+    Builder,
+    Podman,
+    chroot_run,
+    image_from,
+    strace_minify,
+    written_paths,
+)
 from tests.layouts import HOST_ARCH, blob, fifo, file, folder, host_file, layer_tar, link, write_layout
 
 PASSWD = (
@@ -673,9 +682,72 @@ def test_nss_with_a_named_user_gives_one_passwd(tmp_path: Path, static_hello: Pa
     assert "app" in groups and len(groups) == len(set(groups))
 
 
-def test_trace_user_with_from_is_refused_before_anything_is_unpacked(tmp_path: Path) -> None:
-    """One line, before the source is even opened: the source named here does not exist."""
-    done = minify("rootfs", "--from", "oci:nowhere", "-o", "out", "--trace", "", "--trace-user", "app", cwd=tmp_path)
+APP = (1000, 1000)
+
+
+def _stateful_image(dest: Path, builder: Builder, tmp_path: Path) -> None:
+    stateful = builder.prog(tmp_path / "stateful", src="stateful.c", flags=["-static"])
+    layers = [
+        layer_tar(
+            [
+                folder("bin"),
+                host_file("bin/stateful", stateful),
+                file("etc/passwd", PASSWD),
+                file("etc/group", GROUP),
+                folder("srv/state", 0o700, APP),
+                file("srv/state/counter", b"1\n", 0o600, owner=APP),
+                folder("srv/data", 0o750, APP),
+                file("srv/data/seed.txt", b"seed\n", 0o640, owner=APP),
+                file("srv/data/root-owned", b"root's\n", 0o644),
+                folder("srv/extra", 0o710, APP),
+                file("srv/extra/x", b"x\n", 0o600, owner=APP),
+            ]
+        )
+    ]
+    write_layout(dest, layers, {"Entrypoint": ["/bin/stateful"], "User": "app", "Volumes": {"/srv/data": {}}})
+
+
+def test_state_keeps_the_image_s_owners_and_the_trace_runs_as_its_user(
+    tmp_path: Path, builder: Builder, podman: Podman
+) -> None:
+    """The traced run is the image's User (the program refuses root) on an overlay:
+    the counter it rewrote comes with the image's bytes, its lock file does not come,
+    and its folder keeps owner and mode; a VOLUME comes whole and --add keeps owners
+    and modes. The Dockerfile gives them away too: podman runs the program as app."""
+    _stateful_image(tmp_path / "src", builder, tmp_path)
+    done = minify("rootfs", "--from", "oci:src", "--trace", "", "--add", "/srv/extra", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "uid 1000 gid 1000 counter 1" in done.stderr  # the traced run's own output
+    lock = json.loads((tmp_path / "out/minify.lock.json").read_text())
+    got = {e["path"]: (e.get("owner"), e["mode"]) for e in lock["entries"] if e["path"].startswith("/srv")}
+    assert got == {
+        "/srv": (None, "0755"),
+        "/srv/state": ("1000:1000", "0700"),
+        "/srv/state/counter": ("1000:1000", "0600"),
+        "/srv/data": ("1000:1000", "0750"),
+        "/srv/data/seed.txt": ("1000:1000", "0640"),
+        "/srv/data/root-owned": (None, "0644"),
+        "/srv/extra": ("1000:1000", "0710"),
+        "/srv/extra/x": ("1000:1000", "0600"),
+    }
+    rootfs = tmp_path / "out/rootfs"
+    assert (rootfs / "srv/state/counter").read_bytes() == b"1\n"  # the image's, not the run's
+    assert "note: /srv/data comes whole: a VOLUME of the image" in done.stderr
+    dockerfile = (tmp_path / "out/Dockerfile").read_text().splitlines()
+    assert "COPY --chown=1000:1000 owned/srv/data /srv/data" in dockerfile
+    assert "COPY --chown=0:0 owned/srv/data/root-owned /srv/data/root-owned" in dockerfile
+    tag = image_from(podman, tmp_path / "out")
+    ran = podman("run", "--rm", "--network", "none", tag)
+    assert ran.stdout == "uid 1000 gid 1000 counter 1\n"
+
+
+def test_trace_user_with_from_is_a_user_of_the_image(tmp_path: Path, builder: Builder) -> None:
+    _stateful_image(tmp_path / "src", builder, tmp_path)
+    done = minify("rootfs", "--from", "oci:src", "-o", "out", "--trace", "", "--trace-user", "nosuch", cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip() == "minify: error: --trace-user: a command traced inside an image runs as root there"
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert (
+        done.stderr.strip().splitlines()[-1] == "minify: error: --trace-user 'nosuch' is not in the image's /etc/passwd"
+    )
+    assert not (tmp_path / "out").exists()
+    root = minify("rootfs", "--from", "oci:src", "-o", "out", "--trace", "", "--trace-user", "root", cwd=tmp_path)
+    assert root.returncode != 0 and "refusing to run as root" in root.stderr
