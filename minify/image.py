@@ -399,6 +399,15 @@ class _Planner:
             else:
                 self.warnings.append(f"{item.path}: a {kind_of(item.mode)} in {extra.path}, not copied")
 
+    def add_folder(self, path: str, mode: int, owner: tuple[int, int]) -> None:
+        """An empty folder (a preset's /tmp, a folder a trace wrote into). One the root
+        reaches through links (/var/run/postgresql -> /run/postgresql) comes with them."""
+        found = self.root.resolve(path) if path.startswith("/") else None
+        if found is not None and found.is_dir and found.path != path and path not in self.entries:
+            self.add_links(found.links, False, "traced")
+            path = found.path
+        self.add(Entry(path, EntryType.DIR, mode, reasons=("preset",), owner=owner))
+
     def _folder(self, image_path: str, path: str, mode: int | None, reason: str) -> Entry:
         """An added folder with the owner and mode the source gives it (a data folder
         postgres owns, 0700), less setuid and setgid."""
@@ -517,7 +526,7 @@ def plan_image(
     for item in generated:
         planner.add_generated(item)
     for path, mode, owner in dirs:
-        planner.add(Entry(path, EntryType.DIR, mode, reasons=("preset",), owner=owner))
+        planner.add_folder(path, mode, owner)
     entries = planner.finish()
     return ImagePlan(
         entries,

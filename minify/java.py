@@ -91,3 +91,47 @@ def _incomplete(target: Target, libraries: list[str]) -> dict[str, tuple[str, ..
         if lacking:
             out[program.path] = lacking
     return out
+
+
+#: Launcher options that name class or module path entries, and all that take a value.
+_PATHS = frozenset({"-cp", "-classpath", "--class-path", "-p", "--module-path"})
+_VALUED = _PATHS | frozenset(
+    "--upgrade-module-path --add-modules --limit-modules --add-reads --add-exports --add-opens --patch-module "
+    "--source --enable-native-access".split()
+)
+
+
+def app_files(view: Root, argv: tuple[str, ...], workdir: str, env: dict[str, str]) -> JavaNeeds:
+    """What a ``java ARGS...`` command line names as the app: its class path and
+    module path entries (a ``dir/*`` entry is the folder's jars), a ``-jar`` file, or a
+    source file (``java Hello.java``); with none given, ``CLASSPATH`` or the working
+    folder (unless it is ``/``)."""
+    paths = _named_paths(list(argv[1:]))
+    if paths is None:
+        paths = env["CLASSPATH"].split(":") if env.get("CLASSPATH") else ["."]
+    found: list[str] = []
+    for entry in paths:
+        folder = entry[:-2] if entry.endswith("/*") else entry
+        path = posixpath.normpath(posixpath.join(workdir, folder or "."))
+        if path != "/" and view.resolve(path).exists:
+            found.append(path)
+    notes = (f"note: {some(found, 4)} come with java: the app's class path",) if found else ()
+    return JavaNeeds(tuple(found), notes)
+
+
+def _named_paths(args: list[str]) -> list[str] | None:
+    """The paths the launcher's options name (None: no class path given)."""
+    paths: list[str] | None = None
+    i = 0
+    while i < len(args):
+        arg, value = args[i], args[i + 1] if i + 1 < len(args) else None
+        if arg in _PATHS and value is not None:
+            paths = [*(paths or []), *value.split(":")]
+        elif arg.startswith(("--class-path=", "--module-path=")):
+            paths = [*(paths or []), *arg.split("=", 1)[1].split(":")]
+        elif arg == "-jar" and value is not None:
+            return [*(paths or []), value]
+        elif arg in ("-m", "--module") or not arg.startswith("-"):
+            return [*(paths or []), arg] if arg.endswith(".java") else paths
+        i += 2 if arg in _VALUED else 1
+    return paths

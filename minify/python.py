@@ -27,6 +27,9 @@ from minify.text import some
 PYTHON_NAME = re.compile(r"python(3)(?:\.(\d+))?$")
 #: Modules the interpreter imports before the app runs (``site`` imports the rest).
 STARTUP = ("site", "encodings", "encodings.aliases", "encodings.utf_8", "encodings.latin_1", "encodings.ascii")
+#: Standard library packages that ship whole: codecs are looked up by name at run time,
+#: from C too (``socket.getaddrinfo`` encodes a host name with ``idna``).
+WHOLE = ("encodings",)
 #: Source files read per run, and bytes read of one.
 MAX_MODULES = 20_000
 MAX_SOURCE = 4 << 20
@@ -72,6 +75,10 @@ def python_needs(view: Root, interpreter: str, scripts: list[str], modules: list
     finder = _Finder(view, [d for d in (*app_dirs, *stdlib) if view.resolve(d).is_dir], site)
     for name in (*STARTUP, *_pth_imports(view, site), *modules):
         _module(finder, name, app=None)
+    for package in (f"{folder}/{name}" for folder in stdlib for name in WHOLE):
+        if view.resolve(package).is_dir:
+            finder.files[package] = None
+            _queue_package(finder, package, posixpath.basename(package))
     for script in scripts:
         finder.files[script] = None
         finder.queue.append((script, ""))

@@ -56,8 +56,11 @@ from minify.image import (
     user_spec,
 )
 from minify.java import JavaNeeds, java_home, java_needs, loaded_first
+from minify.java import app_files as java_app_files
 from minify.loader.model import ProgramKind, Reader
 from minify.loaderfiles import loader_files
+from minify.node import NodeNeeds, is_node, node_needs
+from minify.node import command_line as node_command_line
 from minify.output import LOCK_NAME, LOCK_SCHEMA, SBOM_NAME
 from minify.packagedata import left_out, program_data
 from minify.packages import APK_DB, apk_installed, ownership, spelt_entries, unreadable_databases
@@ -351,10 +354,39 @@ def _analyse_inputs(
     apps = _python_apps(view, inner, search, origin)
     jvm = _java_apps(target, [*inner, *needs.programs], origin)
     analysis = analyze(paths, root=target, cwd=cwd, hwcaps=hwcaps, cpuinfo="", exclude=skip)
+    node = _node_apps(analysis, inner, search, origin)
     volumes = _volumes(view, origin)
-    added = (*needs.sourced, *apps.files, *volumes)
-    notes = (*needs.notes, *apps.notes, *jvm.notes, *(f"note: {v} comes whole: a VOLUME of the image" for v in volumes))
+    added = (*needs.sourced, *needs.files, *apps.files, *node.files, *node.addons, *volumes)
+    notes = (*needs.notes, *apps.notes, *node.notes, *jvm.notes)
+    notes += tuple(f"note: {v} comes whole: a VOLUME of the image" for v in volumes)
     return _Inputs(analysis, brought, added, notes, jvm.files, options.add)
+
+
+def _node_apps(analysis: Analysis, inputs: list[str], search: str, origin: Origin | None) -> NodeNeeds:
+    """The modules of the Node.js apps among the inputs (``#!`` scripts of node) and of
+    a source image whose entrypoint is ``node FILE``."""
+    view = analysis.target.root
+    runs: list[tuple[str, list[str], list[str], dict[str, str]]] = []
+    for path in inputs:
+        chain, _ = interpreters(view, path, search)
+        if chain and is_node(chain[-1]):
+            runs.append((chain[-1], [path], [], {}))
+    if origin is not None and origin.entry is not None and is_node(origin.entry):
+        config = origin.config
+        scripts, preloads = node_command_line((*config.entrypoint, *config.cmd), config.working_dir or "/")
+        runs.append((origin.entry, scripts, preloads, dict(config.env)))
+    files: list[str] = []
+    addons: list[str] = []
+    notes: list[str] = []
+    for node, scripts, preloads, env in runs:
+        real = view.realpath(node)
+        own = [p for p in analysis.programs if real in (p.path, p.realpath)]
+        binaries = [o.realpath for p in own for o in p.objects if o.realpath == real or "libnode" in o.realpath]
+        needs = node_needs(view, node, scripts, preloads, env=env, binaries=binaries)
+        files += needs.files
+        addons += needs.addons
+        notes += needs.notes
+    return NodeNeeds(tuple(dict.fromkeys(files)), tuple(dict.fromkeys(addons)), tuple(notes))
 
 
 def _volumes(view: Root, origin: Origin | None) -> tuple[str, ...]:
@@ -368,9 +400,14 @@ def _volumes(view: Root, origin: Origin | None) -> tuple[str, ...]:
 
 
 def _java_apps(target: Target, inputs: list[str], origin: Origin | None) -> JavaNeeds:
-    """The JVM layout of each ``java`` among the inputs and a source image's entrypoint."""
+    """The JVM layout of each ``java`` among the inputs and a source image's entrypoint,
+    and the class path that entrypoint's command line names."""
     homes = {java_home(target.root, p) for p in (*inputs, *([origin.entry] if origin and origin.entry else []))}
     found = [java_needs(target, home) for home in sorted(h for h in homes if h is not None)]
+    if origin is not None and origin.entry is not None and java_home(target.root, origin.entry) is not None:
+        config = origin.config
+        argv = (*config.entrypoint, *config.cmd)
+        found.append(java_app_files(target.root, argv, config.working_dir or "/", dict(config.env)))
     return JavaNeeds(tuple(f for n in found for f in n.files), tuple(x for n in found for x in n.notes))
 
 
@@ -664,17 +701,17 @@ def _merge_users(generated: list[Generated]) -> list[Generated]:
 
 
 def _traced_folders(trace: Trace, view: Root, skip: tuple[str, ...]) -> list[tuple[str, int, tuple[int, int]]]:
-    """The folders a trace looked at or wrote into that are real folders of the root
-    (not reached through a link), less OUT and secret places, with their permission
-    bits in the root (``/tmp`` keeps 1777) less setuid and setgid, and a source
-    image's owner (nginx's /var/lib/nginx, postgres' socket folder)."""
+    """The folders a trace looked at or wrote into, less OUT and secret places, with
+    their permission bits in the root (``/tmp`` keeps 1777) less setuid and setgid, and
+    a source image's owner (nginx's /var/lib/nginx). One reached through a link
+    (postgres' /var/run/postgresql) is named by that path: the plan lays the link too."""
     out = []
     for folder in trace.dirs:
-        if any(within(folder, s) for s in skip) or why_secret(folder) is not None:
-            continue
         found = view.resolve(folder)
-        if found.path == folder and found.is_dir and found.mode is not None:
-            owner, mode = view.owner(folder, found.mode)
+        if any(within(p, s) for p in (folder, found.path) for s in skip) or why_secret(found.path) is not None:
+            continue
+        if found.is_dir and found.mode is not None:
+            owner, mode = view.owner(found.path, found.mode)
             out.append((folder, mode & ~(stat.S_ISUID | stat.S_ISGID), owner))
     return out
 

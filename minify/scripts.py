@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from minify.errors import MinifyError
 from minify.loader.model import Reader
 from minify.root import Root
+from minify.sensitive import why_secret
 from minify.shell import MAX_SCRIPT, commands
 from minify.text import some
 
@@ -94,6 +95,7 @@ class ScriptNeeds:
     programs: dict[str, str]
     sourced: tuple[str, ...]
     notes: tuple[str, ...]
+    files: tuple[str, ...] = ()  # files of the root the scripts name by absolute path
 
 
 @dataclass
@@ -106,6 +108,7 @@ class _Reading:
     given: list[str]
     programs: dict[str, str] = field(default_factory=dict)
     sourced: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     queue: list[str] = field(default_factory=list)  # shell scripts and sourced files to read
 
@@ -154,12 +157,27 @@ def shell_needs(view: Root, scripts: list[str], search: str, workdir: str) -> Sc
             reading.notes.append(
                 f"note: {path} runs commands that are not in the root's PATH ({search}): {some(missing, 8)}"
             )
+        named = [p for p in found.paths if p not in reading.sourced and _named_file(view, p)]
+        if named:
+            reading.files.extend(named)
+            reading.notes.append(f"note: {some(named, 6)} come with {path}, which names them")
         if found.dynamic:
             reading.notes.append(
                 f"hint: {path} runs commands it builds at run time ({some(found.dynamic, 4)}), which a static "
                 "reading cannot name: add them as inputs, or --trace the script"
             )
-    return ScriptNeeds(reading.programs, tuple(dict.fromkeys(reading.sourced)), tuple(reading.notes))
+    sourced = tuple(dict.fromkeys(reading.sourced))
+    files = tuple(f for f in dict.fromkeys(reading.files) if f not in sourced and f not in reading.programs)
+    return ScriptNeeds(reading.programs, sourced, tuple(reading.notes), files)
+
+
+def _named_file(view: Root, path: str) -> bool:
+    """A regular file of the root that is not a known secret place (a script that
+    reads /etc/shadow does not ship it unless you --add it)."""
+    try:
+        return view.resolve(path).is_file and why_secret(path) is None
+    except MinifyError:
+        return False
 
 
 def _is_shell(chain: list[str]) -> bool:

@@ -13,6 +13,7 @@ variable cannot be resolved statically and is reported instead. Files it sources
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass, field
 
@@ -52,6 +53,7 @@ class Commands:
     sourced: list[str] = field(default_factory=list)
     dynamic: list[str] = field(default_factory=list)
     functions: set[str] = field(default_factory=set)
+    paths: list[str] = field(default_factory=list)  # absolute paths its words name (``/app/data.json``)
 
 
 def commands(text: str, depth: int = 0) -> Commands:
@@ -61,6 +63,7 @@ def commands(text: str, depth: int = 0) -> Commands:
     words = _tokens(text[:MAX_SCRIPT])
     _functions(words, out)
     _walk(words, out)
+    out.paths = _paths(words)
     if depth < MAX_DEPTH:
         for inner in _substitutions(words):
             found = commands(inner, depth + 1)
@@ -68,9 +71,27 @@ def commands(text: str, depth: int = 0) -> Commands:
             out.sourced += found.sourced
             out.dynamic += found.dynamic
             out.functions |= found.functions
+            out.paths += found.paths
     out.names = [n for n in dict.fromkeys(out.names) if n not in out.functions]
     out.sourced = list(dict.fromkeys(out.sourced))
     out.dynamic = list(dict.fromkeys(out.dynamic))
+    out.paths = [p for p in dict.fromkeys(out.paths) if p not in out.names]
+    return out
+
+
+def _paths(words: list[str]) -> list[str]:
+    """The absolute paths the words spell out as the shell sees them: an argument
+    (``jq . /app/data.json``), an option's value (``--config=/etc/app.conf``), a
+    redirection's file (``< /app/in.txt``)."""
+    out = []
+    for word in words:
+        redirect = _REDIRECT.fullmatch(word)
+        text = _unquote(redirect.group(2) if redirect is not None else word)
+        if text is None:
+            continue
+        text = text.rpartition("=")[2] if not text.startswith("/") else text
+        if text.startswith("/") and "\0" not in text and len(text) <= 4096:
+            out.append(posixpath.normpath(text))
     return out
 
 

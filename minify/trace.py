@@ -38,6 +38,8 @@ SYSCALLS = (
 #: Never recorded: kernel interfaces, and the loader's own files (the closure covers
 #: libraries exactly; copying the host's cache would change how the image resolves).
 SKIP_PREFIXES = ("/proc/", "/sys/", "/dev/", "/run/")
+#: Inside an image, /run is the image's own (nginx writes its pid file there).
+SKIP_IN_IMAGE = ("/proc/", "/sys/", "/dev/")
 SKIP_FILES = ("/etc/ld.so.cache", "/etc/ld.so.preload")
 #: One traced call, as ``strace -y`` prints it: name, arguments, result.
 _CALL = re.compile(r"^(\w+)\((.*)\)\s+=\s+(-?\d+)")
@@ -346,8 +348,9 @@ def _collect(
     # the folders the run wrote into exist in the image, empty (R's temporary files in
     # /tmp, a server's log folder): what it wrote there is left out, not the folder
     written_in = {os.path.dirname(p) for p in calls.made | calls.made_dirs}
+    skipped = SKIP_PREFIXES if pristine is None else SKIP_IN_IMAGE
     for path in kept | calls.listed | written_in:
-        if (pristine is None and calls.written(path)) or (path + "/").startswith(SKIP_PREFIXES) or path in SKIP_FILES:
+        if (pristine is None and calls.written(path)) or (path + "/").startswith(skipped) or path in SKIP_FILES:
             continue
         found = kind(path)
         if found == "file" and path in kept:

@@ -19,6 +19,7 @@ set -eu
 # date, sed and gzip are found on PATH; greet is the sourced file's function
 stamp="$(date -u -d @86400 +%Y-%m-%d)"
 greet "$stamp" | sed 's/^/> /' | gzip -c | gzip -dc
+head -n 1 {data}
 command -v not-a-real-tool-xyz >/dev/null || true
 {helper} 2>/dev/null || true
 if [ -n "${{RUNNER:-}}" ]; then $RUNNER; fi
@@ -41,11 +42,13 @@ def test_a_shell_script_brings_the_commands_it_runs_and_runs(tmp_path: Path) -> 
     helper = app / "helper"  # its interpreter is nowhere: left out with a note, not a failed run
     helper.write_text("#!/no/such/interpreter\n")
     helper.chmod(0o755)
+    data = app / "data.txt"  # a file the script names by path comes with it
+    data.write_text("data line\nsecond\n")
     script = app / "entrypoint.sh"
-    script.write_text(SCRIPT.format(lib=lib, helper=helper))
+    script.write_text(SCRIPT.format(lib=lib, helper=helper, data=data))
     script.chmod(0o755)
     host = subprocess.run([str(script)], capture_output=True, text=True, check=True)
-    assert host.stdout == "> hello 1970-01-02\nhere-document text is not a command: rm -rf /\n"
+    assert host.stdout == "> hello 1970-01-02\ndata line\nhere-document text is not a command: rm -rf /\n"
     out = tmp_path / "out"
     made = cli("rootfs", str(script), "-o", str(out))
     assert made.returncode == 0, made.stderr
@@ -57,7 +60,8 @@ def test_a_shell_script_brings_the_commands_it_runs_and_runs(tmp_path: Path) -> 
     assert f"runs {helper}, left out: {helper}: its #! interpreter /no/such/interpreter is not in" in made.stderr
     lock = json.loads((out / "minify.lock.json").read_text())
     shipped = {e["path"] for e in lock["entries"]}
-    assert str(lib) in shipped
+    assert str(lib) in shipped and str(data) in shipped
+    assert f"note: {data} come with {script}, which names them" in made.stderr
     assert not any(p.endswith("/rm") for p in shipped)  # the here-document's words are not commands
     ran = chroot_run(out / "rootfs", str(script))
     assert (ran.returncode, ran.stdout) == (0, host.stdout), ran.stderr
