@@ -294,7 +294,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     warnings = [*(origin.notes if origin else ()), *plan.warnings, *_skipped_warnings(analysis, gathered, scripts)]
     given = len(analysis.programs) + len(scripts) - len(set(brought) - set(read.added))
     warnings.extend([*tree_warnings, *_entrypoint_note(options, config, given), *brought.values(), *read.notes])
-    warnings.extend(f"hint: {h}" for h in _open_hints(hints, names, trace, plan, analysis))
+    warnings.extend(f"hint: {h}" for h in _open_hints(hints, names, trace, plan, analysis, extra))
     warnings.extend([*additions.notes, *note_warnings, *gathered.warnings])
     plan = replace(plan, warnings=tuple(warnings))
     try:
@@ -559,11 +559,18 @@ def _maps(options: RootfsOptions, cwd: str) -> tuple[Mapping, ...]:
 
 
 def _open_hints(
-    hints: tuple[Hint, ...], names: tuple[str, ...], trace: Trace | None, plan: ImagePlan, analysis: Analysis
+    hints: tuple[Hint, ...],
+    names: tuple[str, ...],
+    trace: Trace | None,
+    plan: ImagePlan,
+    analysis: Analysis,
+    extra: tuple[ProgramClosure, ...] = (),
 ) -> list[Hint]:
-    """The hints the image still needs: not a preset it takes, not a preset whose
-    files a trace (or ``--add``) brought already, and with a trace none of the hints
-    about dlopen and data, which the trace answers."""
+    """The hints the image still needs, of the final closure (``extra``: what a trace,
+    ``--add`` or a runtime's layout brought asks too): not a preset it takes, not a
+    preset whose files a trace (or ``--add``) brought already, and with a trace none of
+    the hints about dlopen and data, which the trace answers."""
+    hints = _hints(analysis, extra) if extra else hints
     shipped = {e.path for e in plan.entries}
     out = []
     for hint in hints:
@@ -766,8 +773,11 @@ def _is_elf_file(view: Root, reader: Reader, path: str) -> bool:
     return reader.is_elf(view.resolve(path))
 
 
-def _hints(analysis: Analysis) -> tuple[Hint, ...]:
-    """Hints for every program, merged."""
+def _hints(analysis: Analysis, extra: tuple[ProgramClosure, ...] = ()) -> tuple[Hint, ...]:
+    """Hints for every program, merged; with ``extra``, for the final closure: the
+    libraries a trace, ``--add`` or a runtime's layout brought ask too."""
+    if extra:
+        analysis = replace(analysis, programs=(*analysis.programs, *extra))
     out: dict[tuple[str | None, str], Hint] = {}
     for hints in for_analysis(analysis).values():
         for hint in hints:

@@ -2,6 +2,7 @@
 # The test command: installs everything the tests need on a fresh Debian machine
 # (compilers, musl, the cross toolchains of the architectures Debian ships and qemu,
 # podman and runc, strace,
+# mmdebstrap (a real Debian image of apps, built once per session),
 # the real programs whose jobs the tests run from images: R, tesseract, pandoc, emacs,
 # neovim, LibreOffice, zsh,
 # skopeo, umoci and a registry),
@@ -25,7 +26,7 @@ packages=(
     xz-utils openssl git sqlite3 curl gdb file zsh
     tesseract-ocr tesseract-ocr-eng pandoc emacs-nox neovim r-base-core libreoffice-writer-nogui
     python3 python3-venv tzdata ca-certificates libzstd1 libc-bin libcap2-bin systemd ruby less postgresql
-    openjdk-17-jre-headless
+    openjdk-17-jre-headless mmdebstrap
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -125,3 +125,15 @@ def test_a_preset_hint_is_dropped_when_the_trace_brought_its_files(tmp_path: Pat
     assert traced.returncode == 0, traced.stderr
     assert (tmp_path / "out/rootfs/usr/share/zoneinfo/Europe/Paris").exists()
     assert "add --with tzdata" not in traced.stderr
+
+
+def test_hints_ask_the_final_closure_too(tmp_path: Path) -> None:
+    """Hints read what the image ships, not only the inputs: env asks for no user
+    lookup, but id, added beside it, does (getpwuid through NSS), so the hint shows."""
+    need_tool("env", "id")
+    alone = cli("rootfs", "/usr/bin/env", "-o", str(tmp_path / "alone"))
+    assert alone.returncode == 0, alone.stderr
+    assert "add --with nss" not in alone.stderr
+    added = cli("rootfs", "/usr/bin/env", "--add", "/usr/bin/id", "-o", str(tmp_path / "added"))
+    assert added.returncode == 0, added.stderr
+    assert "user and group lookups go through NSS" in added.stderr and "add --with nss" in added.stderr
