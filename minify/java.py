@@ -30,6 +30,8 @@ MAX_ENTRIES = 20_000
 class JavaNeeds:
     files: tuple[str, ...]
     notes: tuple[str, ...]
+    why: str = ""  # the lock file's reason for ``app``
+    app: tuple[str, ...] = ()  # the app's own: its class path entries, jar or source file
 
 
 def java_home(view: Root, program: str) -> str | None:
@@ -116,7 +118,7 @@ def app_files(view: Root, argv: tuple[str, ...], workdir: str, env: dict[str, st
         if path != "/" and view.resolve(path).exists:
             found.append(path)
     notes = (f"note: {some(found, 4)} come with java: the app's class path",) if found else ()
-    return JavaNeeds(tuple(found), notes)
+    return JavaNeeds((), notes, "java class path", tuple(found))
 
 
 def _named_paths(args: list[str]) -> list[str] | None:

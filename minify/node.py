@@ -61,6 +61,7 @@ class NodeNeeds:
     files: tuple[str, ...] = ()
     addons: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    why: dict[str, str] = field(default_factory=dict)  # path -> why, for the lock file
 
 
 def is_node(path: str) -> bool:
@@ -95,7 +96,7 @@ def command_line(argv: tuple[str, ...], workdir: str) -> tuple[list[str], list[s
 class _Resolver:
     view: Root
     globals: list[str]
-    files: dict[str, None] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # path -> why
     addons: dict[str, None] = field(default_factory=dict)
     packages: set[str] = field(default_factory=set)
     queue: list[tuple[str, bool]] = field(default_factory=list)  # (module, the app's own)
@@ -134,13 +135,13 @@ def node_needs(
     found += ["/usr/lib/nodejs", "/usr/share/nodejs"]
     resolver = _Resolver(view, [g for g in dict.fromkeys(found) if _is(view, g, file=False)])
     for path in _shared_builtins(view, binaries):
-        resolver.files[path] = None
+        resolver.files[path] = "node builtin (libnode names it)"
     base = posixpath.dirname(scripts[0]) if scripts else "/"
     for spec in preloads:
         _require(resolver, spec, f"{base}/[preload]", app=True)
     for script in scripts:
         if resolver.is_file(script):
-            _take(resolver, script, app=True)
+            _take(resolver, script, "node app", app=True)
     _drain(resolver)
     notes = []
     if resolver.missing:
@@ -148,7 +149,7 @@ def node_needs(
         notes.append(f"note: requires and imports nothing in the root resolves: {some(named, 8)}")
     if resolver.files:
         notes.append(f"note: {len(resolver.files)} Node.js modules, packages and builtin files come with the app")
-    return NodeNeeds(tuple(resolver.files), tuple(resolver.addons), tuple(notes))
+    return NodeNeeds(tuple(resolver.files), tuple(resolver.addons), tuple(notes), dict(resolver.files))
 
 
 def _is(view: Root, path: str, *, file: bool) -> bool:
@@ -185,15 +186,15 @@ def _shared_builtins(view: Root, binaries: list[str]) -> list[str]:
     return [p for p in out if _is(view, p, file=True)]
 
 
-def _take(resolver: _Resolver, path: str, *, app: bool) -> None:
+def _take(resolver: _Resolver, path: str, why: str, *, app: bool) -> None:
     """Ship a module file, its package scope's package.json, and read it (JavaScript)
     or bring its closure (an addon)."""
     if path in resolver.files:
         return
-    resolver.files[path] = None
+    resolver.files[path] = why
     scope = _scope(resolver, posixpath.dirname(path))
     if scope is not None:
-        resolver.files[f"{scope}/package.json"] = None
+        resolver.files.setdefault(f"{scope}/package.json", "node package scope (its type)")
     if path.endswith(".node"):
         resolver.addons[path] = None
     elif not path.endswith(".json") and len(resolver.files) < MAX_MODULES:
@@ -235,7 +236,7 @@ def _require(resolver: _Resolver, spec: str, source: str, *, app: bool) -> None:
         if app:
             resolver.missing.setdefault(spec, source)
         return
-    _take(resolver, found, app=app and "/node_modules/" not in found)
+    _take(resolver, found, f"node require {spec}", app=app and "/node_modules/" not in found)
 
 
 def _as_file(resolver: _Resolver, base: str) -> str | None:
@@ -294,7 +295,7 @@ def _in_package(resolver: _Resolver, package: str, sub: str) -> str | None:
     targets = _exported(exports, "./" + sub if sub else ".")
     found = [t for t in (posixpath.normpath(f"{package}/{t}") for t in targets) if resolver.is_file(t)]
     for extra in found[1:]:  # other conditions' files (import and require): shipped too
-        _take(resolver, extra, app=False)
+        _take(resolver, extra, f"node package {posixpath.basename(package)} (exports)", app=False)
     return found[0] if found else None
 
 
@@ -331,7 +332,7 @@ def _whole(resolver: _Resolver, package: str) -> None:
     if package in resolver.packages:
         return
     resolver.packages.add(package)
-    resolver.files[package] = None
+    resolver.files.setdefault(package, f"node package {posixpath.basename(package)}")
     for item in resolver.view.walk(package):
         inner = item.path[len(package) :]
         if item.target is None and inner.endswith((".js", ".mjs", ".cjs")) and "/node_modules/" not in inner:

@@ -42,6 +42,7 @@ class PythonNeeds:
 
     files: tuple[str, ...]
     notes: tuple[str, ...]
+    why: dict[str, str] = field(default_factory=dict)  # path -> why, for the lock file
 
 
 def is_python(path: str) -> bool:
@@ -53,7 +54,7 @@ class _Finder:
     view: Root
     stdlib: list[str]
     site: list[str]
-    files: dict[str, None] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # path -> why (the lock file's reason)
     done: set[str] = field(default_factory=set)
     queue: list[tuple[str, str]] = field(default_factory=list)  # (source file, its package)
     missing: dict[str, str] = field(default_factory=dict)  # module -> the app file that imports it
@@ -77,10 +78,10 @@ def python_needs(view: Root, interpreter: str, scripts: list[str], modules: list
         _module(finder, name, app=None)
     for package in (f"{folder}/{name}" for folder in stdlib for name in WHOLE):
         if view.resolve(package).is_dir:
-            finder.files[package] = None
+            finder.files[package] = "python start-up (codecs are looked up by name)"
             _queue_package(finder, package, posixpath.basename(package))
     for script in scripts:
-        finder.files[script] = None
+        finder.files[script] = "python app"
         finder.queue.append((script, ""))
     if code:
         _imports_of(finder, code, "<-c>", "", app="-c")
@@ -89,7 +90,7 @@ def python_needs(view: Root, interpreter: str, scripts: list[str], modules: list
     if finder.missing:
         names = [f"{m} ({who})" for m, who in finder.missing.items()]
         notes.append(f"note: imports that no folder of the root's sys.path provides: {some(names, 8)}")
-    return PythonNeeds(tuple(finder.files), tuple(notes))
+    return PythonNeeds(tuple(finder.files), tuple(notes), dict(finder.files))
 
 
 def _version(view: Root, prefix: str) -> str | None:
@@ -233,21 +234,21 @@ def _ship(finder: _Finder, folder: str, leaf: str, name: str) -> bool:
     package = f"{folder}/{leaf}"
     init = f"{package}/__init__.py"
     if view.resolve(init).is_file:
-        _add_source(finder, init, name)
+        _add_source(finder, init, name, f"python import {name}")
         return True
     if view.resolve(f"{folder}/{leaf}.py").is_file:
-        _add_source(finder, f"{folder}/{leaf}.py", name.rpartition(".")[0])
+        _add_source(finder, f"{folder}/{leaf}.py", name.rpartition(".")[0], f"python import {name}")
         return True
     for entry in view.listdir(folder) if view.resolve(folder).is_dir else ():
         if entry.startswith(f"{leaf}.") and entry.endswith(".so") and entry.count(".") <= 3:
-            finder.files[f"{folder}/{entry}"] = None  # an extension module: its closure follows
+            finder.files[f"{folder}/{entry}"] = f"python import {name}"  # an extension module: its closure follows
             return True
     return view.resolve(package).is_dir  # a namespace package
 
 
-def _add_source(finder: _Finder, path: str, package: str) -> None:
+def _add_source(finder: _Finder, path: str, package: str, why: str) -> None:
     if path not in finder.files:
-        finder.files[path] = None
+        finder.files[path] = why
         finder.queue.append((path, package))
 
 
@@ -262,10 +263,10 @@ def _third_party(finder: _Finder, folder: str, top: str) -> bool:
     for name in names:
         stem = name.split("-", 1)[0].lower().replace("_", "-")
         if name.endswith((".dist-info", ".egg-info")) and stem == key:
-            finder.files[f"{folder}/{name}"] = None
+            finder.files[f"{folder}/{name}"] = f"python import {top} (its metadata)"
     for hit in hits:
         path = f"{folder}/{hit}"
-        finder.files[path] = None
+        finder.files[path] = f"python import {top}"
         if hit.endswith(".py"):
             finder.queue.append((path, ""))
         elif view.resolve(path).is_dir:

@@ -116,6 +116,7 @@ class RootfsOptions:
     probes: tuple[str, ...] = ()  # --probe: commands run against the traced server
     trace_exclude: tuple[str, ...] = ()  # globs of traced paths to leave out
     layout: tuple[str, ...] = ()  # a runtime's own files (the JVM's): added, their libraries' closures lenient
+    brought: tuple[tuple[str, str], ...] = ()  # (path, why) of the files in ``add`` the inputs' apps need
     cache: bool = True  # the persistent cache of parsed ELF facts
     package_metadata: bool = True  # status.d stanzas, os-release and the SBOM in the image
     source: str | None = None  # --from: an image to minify (its flattened files are the root)
@@ -255,7 +256,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
     skip = _skipped_folders(view, out)
     search = _search_path(origin)
     read = _analyse_inputs(options, target, cwd, skip, origin)
-    analysis, brought, options = read.analysis, read.brought, replace(options, add=read.add, layout=read.layout)
+    analysis, brought, options = read.analysis, read.brought, read.apply(options)
     first = analysis.programs[0].path if analysis.programs else None
     programs, scripts = _split_scripts(analysis)
     analysis = replace(analysis, programs=programs)
@@ -326,11 +327,16 @@ class _Inputs:
     notes: tuple[str, ...] = ()
     layout: tuple[str, ...] = ()  # a runtime's own files (``RootfsOptions.layout``)
     given: tuple[str, ...] = ()  # the user's --add
+    why: dict[str, str] = field(default_factory=dict)  # why each of ``added`` is there
 
     @property
     def add(self) -> tuple[str, ...]:
         """``--add`` and the files the inputs' scripts and apps need."""
         return (*self.given, *self.added)
+
+    def apply(self, options: RootfsOptions) -> RootfsOptions:
+        """``options`` with what the inputs bring: to add, a runtime's layout, and why."""
+        return replace(options, add=self.add, layout=self.layout, brought=tuple(self.why.items()))
 
 
 def _analyse_inputs(
@@ -356,10 +362,13 @@ def _analyse_inputs(
     analysis = analyze(paths, root=target, cwd=cwd, hwcaps=hwcaps, cpuinfo="", exclude=skip)
     node = _node_apps(analysis, inner, search, origin)
     volumes = _volumes(view, origin)
-    added = (*needs.sourced, *needs.files, *apps.files, *node.files, *node.addons, *volumes)
+    why = {**needs.why, **apps.why, **node.why, **dict.fromkeys(jvm.app, jvm.why)}
+    why.update({**dict.fromkeys(volumes, "the image's VOLUME")})
+    why = {path: reason for path, reason in why.items() if path not in options.add}  # the user's --add wins
+    added = (*needs.sourced, *needs.files, *apps.files, *node.files, *node.addons, *jvm.app, *volumes)
     notes = (*needs.notes, *apps.notes, *node.notes, *jvm.notes)
     notes += tuple(f"note: {v} comes whole: a VOLUME of the image" for v in volumes)
-    return _Inputs(analysis, brought, added, notes, jvm.files, options.add)
+    return _Inputs(analysis, brought, added, notes, jvm.files, options.add, why)
 
 
 def _node_apps(analysis: Analysis, inputs: list[str], search: str, origin: Origin | None) -> NodeNeeds:
@@ -378,6 +387,7 @@ def _node_apps(analysis: Analysis, inputs: list[str], search: str, origin: Origi
     files: list[str] = []
     addons: list[str] = []
     notes: list[str] = []
+    why: dict[str, str] = {}
     for node, scripts, preloads, env in runs:
         real = view.realpath(node)
         own = [p for p in analysis.programs if real in (p.path, p.realpath)]
@@ -386,7 +396,8 @@ def _node_apps(analysis: Analysis, inputs: list[str], search: str, origin: Origi
         files += needs.files
         addons += needs.addons
         notes += needs.notes
-    return NodeNeeds(tuple(dict.fromkeys(files)), tuple(dict.fromkeys(addons)), tuple(notes))
+        why = {**needs.why, **why}
+    return NodeNeeds(tuple(dict.fromkeys(files)), tuple(dict.fromkeys(addons)), tuple(notes), why)
 
 
 def _volumes(view: Root, origin: Origin | None) -> tuple[str, ...]:
@@ -408,7 +419,8 @@ def _java_apps(target: Target, inputs: list[str], origin: Origin | None) -> Java
         config = origin.config
         argv = (*config.entrypoint, *config.cmd)
         found.append(java_app_files(target.root, argv, config.working_dir or "/", dict(config.env)))
-    return JavaNeeds(tuple(f for n in found for f in n.files), tuple(x for n in found for x in n.notes))
+    files, notes = tuple(f for n in found for f in n.files), tuple(x for n in found for x in n.notes)
+    return JavaNeeds(files, notes, "java class path", tuple(f for n in found for f in n.app))
 
 
 def _python_apps(view: Root, inputs: list[str], search: str, origin: Origin | None) -> PythonNeeds:
@@ -424,13 +436,15 @@ def _python_apps(view: Root, inputs: list[str], search: str, origin: Origin | No
     if origin is not None and origin.entry is not None and is_python(origin.entry):
         config = origin.config
         runs.append((origin.entry, *command_line((*config.entrypoint, *config.cmd), config.working_dir or "/")))
+    why: dict[str, str] = {}
     for interpreter, scripts, modules, code in runs:
         needs = python_needs(view, interpreter, [s for s in scripts if view.resolve(s).is_file], modules, code)
         files += needs.files
         notes += needs.notes
+        why = {**needs.why, **why}
     if files:
         notes.append(f"note: {len(set(files))} Python modules, packages and their files come with the app's imports")
-    return PythonNeeds(tuple(dict.fromkeys(files)), tuple(notes))
+    return PythonNeeds(tuple(dict.fromkeys(files)), tuple(notes), why)
 
 
 def _with_interpreters(
@@ -626,10 +640,14 @@ def _gather(
         got.extras.append(Extra(path, None, LAYOUT_REASON))
         if _is_elf_file(view, reader, path):
             got.layout_elves.append(path)
+    why = dict(options.brought)
     for spec in options.add:
         added = _parse_add(spec, view, cwd)
+        if spec in why:  # brought for an app (its imports, a script's data): not named by the user
+            added = replace(added, reason=why.pop(spec))
+        else:
+            got.named.update((view.realpath(added.path), added.path))
         got.extras.append(added)
-        got.named.update((view.realpath(added.path), added.path))
         if _is_elf_file(view, reader, added.path):
             got.elf.append(added.path)
         elif view.resolve(added.path).is_dir:

@@ -96,6 +96,7 @@ class ScriptNeeds:
     sourced: tuple[str, ...]
     notes: tuple[str, ...]
     files: tuple[str, ...] = ()  # files of the root the scripts name by absolute path
+    why: dict[str, str] = field(default_factory=dict)  # sourced and named files -> why
 
 
 @dataclass
@@ -109,6 +110,7 @@ class _Reading:
     programs: dict[str, str] = field(default_factory=dict)
     sourced: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    why: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     queue: list[str] = field(default_factory=list)  # shell scripts and sourced files to read
 
@@ -128,10 +130,11 @@ class _Reading:
                     self.queue.append(program)
         return True
 
-    def source(self, name: str) -> bool:
+    def source(self, script: str, name: str) -> bool:
         file = posixpath.normpath(posixpath.join(self.workdir, name))
         if not self.view.resolve(file).is_file:
             return False
+        self.why.setdefault(file, f"sourced by {script}")
         self.sourced.append(file)
         self.queue.append(file)
         return True
@@ -152,12 +155,14 @@ def shell_needs(view: Root, scripts: list[str], search: str, workdir: str) -> Sc
         data = view.read_bytes(path, limit=MAX_SCRIPT)
         found = commands(data.decode("utf-8", "replace") if data else "")
         missing = [n for n in found.names if not reading.command(path, n)]
-        missing += [f". {n}" for n in found.sourced if not reading.source(n)]
+        missing += [f". {n}" for n in found.sourced if not reading.source(path, n)]
         if missing:
             reading.notes.append(
                 f"note: {path} runs commands that are not in the root's PATH ({search}): {some(missing, 8)}"
             )
         named = [p for p in found.paths if p not in reading.sourced and _named_file(view, p)]
+        for file in named:
+            reading.why.setdefault(file, f"named by {path}")
         if named:
             reading.files.extend(named)
             reading.notes.append(f"note: {some(named, 6)} come with {path}, which names them")
@@ -168,7 +173,7 @@ def shell_needs(view: Root, scripts: list[str], search: str, workdir: str) -> Sc
             )
     sourced = tuple(dict.fromkeys(reading.sourced))
     files = tuple(f for f in dict.fromkeys(reading.files) if f not in sourced and f not in reading.programs)
-    return ScriptNeeds(reading.programs, sourced, tuple(reading.notes), files)
+    return ScriptNeeds(reading.programs, sourced, tuple(reading.notes), files, reading.why)
 
 
 def _named_file(view: Root, path: str) -> bool:

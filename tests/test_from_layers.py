@@ -733,6 +733,8 @@ def test_state_keeps_the_image_s_owners_and_the_trace_runs_as_its_user(
     rootfs = tmp_path / "out/rootfs"
     assert (rootfs / "srv/state/counter").read_bytes() == b"1\n"  # the image's, not the run's
     assert "note: /srv/data comes whole: a VOLUME of the image" in done.stderr
+    why = {e["path"]: e.get("why") for e in lock["entries"]}
+    assert why["/srv/data/seed.txt"] == ["the image's VOLUME"] and why["/srv/extra/x"] == ["--add /srv/extra"]
     dockerfile = (tmp_path / "out/Dockerfile").read_text().splitlines()
     assert "COPY --chown=1000:1000 owned/srv/data /srv/data" in dockerfile
     assert "COPY --chown=0:0 owned/srv/data/root-owned /srv/data/root-owned" in dockerfile

@@ -42,8 +42,10 @@ def test_a_python_script_ships_what_it_imports_and_runs(tmp_path: Path) -> None:
     made = cli("rootfs", str(script), "-o", str(out))
     assert made.returncode == 0, made.stderr
     assert "Python modules, packages and their files come with the app's imports" in made.stderr
-    shipped = {e["path"] for e in json.loads((out / "minify.lock.json").read_text())["entries"]}
+    why = {e["path"]: e.get("why") for e in json.loads((out / "minify.lock.json").read_text())["entries"]}
+    shipped = set(why)
     assert str(app / "mylib/sub.py") in shipped
+    assert why[str(app / "mylib/sub.py")] == ["python import mylib.sub"]  # the lock file says why
     assert any(p.endswith("/encodings/__init__.py") for p in shipped)
     assert any(p.endswith("/decimal.py") for p in shipped)
     assert not any(p.endswith("/tkinter/__init__.py") for p in shipped)  # nothing imports it
@@ -95,6 +97,7 @@ def test_a_third_party_package_ships_whole_with_its_metadata(tmp_path: Path) -> 
         f"{lib}/site.py",
         f"{lib}/os.py",
         f"{lib}/stat.py",
+        f"{lib}/encodings",  # whole: codecs are looked up by name, from C too (idna)
         f"{lib}/encodings/__init__.py",
         f"{lib}/encodings/aliases.py",
         f"{lib}/encodings/utf_8.py",
@@ -104,6 +107,7 @@ def test_a_third_party_package_ships_whole_with_its_metadata(tmp_path: Path) -> 
         f"{site}/starthook.py",
     }
     assert any("nowhere_to_be_found (main.py)" in n for n in needs.notes)
+    assert needs.why[f"{site}/web"] == "python import web" and needs.why["/app/main.py"] == "python app"
 
 
 @pytest.mark.parametrize(

@@ -61,6 +61,8 @@ def test_a_shell_script_brings_the_commands_it_runs_and_runs(tmp_path: Path) -> 
     lock = json.loads((out / "minify.lock.json").read_text())
     shipped = {e["path"] for e in lock["entries"]}
     assert str(lib) in shipped and str(data) in shipped
+    why = {e["path"]: e.get("why") for e in lock["entries"]}
+    assert why[str(lib)] == [f"sourced by {script}"] and why[str(data)] == [f"named by {script}"]
     assert f"note: {data} come with {script}, which names them" in made.stderr
     assert not any(p.endswith("/rm") for p in shipped)  # the here-document's words are not commands
     ran = chroot_run(out / "rootfs", str(script))
