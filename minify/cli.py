@@ -720,6 +720,10 @@ def _commas(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
 
+#: Differences ``--check`` lists before it counts the rest.
+SHOWN_DIFFERENCES = 20
+
+
 def _print_differences(check: Callable[[Opts], T], options: Opts) -> T:
     """Run ``check``; list what differs on stdout before the error line."""
     from minify.errors import OutOfDate
@@ -727,8 +731,10 @@ def _print_differences(check: Callable[[Opts], T], options: Opts) -> T:
     try:
         return check(options)
     except OutOfDate as exc:
-        for line in exc.differences:
+        for line in exc.differences[:SHOWN_DIFFERENCES]:
             typer.echo(line)
+        if len(exc.differences) > SHOWN_DIFFERENCES:
+            typer.echo(f"... and {len(exc.differences) - SHOWN_DIFFERENCES} more")
         raise
 
 

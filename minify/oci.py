@@ -472,14 +472,14 @@ def _write_image(
     with output.writing(out) as notes, _temporary(out) as tmp:
         warnings.extend(notes)
         rootfs = os.path.join(tmp, "rootfs")
-        _, _, capabilities = materialise(plan, rootfs, progress=progress)  # the layer keeps them
+        hashes, _, capabilities = materialise(plan, rootfs, progress=progress)  # the layer keeps them
         warnings.extend(verify_rootfs(rootfs, plan))
         if not check:  # --check never runs anything
             warnings.extend(run_tests(options, plan, rootfs, out))
         layout = os.path.join(tmp, "layout")
         written = write_layout(plan, rootfs, layout, dest, epoch=epoch, capabilities=capabilities)
         if check:
-            _compare(dest, written.digest)
+            _compare(dest, written.digest, lambda: _differences(dest, plan, hashes, platform))
         else:
             refuse_foreign(dest, force=options.force)  # again, under the lock
             _place(layout, dest, out, epoch)
@@ -488,12 +488,21 @@ def _write_image(
     )
 
 
-def _compare(dest: ImageDest, digest: str) -> None:
+def _compare(dest: ImageDest, digest: str, differences: Callable[[], list[str]]) -> None:
+    """DEST must hold ``digest``; if not, ``OutOfDate`` names the paths that differ."""
     have = _digest_of(dest.path)
     if have is None:
         raise OutOfDate((f"{dest.path}: missing, or not an image minify wrote",))
     if have != digest:
-        raise OutOfDate((f"{dest}: its image is {have}; it would be {digest}",))
+        raise OutOfDate((f"{dest}: its image is {have}; it would be {digest}", *differences()))
+
+
+def _differences(dest: ImageDest, plan: ImagePlan, hashes: dict[str, str], platform: dict[str, str]) -> list[str]:
+    from minify.imagediff import differences
+    from minify.source import Platform
+
+    wanted = Platform(platform["os"], platform["architecture"], platform.get("variant"))
+    return differences(dest.transport.value, dest.path, plan, hashes, wanted)
 
 
 def _make_parent(parent: str) -> None:

@@ -267,7 +267,8 @@ def _inside(
             mounts.extend(f': > "$1/merged/dev/{d}" && {mount} --bind /dev/{d} "$1/merged/dev/{d}"' for d in DEVICES)
             mounts.append(f'mkdir "$1/merged/dev/shm" && {mount} -t tmpfs -o mode=1777 tmpfs "$1/merged/dev/shm"')
     script = " && ".join([*mounts, "shift", 'exec "$@"'])
-    user = ["--setgid", str(ids[1]), "--setuid", str(ids[0])] if ids is not None else []
+    # only root may become the image's user; in a user namespace only root is mapped
+    user = ["--setgid", str(ids[1]), "--setuid", str(ids[0])] if ids is not None and os.geteuid() == 0 else []
     chroot = [tools["unshare"], f"--root={merged}", f"--wd={workdir}", *user, "--"]
     return [*unshare, "--net", "--uts", tools["sh"], "-c", script, root, scratch, *strace, *chroot, *argv]
 

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import tarfile
@@ -381,8 +382,16 @@ def test_image_check_compares_the_digest_it_would_write(tmp_path: Path, static_h
     stale = minify("image", "--from", "oci:src", "-o", "oci:min", "--check", cwd=tmp_path)
     assert stale.returncode == 1
     assert "oci:min: its image is sha256:" in stale.stdout and "it would be sha256:" in stale.stdout
+    assert "its files are the same: the image config or its metadata differs" in stale.stdout
     assert (tmp_path / "min/index.json").read_bytes() == index  # --check wrote nothing there
     assert sorted(os.listdir(tmp_path)) == ["min", "old", "src"]  # and left nothing beside it
+    # a changed program is named, with what changes
+    shutil.rmtree(tmp_path / "src")
+    grown = static_hello.read_bytes() + b"\0" * 16
+    write_layout(tmp_path / "src", [*spec_layers(static_hello), layer_tar([file("bin/hello", grown, 0o755)])], RUN)
+    named = minify("image", "--from", "oci:src", "-o", "oci:min", "--check", cwd=tmp_path)
+    assert named.returncode == 1
+    assert "/bin/hello: its content would change" in named.stdout.splitlines()
 
 
 @pytest.mark.parametrize(

@@ -169,6 +169,11 @@ def test_check_writes_nothing_and_reports_differences(tmp_path: Path, built: dic
     result = check(RootfsOptions(paths=("./hello",), output=str(tmp_path / "out"), cwd=str(tmp_path)))
     listing = tree_listing(tmp_path / "out/rootfs")
     assert {e.path for e in result.plan.files} == {p for p, v in listing.items() if v != "dir" and v[:3] != "-> "}
+    for number in range(30):  # many differences: the first 20 named, the rest counted
+        (tmp_path / f"out/rootfs/stray-{number:02}").write_text("x")
+    many = cli("rootfs", "./hello", "-o", "out", "--check", cwd=tmp_path)
+    lines = many.stdout.splitlines()
+    assert many.returncode == 1 and len(lines) == 21 and lines[-1] == "... and 10 more", many.stdout
 
 
 def test_refuses_an_output_it_did_not_write(tmp_path: Path, built: dict[str, Path]) -> None:
