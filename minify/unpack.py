@@ -423,10 +423,12 @@ class _Tree:
                 kind = "device nodes" if info.ischr() or info.isblk() else "FIFOs" if info.isfifo() else "others"
                 skipped[kind] = skipped.get(kind, 0) + 1
                 continue
+            path = "/" + "/".join(parts)
+            if not (0 <= info.uid < 1 << 32 and 0 <= info.gid < 1 << 32):  # no file system holds it
+                raise HostileLayer(f"{path}: an owner id beyond 32 bits ({info.uid}:{info.gid}); refused")
             at = self._made(parts[:-1])
             name = parts[-1]
             mode = info.mode & 0o7777
-            path = "/" + "/".join(parts)
             if info.isdir():
                 self._make_dir(at, name, mode, (info.uid, info.gid))
                 owners[path] = (info.uid, info.gid, mode)

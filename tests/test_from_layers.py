@@ -199,6 +199,11 @@ def _hostile(hello: Path) -> dict[str, tuple[list[bytes], tuple[str, ...], str]]
             (),
             "a hard link to a folder, which no file system allows",
         ),
+        "owner beyond 32 bits": (
+            [layer_tar([*base, file("usr/owned", b"x", owner=(1 << 40, 0))])],
+            (),
+            "an owner id beyond 32 bits (1099511627776:0); refused",
+        ),
         "tar bomb": (
             [layer_tar([*base, file("big", bytes(2 << 20))])],
             ("--max-unpacked-size", "1M"),
@@ -216,6 +221,7 @@ def _hostile(hello: Path) -> dict[str, tuple[list[bytes], tuple[str, ...], str]]
         "hard link to unseen",
         "hard link up",
         "hard link to a folder",
+        "owner beyond 32 bits",
         "tar bomb",
     ],
 )
