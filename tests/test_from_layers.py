@@ -418,6 +418,42 @@ def test_a_hostile_config_key_never_reaches_the_dockerfile(
     _refused(tmp_path, "cannot be written in a Dockerfile as one key", "rootfs", "--from", "oci:src", "-o", "out")
 
 
+ACCEPTED_ENV = [
+    "PATH=/usr/bin:/bin",
+    "http.proxy=http://127.0.0.1:3128",
+    "ÜBER_VAR=grüße",
+    'QUOTED=it\'s "quoted" and $HOME is not expanded',
+    "BACKSLASH=a\\b c",
+    "EMPTY=",
+    "EQUALS=a=b=c",
+]
+ACCEPTED_LABELS = {
+    "org.opencontainers.image.title": "small & safe",
+    "com.example/team-name": "it's 100% 'quoted'",
+    "a:b@c+d": "$(not run) `nor this`",
+    "ünïcödé": "välue",
+}
+
+
+def test_every_accepted_key_reads_back_the_same_through_podman_build(
+    tmp_path: Path, static_hello: Path, podman: Podman
+) -> None:
+    """The Dockerfile's ENV and LABEL lines carry every key it accepts, and any value,
+    exactly: podman builds it, and its inspect shows the source config's Env and
+    Labels (plus minify's own labels and the builder's)."""
+    layers = [layer_tar([folder("bin"), host_file("bin/hello", static_hello)])]
+    run = {"Entrypoint": ["/bin/hello"], "Env": ACCEPTED_ENV, "Labels": ACCEPTED_LABELS}
+    write_layout(tmp_path / "src", layers, run)
+    done = minify("rootfs", "--from", "oci:src", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    tag = image_from(podman, tmp_path / "out")
+    seen = json.loads(podman("image", "inspect", tag).stdout)[0]["Config"]
+    assert seen["Env"] == ACCEPTED_ENV
+    ours = ("io.github.minify.", "io.buildah.", "org.opencontainers.image.description")  # minify's, the builder's
+    labels = {k: v for k, v in seen["Labels"].items() if not k.startswith(ours)}
+    assert labels == ACCEPTED_LABELS
+
+
 def _pax_nul_layer(hello: Path) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
