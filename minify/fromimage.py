@@ -16,7 +16,6 @@ import contextlib
 import fcntl
 import os
 import posixpath
-import re
 import stat
 import tempfile
 import time
@@ -28,6 +27,7 @@ from minify.errors import ImageSourceError, MinifyError, OutputError
 from minify.image import Generated, ImageConfig, ImagePlan
 from minify.root import Root, remove_tree
 from minify.scripts import DEFAULT_PATH, interpreters, lookup
+from minify.shapes import GROUP, GROUP_SHAPES, PASSWD, PASSWD_SHAPES, colon_records
 from minify.source import ImageSource, Platform, SourceImage, parse_platform, parse_source, read_image
 from minify.text import is_number
 from minify.unpack import Unpacked, flatten
@@ -189,36 +189,25 @@ def _origin(image: SourceImage, unpacked: Unpacked, named: bool) -> Origin:
 
 
 def source_config(run: dict[str, Any], platform: Platform) -> ImageConfig:
-    """The fields of the source's config the new image keeps, checked for type."""
+    """The fields of the source's config the new image keeps (their shape is checked
+    as the config is read: ``minify.shapes.RUN``)."""
 
     def strings(key: str) -> tuple[str, ...]:
-        value = run.get(key)
-        if value is None:
-            return ()
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ImageSourceError(f"the image config's {key} is not a list of strings")
-        return tuple(value)
-
-    def keys(key: str) -> tuple[str, ...]:
-        value = run.get(key)
-        return tuple(sorted(value)) if isinstance(value, dict) else ()
+        return tuple(run.get(key) or ())
 
     def text(key: str) -> str | None:
-        value = run.get(key)
-        return value if isinstance(value, str) and value else None
+        return run.get(key) or None
 
-    env = tuple(_split_env(e) for e in strings("Env"))
-    labels = run.get("Labels")
-    label_pairs = tuple(sorted((str(k), str(v)) for k, v in labels.items())) if isinstance(labels, dict) else ()
+    labels = run.get("Labels") or {}
     return ImageConfig(
         entrypoint=strings("Entrypoint"),
         cmd=strings("Cmd"),
         user=text("User"),
-        env=env,
-        labels=label_pairs,
+        env=tuple(_split_env(e) for e in strings("Env")),
+        labels=tuple(sorted(labels.items())),
         working_dir=text("WorkingDir"),
-        exposed_ports=keys("ExposedPorts"),
-        volumes=keys("Volumes"),
+        exposed_ports=tuple(sorted(run.get("ExposedPorts") or ())),
+        volumes=tuple(sorted(run.get("Volumes") or ())),
         stop_signal=text("StopSignal"),
         platform=tuple(
             (k, v)
@@ -234,9 +223,7 @@ def environment(config: ImageConfig) -> dict[str, str]:
 
 
 def _split_env(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not key or not sep:
-        raise ImageSourceError(f"the image config's Env has {text!r}, not NAME=VALUE")
+    key, _, value = text.partition("=")  # NAME=VALUE: its shape is checked
     return key, value
 
 
@@ -258,11 +245,9 @@ def _user(
     runtime looks a name up in /etc/passwd, and so may the program."""
     if user is None:
         return None, ()
-    if re.fullmatch(r"[^:\s]+(:[^:\s]+)?", user) is None:
-        raise ImageSourceError(f"the image's User {user!r} is not USER[:GROUP]")
-    name, _, group = user.partition(":")
-    passwd = [f for f in _lines(view, "/etc/passwd") if len(f) >= 7 and is_number(f[3])]
-    groups = _lines(view, "/etc/group")
+    name, _, group = user.partition(":")  # USER[:GROUP]: its shape is checked
+    passwd = _accounts(view, "/etc/passwd")
+    groups = _accounts(view, "/etc/group")
     entry = next((f for f in passwd if name in (f[0], f[2])), None)
     if entry is None:
         if not is_number(name):
@@ -277,7 +262,7 @@ def _user(
         Generated("/etc/passwd", _join(kept_users), reason=why),
         Generated("/etc/group", _join(kept_groups), reason=why),
     )
-    home = entry[5] if len(entry) > 5 and entry[5].startswith("/") else None
+    home = entry[5] or None
     if home is None or home == "/" or not view.resolve(home).is_dir:
         return None, files
     path, mode, _ = _folder(home, owners)
@@ -291,7 +276,7 @@ def user_ids(view: Root, user: str | None, what: str = "the image's User") -> tu
     if user is None or user in ("root", "0", "0:0", "root:root"):
         return None
     name, _, group = user.partition(":")
-    entry = next((f for f in _lines(view, "/etc/passwd") if name in (f[0], f[2]) and is_number(f[3])), None)
+    entry = next((f for f in _accounts(view, "/etc/passwd") if name in (f[0], f[2])), None)
     if entry is not None:
         uid, gid = int(entry[2]), int(entry[3])
     elif is_number(name):
@@ -299,7 +284,7 @@ def user_ids(view: Root, user: str | None, what: str = "the image's User") -> tu
     else:
         raise ImageSourceError(f"{what} {name!r} is not in the image's /etc/passwd")
     if group:
-        found = next((f for f in _lines(view, "/etc/group") if group in (f[0], f[2])), None)
+        found = next((f for f in _accounts(view, "/etc/group") if group in (f[0], f[2])), None)
         if found is None and not is_number(group):
             raise ImageSourceError(f"{what}'s group {group!r} is not in the image's /etc/group")
         gid = int(found[2]) if found is not None else int(group)
@@ -308,10 +293,10 @@ def user_ids(view: Root, user: str | None, what: str = "the image's User") -> tu
     return (uid, gid) if (uid, gid) != (0, 0) else None
 
 
-def _lines(view: Root, path: str) -> list[list[str]]:
-    text = (view.read_bytes(path, limit=4 << 20) or b"").decode("utf-8", "surrogateescape")
-    fields = [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
-    return [f for f in fields if len(f) >= 4 and is_number(f[2])]
+def _accounts(view: Root, path: str) -> list[list[str]]:
+    """The image's /etc/passwd or /etc/group, each line checked for its shape."""
+    names, shapes = (PASSWD, PASSWD_SHAPES) if path == "/etc/passwd" else (GROUP, GROUP_SHAPES)
+    return colon_records(f"the image's {path}", view.read_bytes(path, limit=4 << 20) or b"", names, shapes)
 
 
 def _join(lines: list[list[str]]) -> bytes:

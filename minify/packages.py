@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from minify.errors import PathError
 from minify.image import Digests, Entry, EntryType, Generated, ImagePlan
+from minify.shapes import APK_NAME, DPKG_STANZA, OS_RELEASE_KEY, OS_RELEASE_VALUE, PACKAGE_NAME
 from minify.text import is_number
 
 if TYPE_CHECKING:
@@ -36,10 +37,11 @@ STATUS_D = f"{DPKG}/status.d"
 #: The fields a status.d stanza keeps (distroless keeps these; Conffiles would name
 #: files the image does not have).
 KEPT_FIELDS = ("Package", "Status", "Source", "Version", "Architecture", "Maintainer", "Homepage")
-_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*")
+_NAME = re.compile(PACKAGE_NAME)
 #: Bounds on what a hostile root can make us read.
 MAX_DB_BYTES = 256 << 20
 MAX_PACKAGES = 100_000
+MAX_OS_RELEASE_LINES = 1000
 
 
 @dataclass(frozen=True)
@@ -159,12 +161,14 @@ def _parse_stanzas(data: bytes, where: str, warnings: list[str]) -> list[DebPack
         fields = _fields(block, where, start, warnings)
         if fields is None:
             continue
-        name = fields.get("Package", "")
-        if not _NAME.fullmatch(name):
-            warnings.append(f"{where}:{start}: package name {name!r} is not a Debian package name; skipped")
-            continue
         if not fields.get("Status", "").endswith(" installed") or "Version" not in fields:
             continue
+        wrong = DPKG_STANZA.first(fields)
+        if wrong is not None:
+            wrong = f"the stanza {wrong}" if wrong.startswith("has ") else wrong
+            warnings.append(f"{where}:{start}: {wrong}; skipped")
+            continue
+        name = fields["Package"]
         kept = tuple((k, fields[k]) for k in KEPT_FIELDS if k in fields)
         source = fields.get("Source", "").split(" ", 1)[0] or None
         size = fields.get("Installed-Size", "")
@@ -261,14 +265,15 @@ def ownership(
     """The owners of the plan's entries (``names``: ``spelt_entries`` of the plan) from
     the root's own database, the status.d stanzas, the md5sums of the copied files
     (checked against their bytes, ``digests``) and the OS identity."""
-    distro_files, distro = _distribution(root)
+    said: list[str] = []
+    distro_files, distro = _distribution(root, said)
     names = spelt_entries(plan, root) if names is None else names
     db = read_dpkg(root, set().union(*names.values()) if names else set())
     if db is None:
-        return Ownership({}, (), (), (), distro, found=False)
+        return Ownership({}, (), (), tuple(said), distro, found=False)
     owners: dict[str, str] = {}
     sums: dict[str, list[str]] = {}
-    warnings = list(db.warnings)
+    warnings = [*said, *db.warnings]
     for path, spellings in names.items():
         spelt = sorted(spellings)
         name = next((db.owner[p] for p in spelt if p in db.owner and db.owner[p] in db.packages), None)
@@ -331,7 +336,7 @@ def _attributable(entry: Entry, root: Root) -> bool:
         return False
 
 
-def _distribution(root: Root) -> tuple[list[Generated], dict[str, str]]:
+def _distribution(root: Root, warnings: list[str]) -> tuple[list[Generated], dict[str, str]]:
     """/etc/os-release as a real file (the root may have a link to ../usr/lib/os-release),
     and /etc/debian_version or /etc/lsb-release where the root has them."""
     files = []
@@ -344,11 +349,26 @@ def _distribution(root: Root) -> tuple[list[Generated], dict[str, str]]:
             continue
         files.append(Generated(path, data, reason="distribution identity, for scanners"))
         if path == "/etc/os-release":
-            for line in data.decode("utf-8", "replace").splitlines():
-                key, sep, value = line.partition("=")
-                if sep:
-                    distro[key.strip()] = value.strip().strip('"')
+            distro = os_release(data, path, warnings)
     return files, distro
+
+
+def os_release(data: bytes, where: str, warnings: list[str]) -> dict[str, str]:
+    """``KEY=value`` lines of os-release (values unquoted); a line that is neither
+    that, a comment nor blank is skipped with a warning naming it."""
+    distro: dict[str, str] = {}
+    for number, line in enumerate(data.decode("utf-8", "replace").splitlines()[:MAX_OS_RELEASE_LINES], 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip().strip("\"'")
+        wrong = OS_RELEASE_KEY.problem(key) if sep else "is not a KEY=value line"
+        wrong = wrong or (f"{key} {OS_RELEASE_VALUE.problem(value)}" if OS_RELEASE_VALUE.problem(value) else None)
+        if wrong is not None:
+            warnings.append(f"{where}:{number}: {wrong}; skipped")
+            continue
+        distro[key] = value
+    return distro
 
 
 # -- which packages a closure comes from ----------------------------------------------
@@ -420,8 +440,9 @@ def apk_installed(
         if not lines:
             continue
         name = next((line[2:] for line in lines if line.startswith("P:")), "")
-        if not _NAME.fullmatch(name.lower()):
-            warnings.append(f"{APK_DB}: package #{number}: no usable P: name; skipped")
+        wrong = APK_NAME.problem(name)
+        if wrong is not None:
+            warnings.append(f"{APK_DB}: package #{number}: P: {wrong}; skipped")
             continue
         filtered = _apk_files(lines, wanted, owners, name)
         if filtered is not None:

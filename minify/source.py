@@ -27,6 +27,7 @@ from typing import IO, Any
 from minify.errors import ImageSourceError
 from minify.loader.arch import host_arch
 from minify.oci import PLATFORMS
+from minify.shapes import CONFIG, DOCKER_MANIFEST, INDEX, MANIFEST, OBJECT, check
 
 #: JSON documents (index, manifest, config) are small; a bigger one is not an image.
 MAX_DOCUMENT = 8 << 20
@@ -330,107 +331,83 @@ def _export(name: str, work: str) -> str:
 
 def _oci_layout(blobs: Blobs, ref: str | None, platform: Platform) -> tuple[str, dict[str, Any], tuple[LayerRef, ...]]:
     index = blobs.document("index.json")
-    manifests = index.get("manifests") if isinstance(index, dict) else None
-    if not isinstance(manifests, list) or not manifests:
+    check(f"{blobs.where}: index.json", index, INDEX)
+    assert isinstance(index, dict)
+    manifests: list[dict[str, Any]] = index["manifests"]
+    if not manifests:
         raise ImageSourceError(f"{blobs.where}: index.json lists no image")
-    platformed = ref is None and len(manifests) > 1 and all(isinstance(m, dict) and "platform" in m for m in manifests)
+    platformed = ref is None and len(manifests) > 1 and all("platform" in m for m in manifests)
     # (skopeo copy --all writes each platform's manifest straight into index.json)
     chosen = _by_platform(blobs.where, manifests, platform) if platformed else _by_ref(blobs.where, manifests, ref)
     for _ in range(MAX_INDEX_DEPTH):
-        digest = _field(chosen, "digest", str, blobs.where)
+        digest: str = chosen["digest"]
         doc = blobs.document(blob_name(digest), digest)
-        if not isinstance(doc, dict):
-            raise ImageSourceError(f"{blobs.where}: {digest} is not a manifest")
+        where = f"{blobs.where}: the manifest {digest}"
+        check(where, doc, OBJECT)
+        assert isinstance(doc, dict)
         kind = doc.get("mediaType") or chosen.get("mediaType")
         if kind in INDEX_TYPES or (kind is None and "manifests" in doc):
-            chosen = _by_platform(blobs.where, doc.get("manifests"), platform)
+            check(where, doc, INDEX)
+            chosen = _by_platform(blobs.where, doc["manifests"], platform)
             continue
+        check(where, doc, MANIFEST)
         return digest, *_manifest(blobs, doc)
     raise ImageSourceError(f"{blobs.where}: indexes nested more than {MAX_INDEX_DEPTH} deep")
 
 
-def _ref_name(where: str, manifest: dict[str, Any]) -> str | None:
-    """A manifest descriptor's ``org.opencontainers.image.ref.name``, checked."""
-    annotations = manifest.get("annotations")
-    if annotations is None:
-        return None
-    if not isinstance(annotations, dict):
-        raise ImageSourceError(f"{where}: index.json: a manifest's annotations are not a JSON object")
-    name = annotations.get(REF_NAME)
-    if name is not None and not isinstance(name, str):
-        raise ImageSourceError(f"{where}: index.json: a manifest's {REF_NAME} is not a string")
-    return name
+def _ref_name(manifest: dict[str, Any]) -> str | None:
+    """A manifest descriptor's ``org.opencontainers.image.ref.name`` (its shape checked)."""
+    return (manifest.get("annotations") or {}).get(REF_NAME)
 
 
-def _by_ref(where: str, manifests: list[Any], ref: str | None) -> dict[str, Any]:
-    described = [m for m in manifests if isinstance(m, dict)]
+def _by_ref(where: str, manifests: list[dict[str, Any]], ref: str | None) -> dict[str, Any]:
     if ref is not None:
-        named = [m for m in described if _ref_name(where, m) == ref]
+        named = [m for m in manifests if _ref_name(m) == ref]
         if not named:
-            names = sorted({str(_ref_name(where, m)) for m in described})
+            names = sorted({str(_ref_name(m)) for m in manifests})
             raise ImageSourceError(f"{where}: no image named {ref!r} (it has: {', '.join(names)})")
         return named[0]
-    if len(described) != 1:
-        names = sorted({str(_ref_name(where, m)) for m in described})
-        raise ImageSourceError(f"{where}: holds {len(described)} images; name one with :REF ({', '.join(names)})")
-    return described[0]
+    if len(manifests) != 1:
+        names = sorted({str(_ref_name(m)) for m in manifests})
+        raise ImageSourceError(f"{where}: holds {len(manifests)} images; name one with :REF ({', '.join(names)})")
+    return manifests[0]
 
 
-def _by_platform(where: str, manifests: object, want: Platform) -> dict[str, Any]:
-    if not isinstance(manifests, list):
-        raise ImageSourceError(f"{where}: an image index without manifests")
+def _by_platform(where: str, manifests: list[dict[str, Any]], want: Platform) -> dict[str, Any]:
     offered: list[str] = []
     for item in manifests:
-        p = item.get("platform") if isinstance(item, dict) else None
-        if not isinstance(p, dict):
+        p = item.get("platform")
+        if p is None:
             continue
-        variant = p.get("variant")
-        if variant is not None and not isinstance(variant, str):
-            raise ImageSourceError(f"{where}: a manifest's platform.variant is not a string ({variant!r})")
-        found = Platform(str(p.get("os")), str(p.get("architecture")), variant)
+        found = Platform(p["os"], p["architecture"], p.get("variant"))
         offered.append(str(found))
         if found.matches(want):
-            return item  # type: ignore[no-any-return]
+            return item
     raise ImageSourceError(f"{where}: no image for {want} (it has: {', '.join(offered) or 'none'}); use --platform")
 
 
-def _field(doc: dict[str, Any], key: str, kind: type, where: str) -> Any:
-    value = doc.get(key)
-    if not isinstance(value, kind):
-        raise ImageSourceError(f"{where}: a descriptor without a valid {key!r}")
-    return value
-
-
 def _manifest(blobs: Blobs, doc: dict[str, Any]) -> tuple[dict[str, Any], tuple[LayerRef, ...]]:
+    """The config and layers of a manifest whose shape is checked."""
     where = blobs.where
-    config_desc = doc.get("config")
-    layers = doc.get("layers")
-    if not isinstance(config_desc, dict) or not isinstance(layers, list):
-        raise ImageSourceError(f"{where}: a manifest without a config and layers")
-    config_digest = _field(config_desc, "digest", str, where)
+    config_digest: str = doc["config"]["digest"]
     config = blobs.document(blob_name(config_digest), config_digest)
-    if not isinstance(config, dict):
-        raise ImageSourceError(f"{where}: the config is not a JSON object")
+    check(f"{where}: the config {config_digest}", config, CONFIG)
+    assert isinstance(config, dict)
+    layers: list[dict[str, Any]] = doc["layers"]
     diff_ids = _diff_ids(config, len(layers), where)
     refs = []
     for layer, diff_id in zip(layers, diff_ids, strict=True):
-        if not isinstance(layer, dict):
-            raise ImageSourceError(f"{where}: a layer descriptor is not an object")
-        digest = _field(layer, "digest", str, where)
-        name = blob_name(digest)
+        name = blob_name(layer["digest"])
         if not blobs.has(name):
-            raise ImageSourceError(f"{where}: the layer blob {digest} is missing")
-        refs.append(LayerRef(name, digest, diff_id, _compression(str(layer.get("mediaType", "")))))
+            raise ImageSourceError(f"{where}: the layer blob {layer['digest']} is missing")
+        refs.append(LayerRef(name, layer["digest"], diff_id, _compression(layer.get("mediaType") or "")))
     return config, tuple(refs)
 
 
 def _diff_ids(config: dict[str, Any], count: int, where: str) -> list[str]:
-    rootfs = config.get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list) or len(diff_ids) != count or not all(isinstance(d, str) for d in diff_ids):
+    diff_ids: list[str] = config["rootfs"]["diff_ids"]
+    if len(diff_ids) != count:
         raise ImageSourceError(f"{where}: the config's rootfs.diff_ids do not match the manifest's {count} layer(s)")
-    for d in diff_ids:
-        blob_name(d)  # a sha256 digest
     return diff_ids
 
 
@@ -445,15 +422,13 @@ def _compression(media_type: str) -> Compression:
 def _docker_archive(blobs: Blobs, ref: str | None) -> tuple[str, dict[str, Any], tuple[LayerRef, ...]]:
     where = blobs.where
     entry = _docker_entry(blobs, ref)
-    config_name = _field(entry, "Config", str, where)
-    layer_names = entry.get("Layers")
-    if not isinstance(layer_names, list) or not all(isinstance(n, str) for n in layer_names):
-        raise ImageSourceError(f"{where}: manifest.json has no list of layers")
+    config_name: str = entry["Config"]
+    layer_names: list[str] = entry["Layers"]
     data = blobs.small(config_name)
     stem = os.path.basename(config_name).removesuffix(".json")  # docker names it by its digest
     config = blobs.parse(config_name, data, f"sha256:{stem}" if re.fullmatch(r"[0-9a-f]{64}", stem) else None)
-    if not isinstance(config, dict):
-        raise ImageSourceError(f"{where}: {config_name} is not a JSON object")
+    check(f"{where}: {config_name}", config, CONFIG)
+    assert isinstance(config, dict)
     diff_ids = _diff_ids(config, len(layer_names), where)
     for name in layer_names:
         if not blobs.has(name):
@@ -466,11 +441,12 @@ def _docker_entry(blobs: Blobs, ref: str | None) -> dict[str, Any]:
     """The one image of manifest.json, or the one tagged ``ref``."""
     where = blobs.where
     manifest = blobs.document("manifest.json")
-    images = [m for m in manifest if isinstance(m, dict)] if isinstance(manifest, list) else []
+    check(f"{where}: manifest.json", manifest, DOCKER_MANIFEST)
+    images: list[dict[str, Any]] = manifest  # type: ignore[assignment]
     if not images:
         raise ImageSourceError(f"{where}: manifest.json lists no image")
     if ref is not None:
-        images = [m for m in images if {ref, f"localhost/{ref}"} & set(_repo_tags(where, m))]
+        images = [m for m in images if {ref, f"localhost/{ref}"} & set(m.get("RepoTags") or ())]
         if not images:
             raise ImageSourceError(f"{where}: no image tagged {ref!r}")
     if len(images) != 1:
@@ -478,18 +454,7 @@ def _docker_entry(blobs: Blobs, ref: str | None) -> dict[str, Any]:
     return images[0]
 
 
-def _repo_tags(where: str, image: dict[str, Any]) -> list[str]:
-    tags = image.get("RepoTags") or []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise ImageSourceError(f"{where}: manifest.json: RepoTags is not a list of strings")
-    return tags
-
-
 def _platform_of(config: dict[str, Any]) -> Platform:
-    """The config's platform; a field that is not a string is refused (it would be
-    written into the new image's config as it reads, ``{'x': 1}``)."""
-    values = {key: config.get(key) for key in ("os", "architecture", "variant")}
-    for key, value in values.items():
-        if value is not None and not isinstance(value, str):
-            raise ImageSourceError(f"the image's config: {key} is not a string ({value!r})")
-    return Platform(values["os"] or "linux", values["architecture"] or "unknown", values["variant"] or None)
+    """The config's platform (its fields' shape checked: each is written into the new
+    image's config as it reads)."""
+    return Platform(config.get("os") or "linux", config.get("architecture") or "unknown", config.get("variant") or None)

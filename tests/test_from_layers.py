@@ -14,7 +14,9 @@ import struct
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -541,16 +543,86 @@ def test_malformed_fields_are_one_line_never_a_traceback(tmp_path: Path, static_
         source = "oci:src:latest"
     expected = {
         "nested index": "index.json is JSON nested deeper than minify reads",
-        "variant not a string": "platform.variant is not a string",
-        "annotations a list": "annotations are not a JSON object",
-        "RepoTags": "RepoTags is not a list of strings",
-        "uid ²": "User 'app' is not in its /etc/passwd",
+        "variant not a string": "index.json: manifests[0].platform.variant is a number, not a platform name",
+        "annotations a list": "index.json: manifests[0].annotations is a list, not an object",
+        "RepoTags": "manifest.json: [0].RepoTags[0] is an object, not a string",
+        "uid ²": "the image's /etc/passwd: line 2: uid '²' is not a decimal id below 2^32",
         "PAX path with NUL": "with a NUL byte; refused",
-        "architecture an object": "architecture is not a string ({'x': 1})",
-        "docker folder names /etc/passwd": "'/etc/passwd' names a file outside the image; refused",
+        "architecture an object": "architecture is an object, not a platform name",
+        "docker folder names /etc/passwd": "manifest.json: [0].Config '/etc/passwd' is not a name inside the archive",
         "1,100-level folder chain": "folders nested more than 256 deep below it",
     }[case]
     _refused(tmp_path, expected, "rootfs", "--from", source, "-o", "out")
+
+
+def _rewrite_manifest(src: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    """Change the layout's one manifest in place, and name the new one in index.json."""
+    index = json.loads((src / "index.json").read_text())
+    name = index["manifests"][0]["digest"].removeprefix("sha256:")
+    manifest = json.loads((src / "blobs/sha256" / name).read_text())
+    change(manifest)
+    index["manifests"][0]["digest"] = blob(src, json.dumps(manifest).encode())["digest"]
+    (src / "index.json").write_text(json.dumps(index))
+
+
+def _rewrite_config(src: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    def manifest(doc: dict[str, Any]) -> None:
+        name = doc["config"]["digest"].removeprefix("sha256:")
+        config = json.loads((src / "blobs/sha256" / name).read_text())
+        change(config)
+        doc["config"]["digest"] = blob(src, json.dumps(config).encode())["digest"]
+
+    _rewrite_manifest(src, manifest)
+
+
+def _manifest_size_a_string(src: Path) -> None:
+    _rewrite_manifest(src, lambda manifest: manifest["layers"][0].update(size="12"))
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("Env entry a number", "config.Env[1] is a number, not NAME=VALUE"),
+        ("label value a list", "config.Labels['a'] is a list, not a string"),
+        ("NUL in Cmd", "config.Cmd[0] 'a\\x00b' is not a string"),
+        ("port key", "config.ExposedPorts has a key 'http' is not PORT[/PROTOCOL]"),
+        ("Volumes a list", "config.Volumes is a list, not an object"),
+        ("diff_ids missing", "the config sha256:"),
+        ("layer size a string", "layers[0].size is a string, not a number"),
+        ("group gid", "the image's /etc/group: line 1: gid 'zero' is not a decimal id below 2^32"),
+        ("passwd fields", "the image's /etc/passwd: line 1 has 5 fields, not 7"),
+    ],
+)
+def test_every_image_document_is_checked_against_its_shape_by_one_checker(
+    tmp_path: Path, static_hello: Path, case: str, expected: str
+) -> None:
+    """The index, manifests, config and the image's account files go through
+    ``minify.shapes`` before a field is used: each wrong type, character or count is
+    one line naming the document and the field's path, with exit 2."""
+    members = [folder("bin"), host_file("bin/hello", static_hello)]
+    run: dict[str, object] = {"Entrypoint": ["/bin/hello"], "User": "app"}
+    passwd, group = "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n", "root:x:0:\n"
+    if case == "group gid":
+        group = "root:x:zero:\n"
+        run["User"] = "app:root"
+    if case == "passwd fields":
+        passwd = "root:x:0:0:/root\n"
+    members += [file("etc/passwd", passwd.encode()), file("etc/group", group.encode())]
+    changes: dict[str, object] = {
+        "Env entry a number": {"Env": ["PATH=/bin", 7]},
+        "label value a list": {"Labels": {"a": ["b"]}},
+        "NUL in Cmd": {"Cmd": ["a\0b"]},
+        "port key": {"ExposedPorts": {"http": {}}},
+        "Volumes a list": {"Volumes": ["/data"]},
+    }
+    run.update(changes.get(case, {}))  # type: ignore[call-overload]
+    write_layout(tmp_path / "src", [layer_tar(members)], run)
+    if case == "diff_ids missing":
+        _rewrite_config(tmp_path / "src", lambda config: config.pop("rootfs"))
+        expected = "has no rootfs"
+    if case == "layer size a string":
+        _manifest_size_a_string(tmp_path / "src")
+    _refused(tmp_path, expected, "rootfs", "--from", "oci:src", "-o", "out")
 
 
 def _refused(tmp_path: Path, expected: str, *args: str) -> None:

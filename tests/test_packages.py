@@ -195,6 +195,27 @@ def test_a_hand_made_status_file(tmp_path: Path, builder: Builder) -> None:
     assert purls == ["pkg:deb/fixture/fakelibc@1.2-3?arch=amd64&distro=fixture-7"]
 
 
+def test_database_stanzas_and_os_release_lines_of_the_wrong_shape_are_skipped_by_name(
+    tmp_path: Path, builder: Builder
+) -> None:
+    """A package database and os-release are metadata (the host's own root is read the
+    same way): a stanza whose Version or Architecture is not of its shape, or an
+    os-release line that is not KEY=value, is left out with a warning naming the file,
+    the line and the field, and the run goes on."""
+    root, _ = _status_root(tmp_path, builder)
+    status = root / "var/lib/dpkg/status"
+    status.write_text(status.read_text().replace("Version: 1.2-3\n", "Version: 1.2-3 $(reboot)\n", 1))
+    (root / "etc/os-release").write_text('ID=fixture\nlower=x\nNAME="a\x01b"\nVERSION_ID="7"\n')
+    done = cli("rootfs", "--root", str(root), "/hello", "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "status:1: Version '1.2-3 $(reboot)' is not a Debian version; skipped" in done.stderr
+    assert "/etc/os-release:2: 'lower' is not an os-release key (A-Z, 0-9, _); skipped" in done.stderr
+    assert "/etc/os-release:3: NAME 'a\\x01b' is not an os-release value; skipped" in done.stderr
+    assert not (tmp_path / "out/rootfs/var/lib/dpkg/status.d").exists()
+    sbom = json.loads((tmp_path / "out/sbom.spdx.json").read_text())
+    assert [p["name"] for p in sbom["packages"] if p["name"] == "fakelibc"] == []
+
+
 def test_hostile_identity_fields_stay_inside_their_purl_part_and_a_bad_homepage_is_dropped(
     tmp_path: Path, builder: Builder
 ) -> None:
