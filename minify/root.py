@@ -451,12 +451,13 @@ def remove_tree(path: str, *, dir_fd: int | None = None, quiet: bool = False) ->
 
 def _clear(fd: int) -> list[str]:
     """Unlink everything in an open folder but its subfolders; their names."""
-    folders = []
-    for name in os.listdir(fd):
-        if stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
-            folders.append(name)
-        else:
-            os.unlink(name, dir_fd=fd)
+    folders: list[str] = []
+    others: list[str] = []
+    with os.scandir(fd) as entries:  # the kind from the folder itself: no lstat per name
+        for entry in entries:
+            (folders if entry.is_dir(follow_symlinks=False) else others).append(entry.name)
+    for name in others:
+        os.unlink(name, dir_fd=fd)
     return folders
 
 

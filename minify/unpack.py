@@ -17,6 +17,7 @@ Device nodes, FIFOs and sockets are skipped with a note.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
@@ -25,7 +26,7 @@ import tarfile
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from minify.errors import HostileLayer, ImageSourceError
 from minify.root import remove_tree
@@ -199,6 +200,9 @@ class _Capped:
     def tell(self) -> int:
         return self._raw.tell()
 
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
 
 def _swap(old: int, new: int) -> int:
     """``new`` in place of the descriptor ``old``, which is closed."""
@@ -213,10 +217,48 @@ def _size(n: int) -> str:
 # -- checking the members ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Member:
-    info: tarfile.TarInfo
-    parts: tuple[str, ...]  # the clean name, as components
+    """What writing a member needs, and no more: a layer may hold two million
+    members, and tarfile's TarInfo (kept by its TarFile too) is several times bigger."""
+
+    name: str  # the clean name, components joined by "/"
+    kind: str  # "file", "dir", "symlink", "hardlink", or what is skipped ("FIFOs", ...)
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    offset: int  # of its data in the plain tar
+    linkname: str
+    info: tarfile.TarInfo | None  # kept for a sparse member, and one with extended attributes
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.name.split("/"))
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    if info.isfile():
+        return "file"
+    for test, kind in ((info.isdir, "dir"), (info.issym, "symlink"), (info.islnk, "hardlink")):
+        if test():
+            return kind
+    return "device nodes" if info.ischr() or info.isblk() else "FIFOs" if info.isfifo() else "others"
+
+
+def _member(info: tarfile.TarInfo, parts: tuple[str, ...]) -> _Member:
+    special = info.sparse is not None or any(k.startswith("SCHILY.xattr.") for k in info.pax_headers)
+    return _Member(
+        "/".join(parts),
+        _kind(info),
+        info.mode & 0o7777,
+        info.uid,
+        info.gid,
+        info.size,
+        info.offset_data,
+        info.linkname,
+        info if special else None,
+    )
 
 
 def _check(tar: tarfile.TarFile, what: str, budget: tuple[list[int], int]) -> list[_Member]:
@@ -228,6 +270,7 @@ def _check(tar: tarfile.TarFile, what: str, budget: tuple[list[int], int]) -> li
     left, limit = budget
     for _ in range(MAX_MEMBERS + 1):
         info = tar.next()
+        cast(Any, tar).members.clear()  # tarfile keeps every TarInfo it reads; only _Member is kept
         if info is None:
             return members
         parts = _parts(info.name, what)
@@ -240,7 +283,7 @@ def _check(tar: tarfile.TarFile, what: str, budget: tuple[list[int], int]) -> li
             if left[0] < 0:
                 raise HostileLayer(f"{what}: the layers' files hold more than {_size(limit)} (--max-unpacked-size)")
         if parts:
-            members.append(_Member(info, parts))
+            members.append(_member(info, parts))
     raise HostileLayer(f"{what}: more than {MAX_MEMBERS} members")
 
 
@@ -281,6 +324,8 @@ class _Tree:
 
     def __init__(self, root: str) -> None:
         self.fd = os.open(root, _DIR)
+        self.umask = os.umask(0o077)  # read (it cannot be read without being set) ...
+        os.umask(self.umask)  # ... and given back at once
         self._last: tuple[tuple[str, ...], int] | None = None
         self._stale = False  # a folder was removed: the cached one may be gone
 
@@ -416,34 +461,43 @@ class _Tree:
     def write(self, tar: tarfile.TarFile, members: list[_Member], done: Unpacked) -> None:
         skipped, owners = done.skipped, done.owners
         for member in members:
-            info, parts = member.info, member.parts
+            parts = member.parts
             if parts[-1].startswith(WHITEOUT):
                 continue
-            if not (info.isfile() or info.isdir() or info.issym() or info.islnk()):
-                kind = "device nodes" if info.ischr() or info.isblk() else "FIFOs" if info.isfifo() else "others"
-                skipped[kind] = skipped.get(kind, 0) + 1
+            if member.kind not in ("file", "dir", "symlink", "hardlink"):
+                skipped[member.kind] = skipped.get(member.kind, 0) + 1
                 continue
-            path = "/" + "/".join(parts)
-            if not (0 <= info.uid < 1 << 32 and 0 <= info.gid < 1 << 32):  # no file system holds it
-                raise HostileLayer(f"{path}: an owner id beyond 32 bits ({info.uid}:{info.gid}); refused")
+            path = "/" + member.name
+            owner = (member.uid, member.gid)
+            if not (0 <= member.uid < 1 << 32 and 0 <= member.gid < 1 << 32):  # no file system holds it
+                raise HostileLayer(f"{path}: an owner id beyond 32 bits ({member.uid}:{member.gid}); refused")
             at = self._made(parts[:-1])
             name = parts[-1]
-            mode = info.mode & 0o7777
-            if info.isdir():
-                self._make_dir(at, name, mode, (info.uid, info.gid))
-                owners[path] = (info.uid, info.gid, mode)
+            if member.kind == "dir":
+                self._make_dir(at, name, member.mode, owner)
+                owners[path] = (*owner, member.mode)
                 continue
-            self._remove(at, name)
             owners.pop(path, None)
-            if info.issym():
-                os.symlink(info.linkname, name, dir_fd=at)
-            else:
-                if info.islnk():
-                    self._link(info.linkname, at, name)
-                else:
-                    self._file(tar, info, at, name, mode, done.xattrs)
-                if (info.uid, info.gid) != (0, 0) or not mode & 0o400:
-                    owners[path] = (info.uid, info.gid, mode)
+            self._replacing(tar, member, at, name, done.xattrs)
+            if owner != (0, 0) or not member.mode & 0o400:
+                owners[path] = (*owner, member.mode)
+
+    def _replacing(self, tar: tarfile.TarFile, member: _Member, at: int, name: str, dropped: list[str]) -> None:
+        """Make the entry ``name``; what a lower layer left there is removed first,
+        only when there is one (most members are new: no look-up for them)."""
+        try:
+            self._put(tar, member, at, name, dropped)
+        except FileExistsError:
+            self._remove(at, name)
+            self._put(tar, member, at, name, dropped)
+
+    def _put(self, tar: tarfile.TarFile, member: _Member, at: int, name: str, dropped: list[str]) -> None:
+        if member.kind == "symlink":
+            os.symlink(member.linkname, name, dir_fd=at)
+        elif member.kind == "hardlink":
+            self._link(member.linkname, at, name)
+        else:
+            self._file(tar, member, at, name, dropped)
 
     def _make_dir(self, at: int, name: str, mode: int, owner: tuple[int, int]) -> None:
         try:
@@ -481,32 +535,46 @@ class _Tree:
             if src is not None:
                 os.close(src)
 
-    def _file(
-        self, tar: tarfile.TarFile, info: tarfile.TarInfo, at: int, name: str, mode: int, dropped: list[str]
-    ) -> None:
-        src = tar.extractfile(info)
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=at)
-        if info.sparse is not None and src is not None:
-            try:
-                _write_sparse(src, fd, info)
-                _own(fd, info.uid, info.gid)
-                os.fchmod(fd, mode | 0o400)
-                _xattrs(fd, info, dropped)
-            finally:
-                os.close(fd)
-            return
-        with os.fdopen(fd, "wb") as out:
-            left = info.size
-            while left > 0 and src is not None:
-                chunk = src.read(min(CHUNK, left))
-                if not chunk:
-                    raise ImageSourceError(f"{info.name}: the layer ends inside this file")
-                out.write(chunk)
-                left -= len(chunk)
-            out.flush()
-            _own(out.fileno(), info.uid, info.gid)  # before the mode: chown clears setuid
-            os.fchmod(out.fileno(), mode | 0o400)
-            _xattrs(out.fileno(), info, dropped)  # last: the kernel clears a capability on every write
+    def _file(self, tar: tarfile.TarFile, member: _Member, at: int, name: str, dropped: list[str]) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        mode = member.mode | 0o400  # minify must still read it; the plan keeps its own modes
+        info = member.info
+        # A root-owned file of a plain mode the umask leaves whole is made with its mode
+        # (one system call less per file: a layer may hold two million)
+        plain = info is None and (member.uid, member.gid) == (0, 0) and not mode & (0o7000 | self.umask)
+        fd = os.open(name, flags, mode if plain else 0o600, dir_fd=at)
+        try:
+            if info is not None and info.sparse is not None:
+                src = tar.extractfile(info)
+                if src is not None:
+                    _write_sparse(src, fd, info)
+            elif member.size:
+                _copy(tar.fileobj, fd, member)  # type: ignore[arg-type]
+            if not plain:
+                _own(fd, member.uid, member.gid)  # before the mode: chown clears setuid
+                os.fchmod(fd, mode)
+            if info is not None:
+                _xattrs(fd, info, dropped)  # last: the kernel clears a capability on every write
+        finally:
+            os.close(fd)
+
+
+def _copy(plain: _Capped, fd: int, member: _Member) -> None:
+    """A member's bytes from the plain tar into ``fd``: in the kernel where it can
+    (copy_file_range), else read and written in pieces."""
+    src = plain.fileno()
+    offset, left = member.offset, member.size
+    while left > 0:
+        try:
+            done = os.copy_file_range(src, fd, min(left, 1 << 30), offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            done = os.write(fd, os.pread(src, min(left, CHUNK), offset))
+        if done <= 0:
+            raise ImageSourceError(f"{member.name}: the layer ends inside this file")
+        offset += done
+        left -= done
 
 
 def _own(fd: int, uid: int, gid: int, *, again: bool = False) -> None:
