@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from minify.version import __version__
 
 __all__ = [
     "Analysis",
@@ -21,28 +21,33 @@ __all__ = [
     "ProgramKind",
     "Request",
     "Role",
+    "RootfsOptions",
     "Skipped",
     "Step",
     "Target",
+    "Transport",
     "__version__",
     "analyze",
+    "parse_dest",
     "write_image",
 ]
 
 if TYPE_CHECKING:
-    from minify.closure import Analysis, Dependency, LoadedObject, ProgramClosure, Skipped, analyze
+    from minify.analysis.closure import Analysis, Dependency, LoadedObject, ProgramClosure, Skipped, analyze
+    from minify.analysis.target import Target
+    from minify.build.image import write_image
+    from minify.build.options import RootfsOptions
     from minify.errors import MinifyError
     from minify.loader.model import How, LoaderKind, ProgramKind, Request, Role, Step
-    from minify.oci import write_image
-    from minify.target import Target
+    from minify.write.oci import Transport, parse_dest
 
 _WHERE = {
-    "Analysis": "minify.closure",
-    "Dependency": "minify.closure",
-    "LoadedObject": "minify.closure",
-    "ProgramClosure": "minify.closure",
-    "Skipped": "minify.closure",
-    "analyze": "minify.closure",
+    "Analysis": "minify.analysis.closure",
+    "Dependency": "minify.analysis.closure",
+    "LoadedObject": "minify.analysis.closure",
+    "ProgramClosure": "minify.analysis.closure",
+    "Skipped": "minify.analysis.closure",
+    "analyze": "minify.analysis.closure",
     "MinifyError": "minify.errors",
     "How": "minify.loader.model",
     "LoaderKind": "minify.loader.model",
@@ -50,8 +55,11 @@ _WHERE = {
     "Request": "minify.loader.model",
     "Role": "minify.loader.model",
     "Step": "minify.loader.model",
-    "Target": "minify.target",
-    "write_image": "minify.oci",
+    "Target": "minify.analysis.target",
+    "write_image": "minify.build.image",
+    "RootfsOptions": "minify.build.options",
+    "Transport": "minify.write.oci",
+    "parse_dest": "minify.write.oci",
 }
 
 

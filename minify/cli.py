@@ -12,7 +12,6 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
-from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -26,13 +25,59 @@ from minify.errors import (
     MinifyError,
     ProofFailed,
 )
+from minify.flags import (
+    AddOpt,
+    AllOpt,
+    AnalyzeHwcapsOpt,
+    CheckOnlyOpt,
+    CmdOpt,
+    CwdOpt,
+    DestOpt,
+    EntrypointOpt,
+    EnvOpt,
+    ForceOpt,
+    Format,
+    FromOpt,
+    GconvOpt,
+    GraphOpt,
+    HintsOpt,
+    HwcapsOpt,
+    ImageFormat,
+    ImageFormatOpt,
+    LibPathOpt,
+    MapOpt,
+    MaxUnpackedOpt,
+    NoCacheOpt,
+    NoPackageMetadataOpt,
+    OutputOpt,
+    PackagesOpt,
+    PlatformOpt,
+    PreloadOpt,
+    ProbeOpt,
+    RootfsPaths,
+    RootOpt,
+    SizesOpt,
+    TagOpt,
+    TermOpt,
+    TestOpt,
+    TestOutputOpt,
+    TraceExcludeOpt,
+    TraceOkExitOpt,
+    TraceOpt,
+    TraceTimeoutOpt,
+    TraceUserOpt,
+    TzOpt,
+    UserOpt,
+    VerboseOpt,
+    WithOpt,
+)
 
 if TYPE_CHECKING:
-    from minify.closure import Analysis
-    from minify.image import ImagePlan
-    from minify.oci import ImageResult
+    from minify.analysis.closure import Analysis
+    from minify.build.options import RootfsOptions, RootfsResult
+    from minify.plan.image import ImagePlan
     from minify.render import Packages
-    from minify.rootfs import RootfsOptions, RootfsResult
+    from minify.write.oci import ImageResult
 
 T = TypeVar("T")
 #: Hints read every object's symbol table; beyond this many inputs they are opt-in.
@@ -47,16 +92,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Ship dynamic Linux binaries in the smallest images that still run.",
 )
-
-
-class Format(StrEnum):
-    tree = "tree"
-    list = "list"
-    json = "json"
-    dot = "dot"
-    graphml = "graphml"
-    svg = "svg"
-    png = "png"
 
 
 @app.callback()
@@ -85,53 +120,13 @@ def _guard(verbose: bool, action: Callable[[], T]) -> T:
 
 def _say(kind: str, message: str) -> None:
     """One line on stderr, with control characters from hostile names escaped."""
-    from minify.render import escape
+    from minify.text import escape
 
     typer.echo(f"minify: {kind}: {escape(message)}", err=True)
 
 
-RootOpt = Annotated[str, typer.Option("--root", help="The target root filesystem.", metavar="DIR")]
-CwdOpt = Annotated[
-    str | None,
-    typer.Option("--cwd", help="Working directory assumed for relative names and empty path elements.", metavar="DIR"),
-]
-LibPathOpt = Annotated[str | None, typer.Option("--library-path", help="Model this LD_LIBRARY_PATH.", metavar="PATHS")]
-PreloadOpt = Annotated[
-    str | None, typer.Option("--preload", help="Model this LD_PRELOAD (':' or space separated).", metavar="PATHS")
-]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
-NoCacheOpt = Annotated[
-    bool,
-    typer.Option("--no-cache", help="Parse every file again; do not use or fill the cache in ~/.cache/minify."),
-]
-
-
 def _split_preload(text: str | None) -> tuple[str, ...]:
     return tuple(p for p in (text or "").replace(":", " ").split() if p)
-
-
-_AnalyzeHwcapsOpt = Annotated[
-    str,
-    typer.Option(
-        "--hwcaps",
-        help="host, baseline or a level such as x86-64-v3.  [default: host for this machine's architecture]",
-        metavar="MODE",
-        show_default=False,
-    ),
-]
-_HintsOpt = Annotated[
-    bool | None,
-    typer.Option("--hints/--no-hints", help="Hints from imported symbols (default: on for up to 20 inputs)."),
-]
-_AllOpt = Annotated[
-    bool, typer.Option("--all", help="Tree: also every request for a library already loaded (ldd -v style).")
-]
-_PackagesOpt = Annotated[
-    bool, typer.Option("--packages", help="Tree and JSON: the root's installed packages the closure loads files of.")
-]
-_SizesOpt = Annotated[
-    bool, typer.Option("--sizes", help="Tree and JSON: the heaviest files, their share and what pulled them in.")
-]
 
 
 @app.command()
@@ -142,17 +137,17 @@ def analyze(
     cwd: CwdOpt = None,
     library_path: LibPathOpt = None,
     preload: PreloadOpt = None,
-    hwcaps: _AnalyzeHwcapsOpt = "default",
-    hints: _HintsOpt = None,
-    show_all: _AllOpt = False,
-    packages: _PackagesOpt = False,
-    sizes: _SizesOpt = False,
+    hwcaps: AnalyzeHwcapsOpt = "default",
+    hints: HintsOpt = None,
+    show_all: AllOpt = False,
+    packages: PackagesOpt = False,
+    sizes: SizesOpt = False,
     no_cache: NoCacheOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Show what the dynamic loader would load for each program, without running it."""
-    from minify.closure import analyze as run_analysis
-    from minify.hints import for_analysis
+    from minify.analysis.closure import analyze as run_analysis
+    from minify.analysis.hints import for_analysis
     from minify.render import render
 
     result = _guard(
@@ -183,224 +178,44 @@ def analyze(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_INCOMPLETE)
 
 
-# the options of `minify rootfs`
-_RootfsPaths = Annotated[
-    list[str] | None,
-    typer.Argument(
-        help="Programs (or folders of them) to ship, the first of them the ENTRYPOINT; with --from, paths inside the "
-        "image.",
-        metavar="PATH...",
-    ),
-]
-_FromOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--from",
-        help="Minify this image: oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG], "
-        "containers-storage:NAME. Its Entrypoint and Cmd name the program; its config is kept.",
-        metavar="SOURCE",
-    ),
-]
-_PlatformOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--platform", help="The image of a multi-platform --from to use (default: this machine's).", metavar="OS/ARCH"
-    ),
-]
-_MaxUnpackedOpt = Annotated[
-    str,
-    typer.Option(
-        "--max-unpacked-size", help="Refuse a --from image whose layers unpack to more (K, M, G, T).", metavar="SIZE"
-    ),
-]
-
-_OutputOpt = Annotated[
-    str, typer.Option("--output", "-o", help="Output folder: rootfs/, Dockerfile, lock file.", metavar="OUT")
-]
-
-_MapOpt = Annotated[
-    list[str] | None,
-    typer.Option("--map", help="Put the tree SRC at DEST in the image (repeat for more).", metavar="SRC=DEST"),
-]
-
-_EntrypointOpt = Annotated[
-    str | None, typer.Option("--entrypoint", help="Image path of the program to run.", metavar="PATH")
-]
-
-_CmdOpt = Annotated[list[str] | None, typer.Option("--cmd", help="A CMD argument (repeat for more).", metavar="ARG")]
-
-_UserOpt = Annotated[
-    str | None,
-    typer.Option("--user", help="UID[:GID] to run as, or nonroot (65532:65532).", metavar="UID[:GID]|nonroot"),
-]
-
-_EnvOpt = Annotated[
-    list[str] | None,
-    typer.Option("--env", help="An environment variable of the image (repeat for more).", metavar="K=V"),
-]
-
-_HwcapsOpt = Annotated[
-    str,
-    typer.Option("--hwcaps", help="all (baseline + every glibc-hwcaps copy), baseline, or a level.", metavar="MODE"),
-]
-
-_WithOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--with",
-        help="Presets: nss, certs, tzdata, gconv, locale, libgcc_s, terminfo, tmp, auto (comma list).",
-        metavar="PRESET,...",
-    ),
-]
-
-_TzOpt = Annotated[
-    str | None,
-    typer.Option("--tz", help="Only these time zones (comma list; implies --with tzdata).", metavar="ZONES"),
-]
-
-_GconvOpt = Annotated[
-    str | None,
-    typer.Option("--gconv", help="Only these charsets (comma list; implies --with gconv).", metavar="CHARSETS"),
-]
-
-_TermOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--term",
-        help="Only these terminfo entries (comma list; implies --with terminfo).  "
-        "[default: xterm,xterm-256color,screen,tmux-256color,linux]",
-        metavar="TERMS",
-    ),
-]
-
-_AddOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--add",
-        help="A file or folder of the root to add; its ELF files bring their closures.",
-        metavar="PATH[:DEST]",
-    ),
-]
-
-_TraceOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--trace",
-        help="RUNS this command under strace on this machine and adds what it read.",
-        metavar='"CMD ARG..."',
-    ),
-]
-
-_TraceUserOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--trace-user",
-        help="Run the --trace command as this user (initdb refuses root); with --from, one of the image's users.",
-        metavar="USER",
-    ),
-]
-
-_TraceOkExitOpt = Annotated[
-    bool, typer.Option("--trace-ok-exit", help="Accept a non-zero exit of the --trace command (with a warning).")
-]
-
-_TraceTimeoutOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--trace-timeout",
-        help="End the --trace command (a server) after SECONDS, in its own namespaces; that counts as success.",
-        metavar="SECONDS",
-        min=0.1,
-    ),
-]
-
-_ProbeOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--probe",
-        help="Run CMD on this machine, in the traced server's network, once it listens on a port (repeat for more).",
-        metavar='"CMD"',
-    ),
-]
-
-_GraphOpt = Annotated[
-    str | None,
-    typer.Option("--graph", help="Also draw the plan here (.svg, .png with Graphviz, or .dot).", metavar="FILE"),
-]
-
-_NoPackageMetadataOpt = Annotated[
-    bool,
-    typer.Option(
-        "--no-package-metadata",
-        help="Leave out the dpkg status.d stanzas, os-release and the SBOM that scanners read in the image.",
-    ),
-]
-
-_TraceExcludeOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--trace-exclude", help="Traced paths to leave out: a glob or a folder (repeat for more).", metavar="GLOB"
-    ),
-]
-
-_CheckOnlyOpt = Annotated[
-    bool, typer.Option("--check", help="Write nothing; exit 1 if OUT is not what would be produced.")
-]
-
-_TestOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--test",
-        help="Prove the image: run this command in it and at the source, and fail (naming what is missing and the "
-        "flag that brings it) unless its exit status is the same (repeat for more).",
-        metavar='"CMD ARG..."',
-    ),
-]
-_TestOutputOpt = Annotated[
-    bool, typer.Option("--test-output", help="--test also compares what the command prints on stdout.")
-]
-_ForceOpt = Annotated[
-    bool, typer.Option("--force", help="Replace OUT even if it holds files minify did not write (deleting them).")
-]
-
-
 @app.command()
 def rootfs(
-    output: _OutputOpt,
-    paths: _RootfsPaths = None,
-    from_: _FromOpt = None,
-    platform: _PlatformOpt = None,
-    max_unpacked_size: _MaxUnpackedOpt = "8G",
+    output: OutputOpt,
+    paths: RootfsPaths = None,
+    from_: FromOpt = None,
+    platform: PlatformOpt = None,
+    max_unpacked_size: MaxUnpackedOpt = "8G",
     root: RootOpt = "/",
     cwd: CwdOpt = None,
-    map_: _MapOpt = None,
-    entrypoint: _EntrypointOpt = None,
-    cmd: _CmdOpt = None,
-    user: _UserOpt = None,
-    env: _EnvOpt = None,
-    hwcaps: _HwcapsOpt = "all",
-    with_: _WithOpt = None,
-    tz: _TzOpt = None,
-    gconv: _GconvOpt = None,
-    term: _TermOpt = None,
-    add: _AddOpt = None,
-    trace: _TraceOpt = None,
-    trace_user: _TraceUserOpt = None,
-    trace_ok_exit: _TraceOkExitOpt = False,
-    trace_timeout: _TraceTimeoutOpt = None,
-    probe: _ProbeOpt = None,
-    trace_exclude: _TraceExcludeOpt = None,
-    test: _TestOpt = None,
-    test_output: _TestOutputOpt = False,
-    no_package_metadata: _NoPackageMetadataOpt = False,
-    graph: _GraphOpt = None,
-    check_only: _CheckOnlyOpt = False,
-    force: _ForceOpt = False,
+    map_: MapOpt = None,
+    entrypoint: EntrypointOpt = None,
+    cmd: CmdOpt = None,
+    user: UserOpt = None,
+    env: EnvOpt = None,
+    hwcaps: HwcapsOpt = "all",
+    with_: WithOpt = None,
+    tz: TzOpt = None,
+    gconv: GconvOpt = None,
+    term: TermOpt = None,
+    add: AddOpt = None,
+    trace: TraceOpt = None,
+    trace_user: TraceUserOpt = None,
+    trace_ok_exit: TraceOkExitOpt = False,
+    trace_timeout: TraceTimeoutOpt = None,
+    probe: ProbeOpt = None,
+    trace_exclude: TraceExcludeOpt = None,
+    test: TestOpt = None,
+    test_output: TestOutputOpt = False,
+    no_package_metadata: NoPackageMetadataOpt = False,
+    graph: GraphOpt = None,
+    check_only: CheckOnlyOpt = False,
+    force: ForceOpt = False,
     no_cache: NoCacheOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Write exactly the closure as a root filesystem and a FROM scratch Dockerfile."""
-    from minify.rootfs import build, check
+    from minify.build.check import check
+    from minify.build.pipeline import build
 
     raw = dict(locals())
     options = _guard(verbose, lambda: _rootfs_options(raw))
@@ -414,56 +229,38 @@ def rootfs(
     _guard(verbose, lambda: _write_graph(graph, built.plan))
 
 
-class ImageFormat(StrEnum):
-    text = "text"
-    json = "json"
-
-
-_DestOpt = Annotated[
-    str,
-    typer.Option(
-        "--output",
-        "-o",
-        help="oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG], or FILE.tar.",
-        metavar="DEST",
-    ),
-]
-_TagOpt = Annotated[str | None, typer.Option("--tag", help="Name the image (where DEST does not).", metavar="NAME:TAG")]
-_ImageFormatOpt = Annotated[ImageFormat, typer.Option("--format", "-f", help="What to print when done.")]
-
-
 @app.command()
 def image(
-    output: _DestOpt,
-    paths: _RootfsPaths = None,
-    from_: _FromOpt = None,
-    platform: _PlatformOpt = None,
-    max_unpacked_size: _MaxUnpackedOpt = "8G",
-    tag: _TagOpt = None,
-    fmt: _ImageFormatOpt = ImageFormat.text,
+    output: DestOpt,
+    paths: RootfsPaths = None,
+    from_: FromOpt = None,
+    platform: PlatformOpt = None,
+    max_unpacked_size: MaxUnpackedOpt = "8G",
+    tag: TagOpt = None,
+    fmt: ImageFormatOpt = ImageFormat.text,
     root: RootOpt = "/",
     cwd: CwdOpt = None,
-    map_: _MapOpt = None,
-    entrypoint: _EntrypointOpt = None,
-    cmd: _CmdOpt = None,
-    user: _UserOpt = None,
-    env: _EnvOpt = None,
-    hwcaps: _HwcapsOpt = "all",
-    with_: _WithOpt = None,
-    tz: _TzOpt = None,
-    gconv: _GconvOpt = None,
-    term: _TermOpt = None,
-    add: _AddOpt = None,
-    trace: _TraceOpt = None,
-    trace_user: _TraceUserOpt = None,
-    trace_ok_exit: _TraceOkExitOpt = False,
-    trace_timeout: _TraceTimeoutOpt = None,
-    probe: _ProbeOpt = None,
-    trace_exclude: _TraceExcludeOpt = None,
-    test: _TestOpt = None,
-    test_output: _TestOutputOpt = False,
-    no_package_metadata: _NoPackageMetadataOpt = False,
-    graph: _GraphOpt = None,
+    map_: MapOpt = None,
+    entrypoint: EntrypointOpt = None,
+    cmd: CmdOpt = None,
+    user: UserOpt = None,
+    env: EnvOpt = None,
+    hwcaps: HwcapsOpt = "all",
+    with_: WithOpt = None,
+    tz: TzOpt = None,
+    gconv: GconvOpt = None,
+    term: TermOpt = None,
+    add: AddOpt = None,
+    trace: TraceOpt = None,
+    trace_user: TraceUserOpt = None,
+    trace_ok_exit: TraceOkExitOpt = False,
+    trace_timeout: TraceTimeoutOpt = None,
+    probe: ProbeOpt = None,
+    trace_exclude: TraceExcludeOpt = None,
+    test: TestOpt = None,
+    test_output: TestOutputOpt = False,
+    no_package_metadata: NoPackageMetadataOpt = False,
+    graph: GraphOpt = None,
     check_only: Annotated[
         bool, typer.Option("--check", help="Write nothing; exit 1 if DEST is not the image that would be written.")
     ] = False,
@@ -473,7 +270,8 @@ def image(
 ) -> None:
     """Write the same image as `minify rootfs` as an OCI image: no container engine,
     byte for byte the same from the same inputs (SOURCE_DATE_EPOCH sets every time)."""
-    from minify.oci import parse_dest, write_image
+    from minify.build.image import write_image
+    from minify.write.oci import parse_dest
 
     raw = dict(locals())
     dest = _guard(verbose, lambda: parse_dest(output, tag))
@@ -491,8 +289,9 @@ def image(
 
 def _report_image(result: ImageResult, fmt: ImageFormat) -> None:
     """Warnings on stderr; the digest, the sizes and how to load or push it."""
-    from minify.oci import Transport
-    from minify.render import dumps, human_size
+    from minify.render import dumps
+    from minify.text import human_size
+    from minify.write.oci import Transport
 
     _say_warnings(result.warnings)
     if fmt is ImageFormat.json:
@@ -523,7 +322,7 @@ def verify(
 ) -> None:
     """Check a rootfs as the loader would, without running anything: libraries,
     versions, and every undefined symbol (what `ldd -r` reports)."""
-    from minify.verify import verify as run_verify
+    from minify.analysis.verify import verify as run_verify
 
     report = _guard(verbose, lambda: run_verify(directory))
     for problem in report.problems:
@@ -556,7 +355,7 @@ def trace(
 
     Everything after the command is the command's: `minify trace prog -v` passes -v to
     prog. Its output goes to stderr; the record to stdout or -o FILE."""
-    from minify.trace import run_trace
+    from minify.plan.trace import run_trace
 
     if command[:1] == ["--"]:
         command = command[1:]
@@ -587,7 +386,7 @@ def _write_graph(path: str | None, plan: ImagePlan) -> None:
     fmt = _graph_format(path)
     if path is None or fmt is None:
         return
-    from minify.render import draw, plan_dot
+    from minify.graph import draw, plan_dot
 
     text = plan_dot(plan)
     data = text.encode() if fmt == "dot" else draw(text, fmt)
@@ -598,7 +397,7 @@ def _write_graph(path: str | None, plan: ImagePlan) -> None:
 
 def _write_image(verbose: bool, result: Analysis, fmt: Format) -> None:
     """The graph drawn by Graphviz, as bytes on stdout."""
-    from minify.render import render_image
+    from minify.graph import render_image
 
     drawn = _guard(verbose, lambda: render_image(result, fmt.value))
     sys.stdout.flush()
@@ -606,7 +405,7 @@ def _write_image(verbose: bool, result: Analysis, fmt: Format) -> None:
 
 
 def _packages_used(result: Analysis) -> Packages:
-    from minify.packages import packages_used
+    from minify.plan.packages import packages_used
 
     return packages_used(result.target.root, {o.realpath: o.size for o in result.objects().values()})
 
@@ -614,8 +413,8 @@ def _packages_used(result: Analysis) -> Packages:
 def _rootfs_options(raw: dict[str, Any]) -> RootfsOptions:
     """The typed options of `minify rootfs` and `minify image` from their CLI values
     (``raw``: the command's parameters by name)."""
-    from minify.image import Mapping, env_pair, user_spec
-    from minify.rootfs import RootfsOptions
+    from minify.build.options import RootfsOptions
+    from minify.plan.image import Mapping, env_pair, user_spec
 
     user = raw["user"]
     if not raw["paths"] and raw["from_"] is None:
@@ -680,7 +479,8 @@ def _say_up_to_date(output: str, result: RootfsResult) -> int:
 
 def _report_rootfs(result: RootfsResult, output: str) -> None:
     """Warnings and notes on stderr; what was written, and how to build it."""
-    from minify.render import human_size, plan_size_lines
+    from minify.render import plan_size_lines
+    from minify.text import human_size
 
     _say_warnings(result.warnings)
     _report_source(result.report)

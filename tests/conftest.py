@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from minify.elf import read_elf
+from minify.elf.reader import read_elf
 from minify.root import Root
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

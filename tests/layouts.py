@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from minify.loader.arch import host_arch
-from minify.oci import PLATFORMS
+from minify.write.oci import PLATFORMS
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -82,9 +82,11 @@ fi
 py=$PWD/.venv/bin/python
 export PATH="$PWD/.venv/bin:$PATH"
 "$py" -m pip install -q --disable-pip-version-check -e '.[test]'
-"$py" -m ruff check minify tests
-"$py" -m ruff format --check minify tests
+"$py" -m ruff check minify tests benchmarks
+"$py" -m ruff format --check minify tests benchmarks
 "$py" -m mypy
+# the layers of the pipeline (read, analyse, plan, write): pyproject.toml [tool.importlinter]
+.venv/bin/lint-imports
 "$py" -m pytest -q "$@"
 
 # The declared floor of LIEF (pyproject.toml) is tested too: the ELF reading tests,

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import minify
 from minify.cli import app
-from minify.elf import ElfHeader, Endian
+from minify.elf.files import ElfHeader, Endian
 from minify.loader.arch import ARCHES, arch_of, machine_name
 from minify.loader.glibc import ldso_facts
 from minify.root import Root

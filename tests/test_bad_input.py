@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import minify
-from minify.elf import read_elf
+from minify.elf.reader import read_elf
 from minify.errors import MinifyError
 from minify.render import render
 

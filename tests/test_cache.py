@@ -17,7 +17,7 @@ from tests.conftest import MINIFY, Builder
 #: Runs an analysis in a fresh interpreter and says whether LIEF was imported.
 PROBE = """
 import json, sys
-from minify.closure import analyze
+from minify.analysis.closure import analyze
 from minify.render import render
 analysis = analyze(sys.argv[2:], cache=sys.argv[1] == "cache")
 print(json.dumps({"lief": "lief" in sys.modules, "out": render(analysis, "json", {})}))
@@ -171,7 +171,7 @@ def test_a_swapped_cache_folder_cannot_feed_forged_entries(tmp_path: Path, progr
     one of their own with a forged entry for the same file. The cache reads through the
     descriptor it checked, so it still gives the real entry; a new cache on the swapped
     folder (not root's own) gives none, and says so."""
-    from minify.cache import FactCache, Kind
+    from minify.elf.cache import FactCache, Kind
 
     if os.geteuid() != 0:
         pytest.skip("giving a folder to another user needs root (CI runs as root)")

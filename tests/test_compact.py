@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from minify import elf
-from minify.elf import ELF_MAGIC, Endian, Opened, read_elf, read_header, read_symbols
-from minify.elfimage import compact_image
+from minify.elf import reader as elf
+from minify.elf.compact import compact_image
+from minify.elf.files import ELF_MAGIC, Endian, Opened, read_header
+from minify.elf.reader import read_elf, read_symbols
 from minify.errors import BadInput
 
 

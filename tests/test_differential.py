@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 import minify
-from minify.closure import ProgramClosure
+from minify.analysis.closure import ProgramClosure
 from tests.conftest import TRIPLET
 
 CORPUS = ["/usr/bin", "/usr/sbin", f"/usr/lib/{TRIPLET}"]

@@ -10,7 +10,8 @@ import subprocess
 from pathlib import Path
 
 import minify
-from minify.elf import LIEF_DYNAMIC_CAP, read_dlopen_notes, read_elf
+from minify.elf.notes import read_dlopen_notes
+from minify.elf.reader import LIEF_DYNAMIC_CAP, read_elf
 from tests.conftest import FIXTURES, Builder, chroot_run, cli, loader_truth
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from minify.loader.arch import host_arch
-from minify.oci import PLATFORMS
+from minify.write.oci import PLATFORMS
 from tests.conftest import MINIFY, Builder, Podman, need_tool, tree_listing
 
 HOST_ARCH, HOST_VARIANT = PLATFORMS[host_arch()]
@@ -273,9 +273,7 @@ def test_a_dest_minify_did_not_write_is_refused_without_force(tmp_path: Path, he
 
 
 def test_the_python_api_writes_the_plan_of_rootfs(tmp_path: Path, hello: Path) -> None:
-    from minify import write_image
-    from minify.oci import Transport, parse_dest
-    from minify.rootfs import RootfsOptions
+    from minify import RootfsOptions, Transport, parse_dest, write_image
 
     result = write_image(RootfsOptions(paths=(str(hello),), output=""), parse_dest(f"oci:{tmp_path}/api"))
     assert result.digest.startswith("sha256:") and result.dest.transport is Transport.OCI

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import minify
-from minify.closure import ProgramClosure
-from minify.elf import read_elf
+from minify.analysis.closure import ProgramClosure
+from minify.elf.reader import read_elf
 from minify.loader.model import How
 from tests.conftest import HOST_INTERP, TRIPLET, Builder, Truth, add_rpath_entry, loader_truth, need_tool, run
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from minify.node import command_line, node_needs
+from minify.plan.node import command_line, node_needs
 from minify.root import Root
 from tests.conftest import Builder
 

@@ -282,7 +282,7 @@ def test_an_alpine_database_is_cut_down_to_the_copied_files(tmp_path: Path) -> N
     need_tool("musl-gcc")
     root = tmp_path / "root"
     Builder("musl-gcc").prog(root / "hello", src="hello.c")
-    from minify.elf import read_elf
+    from minify.elf.reader import read_elf
 
     loader = read_elf(str(root / "hello")).interpreter
     assert loader is not None and loader.startswith("/lib/ld-musl-")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from minify.python import command_line, python_needs
+from minify.plan.python import command_line, python_needs
 from minify.root import Root
 from tests.conftest import chroot_run, cli, need_tool
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from minify.rootfs import RootfsOptions, build, check
+from minify.build.check import check
+from minify.build.options import RootfsOptions
+from minify.build.pipeline import build
 from tests.conftest import HOST_INTERP, HOST_LIBC, Builder, chroot_run, cli, need_tool, tree_listing
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from minify.shell import commands
+from minify.plan.shell import commands
 from tests.conftest import chroot_run, cli, need_tool
 
 SCRIPT = """#!/bin/sh

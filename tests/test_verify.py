@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from minify.rootfs import RootfsOptions, build
-from minify.verify import verify
+from minify.analysis.verify import verify
+from minify.build.options import RootfsOptions
+from minify.build.pipeline import build
 from tests.conftest import Builder
 
 MINIFY = [sys.executable, "-m", "minify.cli"]

@@ -19,7 +19,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from minify.elf import ElfHeader
+    from minify.elf.files import ElfHeader
 
 EM_386 = 3
 EM_MIPS = 8
@@ -283,6 +283,21 @@ def machine_name(header: ElfHeader) -> str:
         return known
     order = "big" if big else "little"
     return f"e_machine {header.machine} ({header.elf_class}-bit, {order}-endian)"
+
+
+#: ELF architectures (``Arch.name``) as OCI platforms: architecture and variant.
+PLATFORMS: dict[str, tuple[str, str | None]] = {
+    "x86_64": ("amd64", None),
+    "aarch64": ("arm64", "v8"),
+    "i386": ("386", None),
+    "armhf": ("arm", "v7"),
+    "ppc64le": ("ppc64le", None),
+    "s390x": ("s390x", None),
+    "riscv64": ("riscv64", None),
+    "armel": ("arm", "v5"),
+    "mips64el": ("mips64le", None),
+    "mipsel": ("mipsle", None),
+}
 
 
 def host_arch() -> str:

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from minify.cache import Kind
-from minify.elf import ELFOSABI_GNU, ELFOSABI_SYSV, ET_DYN, ET_EXEC, Endian
+from minify.elf.cache import Kind
+from minify.elf.files import ELFOSABI_GNU, ELFOSABI_SYSV, ET_DYN, ET_EXEC, Endian
 from minify.errors import BadInput, CorruptElf, NotRegularFile
 from minify.loader import hwcaps as hw
 from minify.loader import ldcache, ldconf

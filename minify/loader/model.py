@@ -2,7 +2,7 @@
 
 ``Node`` is the one mutable thing: the loader's own bookkeeping while a program is
 being loaded (names an object was requested under grow as the walk goes on). It is
-turned into frozen values by ``minify.closure`` when the walk is done.
+turned into frozen values by ``minify.analysis.closure`` when the walk is done.
 """
 
 from __future__ import annotations
@@ -13,24 +13,15 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from minify.cache import key_of
-from minify.elf import (
-    DlopenNote,
-    ElfInfo,
-    Opened,
-    Symbols,
-    is_elf,
-    read_dlopen_notes,
-    read_elf,
-    read_header,
-    read_symbols,
-    shebang,
-)
+from minify.elf.cache import key_of
+from minify.elf.files import ElfInfo, Opened, Symbols, is_elf, read_header, shebang
+from minify.elf.notes import DlopenNote, read_dlopen_notes
+from minify.elf.reader import read_elf, read_symbols
 from minify.errors import BadInput, PathError
 
 if TYPE_CHECKING:
-    from minify.cache import FactCache
-    from minify.elf import ElfHeader
+    from minify.elf.cache import FactCache
+    from minify.elf.files import ElfHeader
     from minify.root import Resolved, Root
 
 
@@ -254,7 +245,7 @@ def dlopen_caller(program: Node) -> Node:
 
 
 class LoaderModel(Protocol):
-    """The rules one loader applies; ``minify.closure`` walks the graph with them."""
+    """The rules one loader applies; ``minify.analysis.closure`` walks the graph with them."""
 
     kind: LoaderKind
     interpreter: str

@@ -1,0 +1,1 @@
+"""Analyse: the target root's programs, their closures as the loader builds them, hints, verification."""
