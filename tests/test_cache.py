@@ -197,3 +197,60 @@ def test_a_swapped_cache_folder_cannot_feed_forged_entries(tmp_path: Path, progr
     assert again.note is not None and "is not this user's own" in again.note
     done = minify(tmp_path / "cache", "rootfs", str(program), "-o", str(tmp_path / "out"))
     assert done.returncode == 0 and "is not this user's own" in done.stderr, done.stderr
+
+
+#: Hints for every program given, in a fresh interpreter: whether LIEF was imported too.
+HINTS_PROBE = """
+import json, sys
+from minify.analysis.closure import analyze
+from minify.analysis.hints import for_analysis
+analysis = analyze(sys.argv[2:], cache=sys.argv[1] == "cache")
+hints = {path: sorted(map(str, found)) for path, found in for_analysis(analysis).items()}
+print(json.dumps({"lief": "lief" in sys.modules, "hints": hints}))
+"""
+
+
+def hints_probe(cache_home: Path, paths: list[str], *, cache: bool) -> dict[str, object]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
+    argv = [sys.executable, "-c", HINTS_PROBE, "cache" if cache else "no", *paths]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900, check=True)
+    result = json.loads(done.stdout)
+    assert isinstance(result, dict)
+    return result
+
+
+def test_hints_read_the_imports_alone_and_match_a_fresh_parse(tmp_path: Path) -> None:
+    """Hints need only what each object imports, kept in an entry of its own: a big
+    program's definitions (tens of MB for pandoc) are never loaded to give them. On every
+    ELF file at the top level of /usr/bin: a run with no cache, a cold run (which stores
+    the entries) and a warm run with every symbols entry deleted give the same hints, and
+    the warm run imports no LIEF. Files that change while the test runs are left out."""
+    from minify.elf.files import is_elf
+
+    def versions() -> dict[str, tuple[int, int, int]]:
+        out = {}
+        for entry in os.scandir("/usr/bin"):
+            if entry.is_file(follow_symlinks=False) and is_elf(entry.path):
+                st = entry.stat(follow_symlinks=False)
+                out[entry.path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        return out
+
+    before = versions()
+    paths = sorted(before)
+    assert len(paths) > 50  # a Debian system with the test command's packages
+    fresh = hints_probe(tmp_path / "none", paths, cache=False)
+    cold = hints_probe(tmp_path / "cache", paths, cache=True)
+    symbols = list((tmp_path / "cache").rglob("*.symbols.json"))
+    assert symbols and list((tmp_path / "cache").rglob("*.imports.json"))
+    for entry in symbols:
+        entry.unlink()
+    warm = hints_probe(tmp_path / "cache", paths, cache=True)
+    assert warm["lief"] is False and cold["lief"] is True
+    after = versions()
+    steady = [p for p in paths if after.get(p) == before[p]]
+    assert len(steady) > len(paths) // 2
+    want, got_cold, got_warm = (run["hints"] for run in (fresh, cold, warm))
+    assert isinstance(want, dict) and isinstance(got_cold, dict) and isinstance(got_warm, dict)
+    assert any(want[p] for p in steady), "no program of /usr/bin got a hint: nothing would be compared"
+    for path in steady:
+        assert got_warm[path] == got_cold[path] == want[path], path

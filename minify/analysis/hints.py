@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from minify.analysis.closure import Analysis, ProgramClosure
-from minify.elf.files import Symbols
+from minify.elf.files import SymbolRef
 from minify.elf.notes import DlopenNote
 from minify.errors import BadInput
 
@@ -109,7 +109,7 @@ class Hint:
 
 def hints_for(
     program: ProgramClosure,
-    symbols: Callable[[str], Symbols],
+    imports: Callable[[str], tuple[SymbolRef, ...]],
     notes: Callable[[str], tuple[DlopenNote, ...]] = lambda _: (),
 ) -> tuple[Hint, ...]:
     """Hints for one program, from the imports and dlopen notes of its closure."""
@@ -117,7 +117,7 @@ def hints_for(
         return ()
     imported: dict[str, list[str]] = {}
     for obj in program.objects:
-        for ref in symbols(obj.realpath).imports:
+        for ref in imports(obj.realpath):
             imported.setdefault(ref.name, []).append(obj.path)
     out = [*_symbol_hints(program, imported), *_library_hints(program)]
     for obj in program.objects:
@@ -175,11 +175,11 @@ def for_analysis(analysis: Analysis) -> dict[str, tuple[Hint, ...]]:
     read gives no hints (the analysis reports it)."""
     reader = analysis.target.reader
 
-    def symbols(inner: str) -> Symbols:
+    def imports(inner: str) -> tuple[SymbolRef, ...]:
         try:
-            return reader.symbols(reader.root.resolve(inner))
+            return reader.imports(reader.root.resolve(inner))
         except BadInput:
-            return Symbols((), frozenset(), frozenset())
+            return ()
 
     def notes(inner: str) -> tuple[DlopenNote, ...]:
         try:
@@ -187,7 +187,7 @@ def for_analysis(analysis: Analysis) -> dict[str, tuple[Hint, ...]]:
         except BadInput:
             return ()
 
-    return {p.path: hints_for(p, symbols, notes) for p in analysis.programs}
+    return {p.path: hints_for(p, imports, notes) for p in analysis.programs}
 
 
 def presets_called_for(hints: tuple[Hint, ...]) -> tuple[str, ...]:

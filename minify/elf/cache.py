@@ -53,6 +53,7 @@ class Kind(StrEnum):
 
     INFO = "info"  # ElfInfo without the header (read fresh each run, it is cheap)
     SYMBOLS = "symbols"
+    IMPORTS = "imports"  # the imported names alone: all hints need, small for any file
     LDSO = "ldso"  # the release and system folders compiled into a glibc ld.so
 
 
@@ -160,6 +161,20 @@ class FactCache:
             return _symbols_from(data)
         except (KeyError, TypeError, ValueError):
             return None
+
+    def imports(self, st: os.stat_result) -> tuple[SymbolRef, ...] | None:
+        """The imports alone, without the definitions: a program that exports much
+        (pandoc's tens of MB of symbols) is read back in a few KB for its hints."""
+        data = self.load(st, Kind.IMPORTS)
+        if data is None:
+            return None
+        try:
+            return _imports_from(data)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def store_imports(self, st: os.stat_result, imports: tuple[SymbolRef, ...]) -> None:
+        self.store(st, Kind.IMPORTS, {"imports": _imports_to(imports)})
 
     def store_info(self, st: os.stat_result, info: ElfInfo) -> None:
         self.store(st, Kind.INFO, _info_to(info))
@@ -300,7 +315,7 @@ def _symbols_to(symbols: Symbols) -> dict[str, Any]:
     """Imports as [name, version, weak]; definitions grouped by version, which keeps
     libc's few thousand symbols small and fast to read back."""
     return {
-        "imports": [[s.name, s.version, s.weak] for s in symbols.imports],
+        "imports": _imports_to(symbols.imports),
         "defined": _by_version(symbols.defined),
         "hidden": _by_version(symbols.hidden),
     }
@@ -323,10 +338,18 @@ def _pairs(value: object) -> frozenset[tuple[str, str | None]]:
     return frozenset(out)
 
 
-def _symbols_from(data: dict[str, Any]) -> Symbols:
+def _imports_to(imports: tuple[SymbolRef, ...]) -> list[list[Any]]:
+    return [[s.name, s.version, s.weak] for s in imports]
+
+
+def _imports_from(data: dict[str, Any]) -> tuple[SymbolRef, ...]:
     imports = []
     for name, version, weak in data["imports"]:
         if not isinstance(name, str) or not isinstance(weak, bool):
             raise TypeError("import")
         imports.append(SymbolRef(name, _optional(version), weak))
-    return Symbols(tuple(imports), _pairs(data["defined"]), _pairs(data["hidden"]))
+    return tuple(imports)
+
+
+def _symbols_from(data: dict[str, Any]) -> Symbols:
+    return Symbols(_imports_from(data), _pairs(data["defined"]), _pairs(data["hidden"]))

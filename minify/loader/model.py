@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from minify.elf.cache import key_of
-from minify.elf.files import ElfInfo, Opened, Symbols, is_elf, read_header, shebang
+from minify.elf.files import ElfInfo, Opened, SymbolRef, Symbols, is_elf, read_header, shebang
 from minify.elf.notes import DlopenNote, read_dlopen_notes
 from minify.elf.reader import read_elf, read_symbols
 from minify.errors import BadInput, PathError
@@ -138,6 +138,7 @@ class Reader:
         self._headers: dict[tuple[int, int], ElfHeader | BadInput] = {}
         self._infos: dict[tuple[int, int], ElfInfo | BadInput] = {}
         self._symbols: dict[tuple[int, int], Symbols | BadInput] = {}
+        self._imports: dict[tuple[int, int], tuple[SymbolRef, ...] | BadInput] = {}
         self._notes: dict[tuple[int, int], Notes | BadInput] = {}
 
     def header(self, resolved: Resolved) -> ElfHeader:
@@ -149,6 +150,26 @@ class Reader:
     def symbols(self, resolved: Resolved) -> Symbols:
         """Dynamic symbols, for hints and verification (a second, fuller parse)."""
         return self._cached(self._symbols, resolved, self._read_symbols)
+
+    def imports(self, resolved: Resolved) -> tuple[SymbolRef, ...]:
+        """The imported symbols alone, for hints: read from their own small cache
+        entry, so a warm run never loads a big program's definitions to give hints."""
+        known = self._symbols.get(resolved.ident or (0, hash(resolved.path)))
+        if isinstance(known, Symbols):
+            return known.imports
+        return self._cached(self._imports, resolved, self._read_imports)
+
+    def _read_imports(self, f: Opened) -> tuple[SymbolRef, ...]:
+        if self.cache is None:
+            return read_symbols(f).imports
+        hit = self.cache.imports(f.st)
+        if hit is not None:
+            read_header(f)  # the same validation as a parse
+            return hit
+        imports = self._read_symbols(f).imports
+        if unchanged(f):
+            self.cache.store_imports(f.st, imports)
+        return imports
 
     def _read_info(self, f: Opened) -> ElfInfo:
         """The persistent cache first; LIEF only for a file it has not seen as it is."""
@@ -174,6 +195,7 @@ class Reader:
         symbols = read_symbols(f)
         if unchanged(f):
             self.cache.store_symbols(f.st, symbols)
+            self.cache.store_imports(f.st, symbols.imports)
         return symbols
 
     def dlopen_notes(self, resolved: Resolved) -> Notes:

@@ -192,7 +192,7 @@ def _program_hint(
     calls: set[str] = set()
     for path in own:
         try:
-            imports = reader.symbols(root.resolve(path)).imports
+            imports = reader.imports(root.resolve(path))
         except MinifyError:
             continue
         calls |= {ref.name for ref in imports} & RUNS
