@@ -35,15 +35,16 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from itertools import repeat
-from typing import Any
+from typing import Any, TypeVar
 
 from minify.elf.files import ElfHeader, ElfInfo, SymbolRef, Symbols, VersionNeed
 from minify.root import read_all
 
-#: Bump when the stored shape or meaning changes.
-FORMAT = 2
+#: Bump when the stored shape or meaning changes (3: an imports entry beside each symbols entry).
+FORMAT = 3
 #: An entry larger than this is not a fact file (libc's symbols are about 200 KB).
 MAX_ENTRY_BYTES = 32 << 20
 
@@ -58,6 +59,7 @@ class Kind(StrEnum):
 
 
 Key = tuple[int, int, int, int, int]
+T = TypeVar("T")
 
 
 def key_of(st: os.stat_result) -> Key:
@@ -145,42 +147,34 @@ class FactCache:
         return f"{key[1] & 0xFF:02x}", f"{name}.{kind.value}.json"
 
     def info(self, st: os.stat_result, header: ElfHeader) -> ElfInfo | None:
-        data = self.load(st, Kind.INFO)
-        if data is None:
-            return None
-        try:
-            return _info_from(data, header, st.st_size)
-        except (KeyError, TypeError, ValueError):
-            return None
+        return self._decoded(st, Kind.INFO, lambda data: _info_from(data, header, st.st_size))
 
     def symbols(self, st: os.stat_result) -> Symbols | None:
-        data = self.load(st, Kind.SYMBOLS)
-        if data is None:
-            return None
-        try:
-            return _symbols_from(data)
-        except (KeyError, TypeError, ValueError):
-            return None
+        return self._decoded(st, Kind.SYMBOLS, _symbols_from)
 
     def imports(self, st: os.stat_result) -> tuple[SymbolRef, ...] | None:
         """The imports alone, without the definitions: a program that exports much
         (pandoc's tens of MB of symbols) is read back in a few KB for its hints."""
-        data = self.load(st, Kind.IMPORTS)
+        return self._decoded(st, Kind.IMPORTS, _imports_from)
+
+    def _decoded(self, st: os.stat_result, kind: Kind, decode: Callable[[dict[str, Any]], T]) -> T | None:
+        """The entry of ``kind``, decoded; an entry of the wrong shape is no entry."""
+        data = self.load(st, kind)
         if data is None:
             return None
         try:
-            return _imports_from(data)
+            return decode(data)
         except (KeyError, TypeError, ValueError):
             return None
-
-    def store_imports(self, st: os.stat_result, imports: tuple[SymbolRef, ...]) -> None:
-        self.store(st, Kind.IMPORTS, {"imports": _imports_to(imports)})
 
     def store_info(self, st: os.stat_result, info: ElfInfo) -> None:
         self.store(st, Kind.INFO, _info_to(info))
 
     def store_symbols(self, st: os.stat_result, symbols: Symbols) -> None:
+        """The symbols, and their imports again as an entry of their own: every
+        symbols entry has that twin, so hints never need to load the definitions."""
         self.store(st, Kind.SYMBOLS, _symbols_to(symbols))
+        self.store(st, Kind.IMPORTS, {"imports": _imports_to(symbols.imports)})
 
     def load(self, st: os.stat_result, kind: Kind) -> dict[str, Any] | None:
         """The entry of ``kind`` for this version of a file, or None."""

@@ -154,22 +154,17 @@ class Reader:
     def imports(self, resolved: Resolved) -> tuple[SymbolRef, ...]:
         """The imported symbols alone, for hints: read from their own small cache
         entry, so a warm run never loads a big program's definitions to give hints."""
-        known = self._symbols.get(resolved.ident or (0, hash(resolved.path)))
+        known = self._symbols.get(_key(resolved))
         if isinstance(known, Symbols):
             return known.imports
         return self._cached(self._imports, resolved, self._read_imports)
 
     def _read_imports(self, f: Opened) -> tuple[SymbolRef, ...]:
-        if self.cache is None:
-            return read_symbols(f).imports
-        hit = self.cache.imports(f.st)
+        hit = self.cache.imports(f.st) if self.cache is not None else None
         if hit is not None:
             read_header(f)  # the same validation as a parse
             return hit
-        imports = self._read_symbols(f).imports
-        if unchanged(f):
-            self.cache.store_imports(f.st, imports)
-        return imports
+        return self._read_symbols(f).imports
 
     def _read_info(self, f: Opened) -> ElfInfo:
         """The persistent cache first; LIEF only for a file it has not seen as it is."""
@@ -195,7 +190,6 @@ class Reader:
         symbols = read_symbols(f)
         if unchanged(f):
             self.cache.store_symbols(f.st, symbols)
-            self.cache.store_imports(f.st, symbols.imports)
         return symbols
 
     def dlopen_notes(self, resolved: Resolved) -> Notes:
@@ -204,7 +198,7 @@ class Reader:
 
     def _cached(self, table: dict[tuple[int, int], T | BadInput], resolved: Resolved, read: Callable[[Opened], T]) -> T:
         """One read per file (by device and inode); errors are remembered like results."""
-        key = resolved.ident or (0, hash(resolved.path))
+        key = _key(resolved)
         hit = table.get(key)
         if hit is None:
             try:
@@ -248,6 +242,12 @@ class Reader:
         except PathError as exc:
             raise BadInput(self.root.host_path(resolved.path), exc.problem) from None
         return Opened(self.root.host_path(resolved.path), fd, st)
+
+
+def _key(resolved: Resolved) -> tuple[int, int]:
+    """What a file is known by within a run: its device and inode (a path that names
+    no file yet, by its hash)."""
+    return resolved.ident or (0, hash(resolved.path))
 
 
 def unchanged(f: Opened) -> bool:
