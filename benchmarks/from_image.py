@@ -101,7 +101,11 @@ report = int(sys.argv[1])
 os.set_inheritable(report, False)
 pid = os.fork()
 if pid == 0:
-    os.execvp(sys.argv[2], sys.argv[2:])
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as exc:
+        os.write(2, f"{exc}\\n".encode())
+    os._exit(127)  # a command that cannot be run: the child never goes on below
 _, status, usage = os.wait4(pid, 0)
 os.write(report, str(usage.ru_maxrss).encode())
 sys.exit(os.waitstatus_to_exitcode(status))
