@@ -129,13 +129,16 @@ def dangling_links(root: str, paths: list[str] | None = None) -> list[Problem]:
 
 def _symbol_problems(analysis: Analysis) -> list[Problem]:
     reader = analysis.target.reader
-
-    def symbols(path: str) -> Symbols:
-        return reader.symbols(reader.root.resolve(path))
-
     usable = [
         p for p in analysis.programs if p.kind is ProgramKind.DYNAMIC and not p.error and (p.ok or p.library_input)
     ]
+    objects = {o.realpath for p in usable for o in p.objects}
+    # the names some object imports: the only definitions worth reading
+    wanted = frozenset(r.name for path in objects for r in reader.imports(reader.root.resolve(path)) if not r.weak)
+
+    def symbols(path: str) -> Symbols:
+        return reader.definitions(reader.root.resolve(path), wanted)
+
     programs = [p for p in usable if not p.library_input]
     loaded_by_programs = {o.realpath for p in programs for o in p.objects}
     problems: list[Problem] = []

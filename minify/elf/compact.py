@@ -21,8 +21,9 @@ facts of both on every ELF file of the machine's /usr.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from minify.elf.files import PT_DYNAMIC
 
@@ -56,7 +57,7 @@ class _Load:
     filesz: int
 
 
-class _Layout:
+class Layout:
     """The file's PT_LOADs and its dynamic entries: addresses to file offsets."""
 
     def __init__(self, f: Opened, header: ElfHeader) -> None:
@@ -129,7 +130,7 @@ def dynamic_pairs(raw: bytes, end: str, *, is64: bool) -> list[tuple[int, int]]:
 def compact_image(f: Opened, header: ElfHeader, *, symbols: bool) -> bytes | None:
     """A small ELF image with the regions LIEF reads for the dynamic facts (and, with
     ``symbols``, the dynamic symbols); None when this file needs a whole-file parse."""
-    layout = _Layout(f, header)
+    layout = Layout(f, header)
     dyn = layout.entries()
     if dyn is None or layout.dynamic is None or DT_STRTAB not in dyn or DT_STRSZ not in dyn:
         return None
@@ -152,41 +153,70 @@ def compact_image(f: Opened, header: ElfHeader, *, symbols: bool) -> bytes | Non
     return _build(layout, regions, dynsym, dyn.get(DT_SYMENT, 24 if layout.is64 else 16))
 
 
-def _verneed_size(layout: _Layout, vaddr: int, count: int) -> int | None:
-    """Bytes from DT_VERNEED to the end of its last entry (Elf_Verneed: 16 bytes,
-    vn_cnt at 2, vn_aux at 8, vn_next at 12; Elf_Vernaux: 16 bytes, vna_next at 12)."""
-    return _chain_size(layout, vaddr, count, entry=(16, "H", 2, 8, 12), aux=(16, 12))
+class Chain(NamedTuple):
+    """Where a version table's entries keep their counts and links."""
+
+    size: int
+    cnt_at: int
+    aux_at: int
+    next_at: int
+    aux_size: int
+    aux_next_at: int
 
 
-def _verdef_size(layout: _Layout, vaddr: int, count: int) -> int | None:
-    """The same for DT_VERDEF (Elf_Verdef: 20 bytes, vd_cnt at 6, vd_aux at 12,
-    vd_next at 16; Elf_Verdaux: 8 bytes, vda_next at 4)."""
-    return _chain_size(layout, vaddr, count, entry=(20, "H", 6, 12, 16), aux=(8, 4))
+#: Elf_Verneed: 16 bytes, vn_cnt at 2, vn_aux at 8, vn_next at 12; Elf_Vernaux: 16
+#: bytes, vna_next at 12.
+VERNEED = Chain(16, 2, 8, 12, 16, 12)
+#: Elf_Verdef: 20 bytes, vd_cnt at 6, vd_aux at 12, vd_next at 16; Elf_Verdaux: 8
+#: bytes, vda_next at 4.
+VERDEF = Chain(20, 6, 12, 16, 8, 4)
 
 
-def _chain_size(
-    layout: _Layout, vaddr: int, count: int, *, entry: tuple[int, str, int, int, int], aux: tuple[int, int]
-) -> int | None:
-    size, cnt_fmt, cnt_at, aux_at, next_at = entry
-    aux_size, aux_next_at = aux
-    if not 0 < count <= MAX_ENTRIES:
-        return None
+def _verneed_size(layout: Layout, vaddr: int, count: int) -> int | None:
+    """Bytes from DT_VERNEED to the end of its last entry."""
+    return _chain_size(layout, vaddr, count, VERNEED)
+
+
+def _verdef_size(layout: Layout, vaddr: int, count: int) -> int | None:
+    """The same for DT_VERDEF."""
+    return _chain_size(layout, vaddr, count, VERDEF)
+
+
+def _chain_size(layout: Layout, vaddr: int, count: int, chain: Chain) -> int | None:
     extent = 0
+    try:
+        for at, _, where, body in version_entries(layout, vaddr, count, chain):
+            extent = max(extent, at + chain.size, where + chain.aux_size if body is not None else 0)
+    except ValueError:
+        return None
+    return extent
+
+
+def version_entries(
+    layout: Layout, vaddr: int, count: int, chain: Chain
+) -> Iterator[tuple[int, bytes, int, bytes | None]]:
+    """(offset, entry, aux offset, aux entry) of a VERNEED or VERDEF chain: each entry
+    once with no aux entry, then once per aux entry; ``count`` entries, each with its
+    own count of aux entries, as the loader walks them. ValueError when the chain
+    leaves the file."""
+    size, cnt_at, aux_at, next_at, aux_size, aux_next_at = chain
+    if not 0 < count <= MAX_ENTRIES:
+        raise ValueError("version table count")
     at = 0
     for _ in range(count):
         head = layout.read(vaddr + at, size)
         if head is None:
-            return None
-        (cnt,) = struct.unpack_from(layout.end + cnt_fmt, head, cnt_at)
+            raise ValueError("version table outside the file")
+        (cnt,) = struct.unpack_from(layout.end + "H", head, cnt_at)
         (first_aux,) = struct.unpack_from(layout.end + "I", head, aux_at)
         (nxt,) = struct.unpack_from(layout.end + "I", head, next_at)
-        extent = max(extent, at + size)
+        yield at, head, 0, None
         where = at + first_aux
         for _ in range(min(cnt, MAX_ENTRIES)):
             body = layout.read(vaddr + where, aux_size)
             if body is None:
-                return None
-            extent = max(extent, where + aux_size)
+                raise ValueError("version table outside the file")
+            yield at, head, where, body
             (step,) = struct.unpack_from(layout.end + "I", body, aux_next_at)
             if not step:
                 break
@@ -194,13 +224,27 @@ def _chain_size(
         if not nxt:
             break
         at += nxt
-    return extent
 
 
-def _symbol_regions(layout: _Layout, dyn: dict[int, int]) -> list[tuple[int, int]] | None:
+def _symbol_regions(layout: Layout, dyn: dict[int, int]) -> list[tuple[int, int]] | None:
     """DT_SYMTAB, DT_VERSYM and the hash tables LIEF counts the symbols with."""
     if DT_SYMTAB not in dyn:
         return []
+    counted = symbol_count(layout, dyn)
+    if counted is None:
+        return None
+    nsyms, regions = counted
+    entsize = dyn.get(DT_SYMENT, 24 if layout.is64 else 16)
+    regions.append((dyn[DT_SYMTAB], nsyms * entsize))
+    if DT_VERSYM in dyn:
+        regions.append((dyn[DT_VERSYM], nsyms * 2))
+    return regions
+
+
+def symbol_count(layout: Layout, dyn: dict[int, int]) -> tuple[int, list[tuple[int, int]]] | None:
+    """The number of dynamic symbols as LIEF counts them (the .dynsym section header
+    when the file has one, else the larger of the hash tables' counts), and the hash
+    tables' regions; None when the tables do not add up."""
     regions: list[tuple[int, int]] = []
     counts: list[int] = []
     if DT_HASH in dyn:
@@ -221,19 +265,12 @@ def _symbol_regions(layout: _Layout, dyn: dict[int, int]) -> list[tuple[int, int
         counts = [from_sections]  # what LIEF counts from a whole file (a GNU hash table
         # leaves out the imports after its last bucket: libstdbuf.so has 17 symbols, its
         # table implies 1)
-    if not counts:
+    if not counts or max(counts) > MAX_SYMBOLS:
         return None
-    nsyms = max(counts)
-    if nsyms > MAX_SYMBOLS:
-        return None
-    entsize = dyn.get(DT_SYMENT, 24 if layout.is64 else 16)
-    regions.append((dyn[DT_SYMTAB], nsyms * entsize))
-    if DT_VERSYM in dyn:
-        regions.append((dyn[DT_VERSYM], nsyms * 2))
-    return regions
+    return max(counts), regions
 
 
-def _dynsym_count(layout: _Layout, symtab: int) -> int | None:
+def _dynsym_count(layout: Layout, symtab: int) -> int | None:
     """The number of symbols of the file's own .dynsym section header, if it has one
     at DT_SYMTAB."""
     head, end = layout.head, layout.end
@@ -257,7 +294,7 @@ def _dynsym_count(layout: _Layout, symtab: int) -> int | None:
     return None
 
 
-def _gnu_hash(layout: _Layout, vaddr: int) -> tuple[int, int] | None:
+def _gnu_hash(layout: Layout, vaddr: int) -> tuple[int, int] | None:
     """The size of a DT_GNU_HASH table and the number of symbols it implies."""
     head = layout.read(vaddr, 16)
     if head is None:
@@ -289,7 +326,7 @@ def _gnu_hash(layout: _Layout, vaddr: int) -> tuple[int, int] | None:
 
 
 def _build(
-    layout: _Layout, regions: list[tuple[int, int]], dynsym: tuple[int, int] | None, entsize: int
+    layout: Layout, regions: list[tuple[int, int]], dynsym: tuple[int, int] | None, entsize: int
 ) -> bytes | None:
     """The image: ELF header, one PT_LOAD per merged region, PT_DYNAMIC, the bytes,
     and with ``dynsym`` a section header table of a null section and .dynsym (LIEF
@@ -346,7 +383,7 @@ def _phdr(is64: bool, end: str, p_type: int, offset: int, vaddr: int, size: int)
     return struct.pack(end + "IIIIIIII", p_type, offset, vaddr, vaddr, size, size, 4, 1)
 
 
-def _ehdr(layout: _Layout, phnum: int, shoff: int, shnum: int) -> bytes:
+def _ehdr(layout: Layout, phnum: int, shoff: int, shnum: int) -> bytes:
     """The file's own ELF header with the program headers right after it, and the
     section headers (if any) at the end."""
     head = bytearray(layout.head)
