@@ -14,6 +14,7 @@ compares both on every ELF file of the machine's /usr.
 
 from __future__ import annotations
 
+import functools
 import struct
 import sys
 from array import array
@@ -161,32 +162,28 @@ class _Table:
         return SymbolRef(name, self._version(index)[1], self.info[index] >> 4 == STB_WEAK)
 
     def _definitions(self, wanted: frozenset[str] | None) -> Iterator[int]:
-        """Indexes of the global definitions (of ``wanted`` names only, when given):
-        through the GNU hash table, as the loader looks names up, plus any definition
-        the table leaves out (LIEF counts those too); else by a scan."""
-        if wanted is None or self.hash is None:
-            keep = None if wanted is None else {n.encode("utf-8", "surrogateescape") for n in wanted}
+        """Indexes of the global definitions (of ``wanted`` names only, when given).
+        A file with fewer symbols than twice the names wanted is scanned; a bigger
+        one is asked through its GNU hash table, as the loader looks names up, for
+        each name (plus the definitions the table leaves out: LIEF counts those)."""
+        if wanted is None:
+            yield from self._scan(range(len(self.shndx)), None)
+            return
+        keep = _encoded(wanted)
+        if self.hash is None or len(self.shndx) <= 2 * len(wanted):
             yield from self._scan(range(len(self.shndx)), keep)
             return
         # the definitions below the table's first symbol, which it leaves out
-        yield from self._scan(range(min(self.hash.symoffset, len(self.shndx))), wanted=wanted)
-        for text in wanted:
-            name = text.encode("utf-8", "surrogateescape")
-            for index in self.hash.candidates(name):
+        yield from self._scan(range(min(self.hash.symoffset, len(self.shndx))), keep)
+        for name, h in _hashed(wanted).items():
+            for index in self.hash.candidates(h):
                 if self._defines(index) and self.name(self.names[index]) == name:
                     yield index
 
-    def _scan(
-        self, indexes: range, keep: set[bytes] | None = None, wanted: frozenset[str] | None = None
-    ) -> Iterator[int]:
+    def _scan(self, indexes: range, keep: frozenset[bytes] | None) -> Iterator[int]:
         for index in indexes:
-            if not self._defines(index):
-                continue
-            if keep is not None and self.name(self.names[index]) not in keep:
-                continue
-            if wanted is not None and self.name(self.names[index]).decode("utf-8", "surrogateescape") not in wanted:
-                continue
-            yield index
+            if self._defines(index) and (keep is None or self.name(self.names[index]) in keep):
+                yield index
 
     def _defines(self, index: int) -> bool:
         return self.shndx[index] != SHN_UNDEF and self._global(index)
@@ -211,11 +208,8 @@ class _GnuHash:
             return None
         return cls(symoffset, _column(buckets, "I", swap), _column(chains, "I", swap))
 
-    def candidates(self, name: bytes) -> Iterator[int]:
-        """Symbol indexes whose hash matches ``name``'s (dl_new_hash), in its chain."""
-        h = 5381
-        for c in name:
-            h = (h * 33 + c) & 0xFFFFFFFF
+    def candidates(self, h: int) -> Iterator[int]:
+        """Symbol indexes in the chain of the name whose hash is ``h`` that have it."""
         index = self.buckets[h % len(self.buckets)]
         if index < self.symoffset:
             return
@@ -228,7 +222,25 @@ class _GnuHash:
             if value & 1:
                 return
             index += 1
-        raise LongChain(name)
+        raise LongChain(h)
+
+
+@functools.lru_cache(maxsize=4)
+def _encoded(wanted: frozenset[str]) -> frozenset[bytes]:
+    """The names as the file spells them; once per set of names, not once per file."""
+    return frozenset(n.encode("utf-8", "surrogateescape") for n in wanted)
+
+
+@functools.lru_cache(maxsize=4)
+def _hashed(wanted: frozenset[str]) -> dict[bytes, int]:
+    """Each name's GNU hash (glibc's dl_new_hash), once per set of names."""
+    out = {}
+    for name in _encoded(wanted):
+        h = 5381
+        for c in name:
+            h = (h * 33 + c) & 0xFFFFFFFF
+        out[name] = h
+    return out
 
 
 def _column(data: bytes, code: str, swap: bool) -> array[int]:
