@@ -15,14 +15,19 @@ swapped for a symlink to a host folder) gives an error, never a host file.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import stat
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from minify.errors import NotRegularFile, PathError, RootChanged
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 #: Linux gives up after 40 symlinks in one lookup (ELOOP); so do we.
 MAX_SYMLINKS = 40
@@ -370,18 +375,36 @@ def read_all(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+#: Files at least this big have their digests computed side by side (hashlib lets go
+#: of the GIL while it hashes a buffer), one chunk at a time.
+PARALLEL_HASH = 8 << 20
+HASH_CHUNK = 4 << 20
+
+
 def hash_fd(fd: int, *algorithms: str) -> tuple[str, ...]:
     """The hex digests (hashlib names: md5, sha1, sha256, ...) of an open file, all in
-    one read of it."""
+    one read of it; a big file's digests on all cores."""
     import hashlib
 
     digests = [hashlib.new(name, usedforsecurity=False) for name in algorithms]
+    pool = _hash_pool() if len(digests) > 1 and os.fstat(fd).st_size >= PARALLEL_HASH else None
     offset = 0
-    while chunk := os.pread(fd, 1 << 20, offset):
-        for digest in digests:
-            digest.update(chunk)
+    while chunk := os.pread(fd, HASH_CHUNK, offset):
+        if pool is not None:
+            for done in [pool.submit(d.update, chunk) for d in digests]:
+                done.result()
+        else:
+            for digest in digests:
+                digest.update(chunk)
         offset += len(chunk)
     return tuple(d.hexdigest() for d in digests)
+
+
+@functools.cache
+def _hash_pool() -> ThreadPoolExecutor:
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)), thread_name_prefix="minify-hash")
 
 
 def kind_of(mode: int) -> str:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from minify.elf.cache import FactCache, key_of
+from minify.elf.files import read_header
+from minify.elf.reader import read_elf
 from tests.conftest import MINIFY, Builder
 
 #: Runs an analysis in a fresh interpreter and says whether LIEF was imported.
@@ -254,3 +258,67 @@ def test_hints_read_the_imports_alone_and_match_a_fresh_parse(tmp_path: Path) ->
     assert any(want[p] for p in steady), "no program of /usr/bin got a hint: nothing would be compared"
     for path in steady:
         assert got_warm[path] == got_cold[path] == want[path], path
+
+
+#: Runs ``minify rootfs`` in a fresh interpreter; says whether LIEF was imported.
+ROOTFS_PROBE = """
+import json, sys
+import minify.cli as cli
+codes = []
+cli._exit = codes.append
+sys.argv = ["minify", *sys.argv[1:]]
+try:
+    cli.main()
+except SystemExit as exc:
+    codes.append(exc.code)
+print(json.dumps({"lief": "lief" in sys.modules, "code": codes[-1] if codes else 0}))
+"""
+
+
+def test_a_warm_rootfs_verifies_the_copies_from_the_source_facts(tmp_path: Path, builder: Builder) -> None:
+    """The rootfs just written is checked with the facts of the source versions its
+    files are byte for byte copies of (their sha256 is the digest of that version):
+    a warm ``minify rootfs`` parses nothing, and its verdict is a fresh parse's. The
+    library here lacks a symbol the program needs, in the source too."""
+    lib = builder.lib(tmp_path / "lib/libsym.so.1", "sym", src="sym.c", flags=["-DWITH_B"])
+    prog = builder.prog(tmp_path / "prog", src="usesym.c", links=[lib], runpath="$ORIGIN/lib")
+    builder.lib(lib, "sym", src="sym.c")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def run(out: str, *flags: str) -> tuple[dict[str, object], str]:
+        done = subprocess.run(
+            [sys.executable, "-c", ROOTFS_PROBE, "rootfs", str(prog), "-o", str(tmp_path / out), *flags],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result["code"] == 0, done.stderr
+        return result, done.stderr
+
+    cold, cold_err = run("out-1")
+    warm, warm_err = run("out-2")
+    fresh, fresh_err = run("out-3", "--no-cache")
+    assert cold["lief"] is True and fresh["lief"] is True
+    assert warm["lief"] is False
+    verdict = "undefined symbol: sym_b (in the source root too)"
+    assert verdict in cold_err and verdict in warm_err and verdict in fresh_err
+    assert cold_err.replace("out-1", "OUT") == warm_err.replace("out-2", "OUT") == fresh_err.replace("out-3", "OUT")
+
+
+def test_a_copy_reads_its_source_entries_only_through_a_view_that_stores_nothing(tmp_path: Path, program: Path) -> None:
+    home = tmp_path / "cache"
+    probe(home, program)  # stores the program's entries
+    copy = tmp_path / "copy"
+    shutil.copyfile(program, copy)
+    cache = FactCache(str(home / "minify"))
+    header = read_header(str(copy))[0]
+    src_st, copy_st = os.stat(program), os.stat(copy)
+    assert cache.info(copy_st, header) is None, "a new inode has no entry of its own"
+    view = cache.copied({key_of(copy_st): key_of(src_st)})
+    assert view.info(copy_st, header) == cache.info(src_st, header) is not None
+    assert cache.copied({}).info(copy_st, header) is None
+    before = entries(home)
+    view.store_info(copy_st, read_elf(str(copy)))
+    assert entries(home) == before

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from minify.analysis.closure import Analysis, LoadedObject, ProgramClosure, analyze, loadable_files
 from minify.analysis.target import Target
+from minify.elf.cache import FactCache
 from minify.elf.files import Symbols
 from minify.errors import PathError
 from minify.loader.model import ProgramKind
@@ -72,11 +73,13 @@ def _uncached(root: str) -> Target:
 RUNTIME_MOUNTS = ("/proc", "/sys", "/dev", "/run")
 
 
-def verify(directory: str) -> VerifyReport:
+def verify(directory: str, facts: FactCache | None = None) -> VerifyReport:
     """Resolve every ELF file of the rootfs with the rootfs as the root, and every
-    symlink of it."""
+    symlink of it. ``facts``: a cache view that knows the files copied byte for byte
+    (``FactCache.copied``), whose facts need no parse."""
     rootfs = os.path.realpath(rootfs_of(directory))
-    target = _uncached(rootfs)  # one view of the rootfs, and its loader models, for both steps
+    # one view of the rootfs, and its loader models, for both steps
+    target = Target(rootfs, cache=facts) if facts is not None else _uncached(rootfs)
     files = elf_files(target)
     problems = check_files(target, files) + dangling_links(rootfs)
     return VerifyReport(rootfs, tuple(files), tuple(dict.fromkeys(problems)))

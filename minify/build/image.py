@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from minify.build.options import RootfsOptions
-from minify.build.pipeline import prepare, run_tests, verify_rootfs, with_source
+from minify.build.pipeline import copied_facts, prepare, run_tests, verify_rootfs, with_source
 from minify.errors import OutOfDate
 from minify.plan.image import ImagePlan
 from minify.sources.fromimage import Origin
@@ -59,8 +59,9 @@ def _write_image(
     with output.writing(out) as notes, oci.temporary(out) as tmp:
         warnings.extend(notes)
         rootfs = os.path.join(tmp, "rootfs")
-        hashes, _, capabilities = materialise(plan, rootfs, progress=progress)  # the layer keeps them
-        warnings.extend(verify_rootfs(rootfs, plan))
+        hashes, _, capabilities = materialise(plan, rootfs, progress=progress, digests=prepared.digests)
+        facts = copied_facts(rootfs, plan, prepared.digests, hashes, prepared.cache)
+        warnings.extend(verify_rootfs(rootfs, plan, facts))
         if not check:  # --check never runs anything
             warnings.extend(run_tests(options, plan, rootfs, out))
         layout = os.path.join(tmp, "layout")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from minify.elf.cache import FactCache
 from minify.plan.image import Digests, ImagePlan, Mapping
 from minify.plan.trace import Trace
 from minify.write import output
@@ -77,3 +78,4 @@ class Prepared:
     sbom: bytes = b""  # SPDX JSON of the image (OUT/sbom.spdx.json)
     digests: dict[str, Digests] = field(default_factory=dict)  # of every file of the plan
     report: dict[str, Any] | None = None  # --from: the source, what was kept and dropped
+    cache: FactCache | None = None  # the facts cache the analysis used (verification reads it)

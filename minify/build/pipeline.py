@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from minify.analysis.closure import Analysis
 from minify.analysis.target import Target
@@ -38,6 +38,7 @@ from minify.build.gather import (
 )
 from minify.build.inputs import analyse_inputs, search_path
 from minify.build.options import LAYOUT_REASON, Prepared, RootfsOptions, RootfsResult
+from minify.elf.cache import FactCache, Key, key_of
 from minify.errors import BadInput, DockerfileError, MinifyError, OutputError, PlanError, VerificationFailed
 from minify.plan import presets
 from minify.plan.embedded import embedded_hints
@@ -122,7 +123,7 @@ def prepare(options: RootfsOptions, *, folder: bool = True, origin: Origin | Non
         dockerfile = render_dockerfile(plan)
     except DockerfileError as exc:
         raise PlanError(str(exc)) from None
-    return Prepared(plan, dockerfile, trace, out, sbom, digests, _source_report(origin, plan))
+    return Prepared(plan, dockerfile, trace, out, sbom, digests, _source_report(origin, plan), target.reader.cache)
 
 
 def _plan_notes(analysis: Analysis, plan: ImagePlan, presets_taken: tuple[str, ...]) -> list[str]:
@@ -220,7 +221,7 @@ def _build(options: RootfsOptions, origin: Origin | None, progress: Callable[[in
         old: str | None = None
         try:
             rootfs = os.path.join(tmp, "rootfs")
-            hashes, copy_warnings, _ = materialise(plan, rootfs, progress=progress)
+            hashes, copy_warnings, _ = materialise(plan, rootfs, progress=progress, digests=prepared.digests)
             warnings.extend(copy_warnings)
             write_owned(plan, os.path.join(tmp, "owned"), rootfs)
             write_text(os.path.join(tmp, "Dockerfile"), prepared.dockerfile)
@@ -231,7 +232,8 @@ def _build(options: RootfsOptions, origin: Origin | None, progress: Callable[[in
             if prepared.trace is not None:
                 write_text(os.path.join(tmp, TRACE_NAME), prepared.trace.to_json())
             write_text(os.path.join(tmp, SBOM_NAME), prepared.sbom.decode("utf-8", "surrogateescape"))
-            warnings.extend(verify_rootfs(rootfs, plan))
+            facts = copied_facts(rootfs, plan, prepared.digests, hashes, prepared.cache)
+            warnings.extend(verify_rootfs(rootfs, plan, facts))
             warnings.extend(run_tests(options, plan, rootfs, out))
             os.chmod(tmp, 0o755)
             output.refuse_foreign(out.path, force=options.force)  # again, under the lock
@@ -278,7 +280,24 @@ def result_of(
     return RootfsResult(plan, out, plan.input_bytes, layer, differences, plan.warnings, report)
 
 
-def verify_rootfs(rootfs: str, plan: ImagePlan) -> list[str]:
+def copied_facts(
+    rootfs: str, plan: ImagePlan, digests: Mapping[str, Digests], hashes: Mapping[str, str], cache: FactCache | None
+) -> FactCache | None:
+    """The cache as it answers for the rootfs just written: a file whose written bytes
+    have the sha256 of a source version the cache knows (``Digests.stamp``, the key
+    its facts are stored under) has that version's facts."""
+    if cache is None or not cache.enabled:
+        return None
+    sources: dict[Key, Key] = {}
+    for entry in plan.files:
+        known = digests.get(entry.path)
+        if entry.content is None and known is not None and known.stamp and hashes.get(entry.path) == known.sha256:
+            with contextlib.suppress(OSError):
+                sources[key_of(os.lstat(rootfs + entry.path))] = cast(Key, known.stamp)
+    return cache.copied(sources)
+
+
+def verify_rootfs(rootfs: str, plan: ImagePlan, facts: FactCache | None = None) -> list[str]:
     """The finished rootfs, checked with itself as the root (no cache, no host files):
     libraries, versions, symbols and links, as ``minify verify`` does.
 
@@ -287,14 +306,15 @@ def verify_rootfs(rootfs: str, plan: ImagePlan) -> list[str]:
     dangles there too) is returned as a warning; only what the image lost fails."""
     from minify.analysis.verify import check_files, dangling_links, verify
 
-    report = verify(rootfs)
+    report = verify(rootfs, facts)
     if report.ok:
         return []
     source_of = {e.path: e.source or e.path for e in plan.entries}
     objects = sorted({source_of.get(p.path, p.path) for p in report.problems if p.kind != "dangling-link"})
     links = sorted({source_of.get(p.path, p.path) for p in report.problems if p.kind == "dangling-link"})
     try:
-        at_source = set(check_files(plan.root, objects) if objects else []) | set(dangling_links(plan.root, links))
+        source = Target(plan.root, cache=facts) if facts is not None else plan.root
+        at_source = set(check_files(source, objects) if objects else []) | set(dangling_links(plan.root, links))
     except BadInput:
         at_source = set()
     inherited = {(p.path, p.kind, _in_image(p.detail)) for p in at_source}

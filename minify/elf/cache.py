@@ -35,7 +35,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from itertools import repeat
 from typing import Any, TypeVar
@@ -80,7 +80,7 @@ def default_folder() -> str | None:
 
 
 #: The modules whose code decides the facts a cache entry holds.
-READER_MODULES = ("files", "reader", "notes", "compact")
+READER_MODULES = ("files", "reader", "notes", "compact", "dynsym")
 
 
 def _identity(path: str | None) -> str:
@@ -120,6 +120,8 @@ class FactCache:
     def __init__(self, folder: str) -> None:
         self.folder = os.path.join(folder, _tag())
         self.note: str | None = None
+        self._copies: Mapping[Key, Key] = {}  # a copy's key to its source's (``copied``)
+        self._read_only = False
         self._fd = _own_folder(folder, None, self)
         if self._fd is not None:
             base, self._fd = self._fd, _own_folder(_tag(), self._fd, self)
@@ -129,6 +131,19 @@ class FactCache:
         if getattr(self, "_fd", None) is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)  # type: ignore[arg-type]
+
+    def copied(self, sources: Mapping[Key, Key]) -> FactCache:
+        """A view that answers for copies: each key of ``sources`` (a file written
+        byte for byte from a source version, which the caller has checked) reads the
+        entries of its source's key; the view stores nothing (a written rootfs is new
+        inodes, whose entries no later run would hit). Facts are a function of the
+        bytes, so the copy's are the source's: verification needs no parse of them."""
+        view = object.__new__(FactCache)
+        view.folder, view.note = self.folder, None
+        view._fd = os.dup(self._fd) if self._fd is not None else None
+        view._copies = dict(sources)
+        view._read_only = True
+        return view
 
     @property
     def enabled(self) -> bool:
@@ -180,7 +195,7 @@ class FactCache:
         """The entry of ``kind`` for this version of a file, or None."""
         if self._fd is None:
             return None
-        key = key_of(st)
+        key = self._copies.get(key_of(st), key_of(st))
         sub, name = self._path(key, kind)
         try:
             fd = os.open(f"{sub}/{name}", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._fd)
@@ -203,7 +218,7 @@ class FactCache:
         return data
 
     def store(self, st: os.stat_result, kind: Kind, data: dict[str, Any]) -> None:
-        if self._fd is None:
+        if self._fd is None or self._read_only:
             return
         key = key_of(st)
         sub, name = self._path(key, kind)

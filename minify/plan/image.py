@@ -12,7 +12,7 @@ import hashlib
 import os
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 
@@ -56,6 +56,9 @@ class Digests:
     md5: str
     sha1: str
     sha256: str
+    #: The source file as it was read (device, inode, size, mtime and ctime in ns):
+    #: a copy that finds it so needs not read the bytes again (any write changes ctime).
+    stamp: tuple[int, ...] = field(default=(), compare=False)
 
 
 ALGORITHMS = ("md5", "sha1", "sha256")
@@ -70,19 +73,25 @@ def plan_digests(plan: ImagePlan, root: Root, known: dict[str, Digests] | None =
         if entry.path in out and entry.content is None:
             continue
         if entry.content is not None:
-            out[entry.path] = Digests(
-                *(hashlib.new(n, entry.content, usedforsecurity=False).hexdigest() for n in ALGORITHMS)
-            )
+            md5, sha1, sha256 = (hashlib.new(n, entry.content, usedforsecurity=False).hexdigest() for n in ALGORITHMS)
+            out[entry.path] = Digests(md5, sha1, sha256)
             continue
         try:
             fd, _ = root.open_file(entry.source or entry.path, entry.ident)
         except BadInput as exc:  # a PathError (the root changed) stands as it is
             raise PlanError(str(exc)) from None
         try:
-            out[entry.path] = Digests(*hash_fd(fd, *ALGORITHMS))
+            before = stamp_of(os.fstat(fd))
+            md5, sha1, sha256 = hash_fd(fd, *ALGORITHMS)
+            out[entry.path] = Digests(md5, sha1, sha256, stamp=before if stamp_of(os.fstat(fd)) == before else ())
         finally:
             os.close(fd)
     return out
+
+
+def stamp_of(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's bytes do: its inode, size, mtime and ctime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def clean_path(path: str, what: str) -> str:

@@ -12,11 +12,11 @@ import hashlib
 import json
 import os
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from minify.errors import BadInput, PlanError
-from minify.plan.image import Entry, EntryType, ImagePlan, owned_trees
+from minify.plan.image import Digests, Entry, EntryType, ImagePlan, owned_trees, stamp_of
 from minify.root import Root
 from minify.version import __version__
 from minify.write.output import LOCK_SCHEMA
@@ -84,13 +84,19 @@ def _inside(base: str, path: str) -> str:
 
 
 def materialise(
-    plan: ImagePlan, directory: str, *, progress: Callable[[int, int], None] | None = None
+    plan: ImagePlan,
+    directory: str,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    digests: Mapping[str, Digests] | None = None,
 ) -> tuple[dict[str, str], list[str], dict[str, bytes]]:
     """Write the entries of ``plan`` under ``directory`` (which must not exist).
 
     Returns the sha256 of every file written (of the very bytes written), warnings
     (file capabilities that a plain copy drops), and those capabilities
-    (``security.capability``) by image path, for a writer that can keep them."""
+    (``security.capability``) by image path, for a writer that can keep them. A file
+    whose ``digests`` were read from the source as it still is (``Digests.stamp``) is
+    copied by the kernel, and not read again."""
     os.mkdir(directory, 0o755)
     base = os.path.realpath(directory)
     root = Root(plan.root)
@@ -99,7 +105,7 @@ def materialise(
     capabilities: dict[str, bytes] = {}
     total = len(plan.entries)
     for done, entry in enumerate(plan.entries, 1):
-        sha, capability = _materialise_entry(root, base, entry)
+        sha, capability = _materialise_entry(root, base, entry, (digests or {}).get(entry.path))
         if sha is not None:
             hashes[entry.path] = sha
         if capability:
@@ -117,7 +123,7 @@ def materialise(
     return hashes, warnings, capabilities
 
 
-def _materialise_entry(root: Root, base: str, entry: Entry) -> tuple[str | None, bytes | None]:
+def _materialise_entry(root: Root, base: str, entry: Entry, known: Digests | None) -> tuple[str | None, bytes | None]:
     """Write one entry; the sha256 of a file's bytes, and the file capability a copy
     of it dropped."""
     dest = _inside(base, entry.path)
@@ -135,7 +141,7 @@ def _materialise_entry(root: Root, base: str, entry: Entry) -> tuple[str | None,
         return hashlib.sha256(entry.content).hexdigest(), None
     else:
         assert entry.source is not None
-        return _copy(root, entry, dest)
+        return _copy(root, entry, dest, known)
     return None, None
 
 
@@ -187,28 +193,57 @@ def _open_source(root: Root, entry: Entry) -> int:
     return fd
 
 
-def _copy(root: Root, entry: Entry, dest: str) -> tuple[str, bytes | None]:
+def _copy(root: Root, entry: Entry, dest: str, known: Digests | None) -> tuple[str, bytes | None]:
     """Copy one file from the root; the sha256 of what was written, and the source's
-    file capabilities (which a plain copy drops)."""
+    file capabilities (which a plain copy drops). When the source is as it was when its
+    digests were read (inode, size, mtime and ctime, before and after the copy), the
+    kernel copies it and the known sha256 stands; otherwise every byte is hashed as it
+    is written."""
     src_fd = _open_source(root, entry)
     try:
         try:
             capability = os.getxattr(src_fd, "security.capability") or None
         except OSError:
             capability = None
-        digest = hashlib.sha256()
         dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            offset = 0
-            while chunk := os.pread(src_fd, COPY_CHUNK, offset):
-                digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(dst_fd, view) :]
-                offset += len(chunk)
+            sha = _copied_as_known(src_fd, dst_fd, known)
+            if sha is None:
+                os.ftruncate(dst_fd, 0)
+                sha = _copy_hashing(src_fd, dst_fd)
             os.fchmod(dst_fd, entry.mode)
         finally:
             os.close(dst_fd)
     finally:
         os.close(src_fd)
-    return digest.hexdigest(), capability
+    return sha, capability
+
+
+def _copied_as_known(src_fd: int, dst_fd: int, known: Digests | None) -> str | None:
+    """The known sha256, once the kernel has copied a source that did not change since
+    it was hashed; None when that cannot be said (then nothing is trusted)."""
+    stamp = stamp_of(os.fstat(src_fd))
+    if known is None or not known.stamp or known.stamp != stamp:
+        return None
+    size, offset = stamp[2], 0
+    try:
+        while offset < size:
+            done = os.copy_file_range(src_fd, dst_fd, size - offset, offset, offset)
+            if done <= 0:
+                return None
+            offset += done
+    except OSError:  # EXDEV on older kernels, a filesystem without it: copy by hand
+        return None
+    return known.sha256 if stamp_of(os.fstat(src_fd)) == stamp and os.fstat(dst_fd).st_size == size else None
+
+
+def _copy_hashing(src_fd: int, dst_fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(src_fd, COPY_CHUNK, offset):
+        digest.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.pwrite(dst_fd, view, offset + len(chunk) - len(view)) :]
+        offset += len(chunk)
+    return digest.hexdigest()
