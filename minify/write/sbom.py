@@ -22,7 +22,7 @@ from minify.version import __version__
 from minify.write.output import SBOM_NAME
 
 if TYPE_CHECKING:
-    from spdx_tools.spdx.model import Package
+    from spdx_tools.spdx.model import Document, Package
 
     from minify.analysis.closure import Analysis
     from minify.plan.image import Digests
@@ -95,10 +95,25 @@ def document(
             Relationship(spdx_id("Package", owner) if owner else INPUTS, RelationshipType.CONTAINS, file_id)
         )
     relationships += _dependencies(plan, owned, analysis)
-    doc = Document(info, packages=packages, files=files, relationships=relationships)
+    doc = _validated(Document(info, packages=packages, files=files, relationships=relationships))
     stream = io.StringIO()
-    write_document_to_stream(doc, stream, validate=True)  # raises ValueError naming what is invalid
+    write_document_to_stream(doc, stream, validate=False)  # validated above, once
     return stream.getvalue().encode("utf-8", "surrogateescape")
+
+
+def _validated(doc: Document) -> Document:
+    """spdx-tools' checks of what comes from the root (each package's fields, and how
+    it stands in the document) and of the creation info; ValueError naming what is
+    invalid. Files and relationships are minify's own (hex digests, ids made by
+    ``spdx_id``), built the same way every run; the tests validate whole documents."""
+    from spdx_tools.spdx.validation.creation_info_validator import validate_creation_info
+    from spdx_tools.spdx.validation.package_validator import validate_packages
+
+    problems = validate_creation_info(doc.creation_info, "SPDX-2.3")
+    problems += validate_packages(doc.packages, "SPDX-2.3", doc)
+    if problems:
+        raise ValueError(f"Document is not valid. The following errors were detected: {problems}")
+    return doc
 
 
 def _verification_codes(packages: list[Package], contents: dict[str, list[str]]) -> None:
