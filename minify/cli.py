@@ -31,6 +31,7 @@ from minify.flags import (
     AnalyzeHwcapsOpt,
     CheckOnlyOpt,
     CmdOpt,
+    CompressionOpt,
     CwdOpt,
     DestOpt,
     EntrypointOpt,
@@ -71,6 +72,7 @@ from minify.flags import (
     VerboseOpt,
     WithOpt,
 )
+from minify.write.compress import Compression
 
 if TYPE_CHECKING:
     from minify.analysis.closure import Analysis
@@ -238,6 +240,7 @@ def image(
     max_unpacked_size: MaxUnpackedOpt = "8G",
     tag: TagOpt = None,
     fmt: ImageFormatOpt = ImageFormat.text,
+    compression: CompressionOpt = Compression.GZIP,
     root: RootOpt = "/",
     cwd: CwdOpt = None,
     map_: MapOpt = None,
@@ -274,7 +277,7 @@ def image(
     from minify.write.oci import parse_dest
 
     raw = dict(locals())
-    dest = _guard(verbose, lambda: parse_dest(output, tag))
+    dest = _guard(verbose, lambda: parse_dest(output, tag, compression))
     options = _guard(verbose, lambda: _rootfs_options(raw))
     _guard(verbose, lambda: _graph_format(graph))
     if check_only:

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from minify.write.compress import Compression
+
 
 class Format(StrEnum):
     tree = "tree"
@@ -232,3 +234,10 @@ DestOpt = Annotated[
 ]
 TagOpt = Annotated[str | None, typer.Option("--tag", help="Name the image (where DEST does not).", metavar="NAME:TAG")]
 ImageFormatOpt = Annotated[ImageFormat, typer.Option("--format", "-f", help="What to print when done.")]
+CompressionOpt = Annotated[
+    Compression,
+    typer.Option(
+        "--compression",
+        help="How the layer is stored: gzip (every engine) or zstd (podman, containerd, Docker 23 and later).",
+    ),
+]

@@ -23,7 +23,7 @@ packages=(
     podman runc uidmap
     strace util-linux coreutils dash
     pax-utils libtree skopeo umoci docker-registry graphviz
-    xz-utils openssl git sqlite3 curl gdb file zsh
+    xz-utils zstd openssl git sqlite3 curl gdb file zsh
     tesseract-ocr tesseract-ocr-eng pandoc emacs-nox neovim r-base-core libreoffice-writer-nogui
     python3 python3-venv tzdata ca-certificates libzstd1 libc-bin libcap2-bin systemd ruby less postgresql
     openjdk-17-jre-headless mmdebstrap

@@ -11,16 +11,19 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tarfile
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from minify.loader.arch import host_arch
-from minify.write.oci import PLATFORMS
+from minify.write.compress import BLOCK, GZIP_HEADER, WINDOW, _deflate
+from minify.write.oci import GZIP_LEVEL, PLATFORMS
 from tests.conftest import MINIFY, Builder, Podman, need_tool, tree_listing
 
 HOST_ARCH, HOST_VARIANT = PLATFORMS[host_arch()]
@@ -309,3 +312,64 @@ def test_json_output_carries_the_hints(tmp_path: Path) -> None:
     data = json.loads(done.stdout)
     assert any("add --with tzdata" in hint for hint in data["hints"]), data
     assert isinstance(data["warnings"], list)
+
+
+def _layer(archive: Path) -> tuple[dict[str, object], bytes, bytes]:
+    """The manifest's layer descriptor, the layer's bytes and its config's diff_id."""
+    blobs = members(archive)
+    index = json.loads(blobs["index.json"])
+    manifest = json.loads(blobs["blobs/sha256/" + index["manifests"][0]["digest"].split(":")[1]])
+    config = json.loads(blobs["blobs/sha256/" + manifest["config"]["digest"].split(":")[1]])
+    layer = manifest["layers"][0]
+    return layer, blobs["blobs/sha256/" + layer["digest"].split(":")[1]], config["rootfs"]["diff_ids"][0].encode()
+
+
+def test_the_gzip_layer_made_on_every_core_is_one_stream_gzip_reads(tmp_path: Path, builder: Builder) -> None:
+    """Blocks deflated side by side and joined (as pigz does) are one gzip stream: GNU
+    gzip tests it and gives back the tar whose sha256 is the diff_id; and the bytes are
+    those of the same blocks deflated one after the other, on one thread."""
+    need_tool("gzip")
+    big = builder.prog(tmp_path / "big", src="hello.c")
+    with open(big, "ab") as fh:  # several blocks of bytes that do not compress to nothing
+        fh.write(hashlib.shake_256(b"minify").digest(3 * BLOCK))
+    image("./big", "-o", "big.tar", cwd=tmp_path)
+    descriptor, layer, diff_id = _layer(tmp_path / "big.tar")
+    assert descriptor["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    (tmp_path / "layer.gz").write_bytes(layer)
+    assert subprocess.run(["gzip", "-t", str(tmp_path / "layer.gz")], timeout=60).returncode == 0
+    tar = subprocess.run(["gzip", "-dc", str(tmp_path / "layer.gz")], capture_output=True, check=True).stdout
+    assert b"sha256:" + hashlib.sha256(tar).hexdigest().encode() == diff_id
+    blocks = [tar[at : at + BLOCK] for at in range(0, len(tar), BLOCK)]
+    assert len(blocks) > 3
+    serial = [
+        _deflate(block, tar[max(0, at * BLOCK - WINDOW) : at * BLOCK], GZIP_LEVEL, at == len(blocks) - 1)
+        for at, block in enumerate(blocks)
+    ]
+    trailer = struct.pack("<II", zlib.crc32(tar), len(tar) & 0xFFFFFFFF)
+    assert layer == GZIP_HEADER + b"".join(serial) + trailer
+
+
+@pytest.mark.podman
+def test_a_zstd_layer_is_read_by_zstd_skopeo_and_podman(podman: Podman, tmp_path: Path, builder: Builder) -> None:
+    lib = builder.lib(tmp_path / "app/lib/libapp.so.1", "app")
+    builder.prog(tmp_path / "app/bin/tool", src="hello.c", links=[lib], runpath="$ORIGIN/../lib")
+    first = image(
+        "./app/bin/tool", "-o", "z.tar", "--tag", "localhost/minify-zstd:1", "--compression", "zstd", cwd=tmp_path
+    )
+    again = image(
+        "./app/bin/tool", "-o", "z2.tar", "--tag", "localhost/minify-zstd:1", "--compression", "zstd", cwd=tmp_path
+    )
+    assert first == again and (tmp_path / "z.tar").read_bytes() == (tmp_path / "z2.tar").read_bytes()
+    descriptor, layer, diff_id = _layer(tmp_path / "z.tar")
+    assert descriptor["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    need_tool("zstd")
+    tar = subprocess.run(["zstd", "-dc"], input=layer, capture_output=True, check=True, timeout=60).stdout
+    assert b"sha256:" + hashlib.sha256(tar).hexdigest().encode() == diff_id
+    with tarfile.open(fileobj=io.BytesIO(tar)) as unpacked:
+        assert "app/lib/libapp.so.1" in unpacked.getnames()  # relative inputs go under /app
+    assert skopeo("inspect", f"oci-archive:{tmp_path}/z.tar")["Digest"] == first
+    try:
+        assert "localhost/minify-zstd:1" in podman("load", "-i", str(tmp_path / "z.tar")).stdout
+        assert podman("run", "--rm", "localhost/minify-zstd:1").stdout == "hello from minify\n"
+    finally:
+        podman("rmi", "-f", "localhost/minify-zstd:1", check=False)

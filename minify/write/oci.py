@@ -1,7 +1,7 @@
 """``minify image``: the plan written as an OCI image, with no container engine.
 
 The same plan as ``minify rootfs``, materialised and verified the same way, then
-written as one gzip-compressed layer, an OCI config, a manifest and an index, in one
+written as one compressed layer (gzip on every core, or zstd), an OCI config, a manifest and an index, in one
 of the forms skopeo, podman and buildah name by transport:
 
 - ``oci:DIR[:REF]``: an OCI image layout folder;
@@ -12,14 +12,13 @@ of the forms skopeo, podman and buildah name by transport:
 
 Byte for byte reproducible: entries sorted, owners 0 (or the plan's), no user or group
 names, every mtime and ``created`` from ``SOURCE_DATE_EPOCH`` (0 when unset), gzip at
-a fixed level with no name and mtime 0, JSON with sorted keys. Written beside DEST
+a fixed level in fixed blocks with no name and mtime 0, JSON with sorted keys. Written beside DEST
 and renamed into place; a DEST that minify did not write is refused unless forced.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import io
 import json
@@ -29,7 +28,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from minify.errors import OutputError, PlanError
 from minify.loader.arch import PLATFORMS
@@ -38,6 +37,8 @@ from minify.root import remove_tree
 from minify.text import is_number
 from minify.version import __version__
 from minify.write import output
+from minify.write.compress import BLOCK as COMPRESS_BLOCK
+from minify.write.compress import Compression, Writable, compressor
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
-MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"  # + "+gzip" or "+zstd"
 REF_NAME = "org.opencontainers.image.ref.name"
 OWNER_ANNOTATION = "io.github.minify.version"  # marks an image minify wrote
 GZIP_LEVEL = 6
@@ -73,12 +74,13 @@ class ImageDest:
     transport: Transport
     path: str
     ref: str | None = None  # oci/oci-archive: a tag or a full reference; docker-archive: NAME:TAG
+    compression: Compression = Compression.GZIP  # how the layer is stored (--compression)
 
     def __str__(self) -> str:
         return f"{self.transport.value}:{self.path}" + (f":{self.ref}" if self.ref else "")
 
 
-def parse_dest(text: str, tag: str | None = None) -> ImageDest:
+def parse_dest(text: str, tag: str | None = None, compression: Compression = Compression.GZIP) -> ImageDest:
     """``TRANSPORT:PATH[:REF]`` or ``FILE.tar``; ``--tag`` names the image where the
     destination does not."""
     transport_name, sep, rest = text.partition(":")
@@ -98,7 +100,7 @@ def parse_dest(text: str, tag: str | None = None) -> ImageDest:
     name = ref or tag
     if name is not None:
         check_reference(name, transport)
-    return ImageDest(transport, path, name or None)
+    return ImageDest(transport, path, name or None, compression)
 
 
 def check_reference(name: str, transport: Transport) -> str:
@@ -171,7 +173,7 @@ class ImageResult:
 class _Hashing(io.RawIOBase):
     """A write-only stream that hashes and counts what passes through it."""
 
-    def __init__(self, sink: IO[bytes]) -> None:
+    def __init__(self, sink: Writable) -> None:
         self.sink = sink
         self.digest = hashlib.sha256()
         self.size = 0
@@ -187,19 +189,30 @@ class _Hashing(io.RawIOBase):
         return len(view)
 
 
+def layer_media(compression: Compression) -> str:
+    return MEDIA_LAYER + compression.media_suffix
+
+
 def write_layer(
-    plan: ImagePlan, rootfs: str, path: str, epoch: int, capabilities: dict[str, bytes]
+    plan: ImagePlan,
+    rootfs: str,
+    path: str,
+    epoch: int,
+    capabilities: dict[str, bytes],
+    compression: Compression = Compression.GZIP,
 ) -> tuple[str, str, int, int]:
-    """The layer of ``rootfs`` (the materialised, verified plan) as ``path``: gzip of a
-    sorted tar. Returns (diff_id, digest, uncompressed size, compressed size)."""
+    """The layer of ``rootfs`` (the materialised, verified plan) as ``path``: a sorted
+    tar, compressed on every core (``minify.write.compress``). Returns (diff_id,
+    digest, uncompressed size, compressed size)."""
     with open(path, "wb") as raw:
         stored = _Hashing(raw)
-        with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=stored, mtime=0) as zipped:
-            tarred = _Hashing(zipped)  # type: ignore[arg-type]
-            with tarfile.open(fileobj=tarred, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for entry in sorted(plan.entries, key=lambda e: e.path):
-                    if entry.path != "/":
-                        _add(tar, entry, rootfs, epoch, capabilities.get(entry.path))
+        zipped, finish = compressor(compression, stored, GZIP_LEVEL)
+        tarred = _Hashing(zipped)
+        with tarfile.open(fileobj=tarred, mode="w|", format=tarfile.PAX_FORMAT, bufsize=COMPRESS_BLOCK) as tar:
+            for entry in sorted(plan.entries, key=lambda e: e.path):
+                if entry.path != "/":
+                    _add(tar, entry, rootfs, epoch, capabilities.get(entry.path))
+        finish()
     return (
         f"sha256:{tarred.digest.hexdigest()}",
         f"sha256:{stored.digest.hexdigest()}",
@@ -310,7 +323,7 @@ def write_layout(
     blobs = os.path.join(folder, "blobs", "sha256")
     os.makedirs(blobs)
     layer_tmp = os.path.join(folder, "layer.tmp")
-    diff_id, layer_digest, size, stored = write_layer(plan, rootfs, layer_tmp, epoch, capabilities)
+    diff_id, layer_digest, size, stored = write_layer(plan, rootfs, layer_tmp, epoch, capabilities, dest.compression)
     os.rename(layer_tmp, os.path.join(blobs, layer_digest.split(":", 1)[1]))
     config = _json(config_document(plan, platform, diff_id, epoch))
     manifest = _json(
@@ -318,7 +331,9 @@ def write_layout(
             "schemaVersion": 2,
             "mediaType": MEDIA_MANIFEST,
             "config": _descriptor(MEDIA_CONFIG, config),
-            "layers": [{"mediaType": MEDIA_LAYER, "digest": layer_digest, "size": stored}],
+            "layers": [
+                {"mediaType": MEDIA_LAYER + dest.compression.media_suffix, "digest": layer_digest, "size": stored}
+            ],
         }
     )
     for blob in (config, manifest):
