@@ -23,7 +23,8 @@ def test_seed_rootfs_is_exactly_the_closure(tmp_path: Path, built: dict[str, Pat
     proc = cli("rootfs", "./pausle-dynamic", "-o", "out/", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["Dockerfile", "minify.lock.json", "rootfs", "sbom.spdx.json"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".dockerignore", "Dockerfile", "base", "minify.lock.json", "rootfs", "sbom.spdx.json"]
     listing = tree_listing(out / "rootfs")
     everything = {p for p, kind in listing.items() if not kind.startswith("->") and kind != "dir"}
     # what scanners read (README, "What scanners see"); everything else is the closure
@@ -225,7 +226,9 @@ def test_output_folder_parents_are_created(tmp_path: Path, built: dict[str, Path
     proc = cli("rootfs", str(built["hello"]), "-o", str(tmp_path / "no/such/out"))
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(tmp_path / "no/such/out")) == [
+        ".dockerignore",
         "Dockerfile",
+        "base",
         "minify.lock.json",
         "rootfs",
         "sbom.spdx.json",

@@ -51,10 +51,10 @@ from minify.plan.trace import TRACE_NAME
 from minify.root import Root, remove_tree
 from minify.text import layer_size, some
 from minify.write import output
+from minify.write.dockerfile import needs_dockerignore, render_dockerignore
 from minify.write.dockerfile import render as render_dockerfile
-from minify.write.dockerfile import render_dockerignore
 from minify.write.output import LOCK_NAME, SBOM_NAME
-from minify.write.rootfs import dump_lock, lock_data, materialise, write_owned, write_text
+from minify.write.rootfs import dump_lock, lock_data, materialise, write_base, write_owned, write_text
 from minify.write.sbom import SBOM_PATH
 from minify.write.sbom import document as spdx_document
 
@@ -224,8 +224,9 @@ def _build(options: RootfsOptions, origin: Origin | None, progress: Callable[[in
             hashes, copy_warnings, _ = materialise(plan, rootfs, progress=progress, digests=prepared.digests)
             warnings.extend(copy_warnings)
             write_owned(plan, os.path.join(tmp, "owned"), rootfs)
+            write_base(plan, os.path.join(tmp, "base"), rootfs)
             write_text(os.path.join(tmp, "Dockerfile"), prepared.dockerfile)
-            if any(e.owned for e in plan.entries):
+            if needs_dockerignore(plan):
                 write_text(os.path.join(tmp, ".dockerignore"), render_dockerignore(plan))
             lock = lock_data(plan, prepared.dockerfile, hashes, prepared.report)
             write_text(os.path.join(tmp, LOCK_NAME), dump_lock(lock))

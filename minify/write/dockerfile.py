@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 
 from minify.errors import DockerfileError
-from minify.plan.image import Entry, ImagePlan, owned_trees
+from minify.plan.image import Entry, EntryType, ImagePlan, owned_trees
+from minify.plan.layers import base_entries
 
 
 def render(plan: ImagePlan) -> str:
@@ -25,6 +27,7 @@ def render(plan: ImagePlan) -> str:
         "# Written by minify: the exact loader closure of its programs, nothing else.",
         "# minify.lock.json lists every file and why it is here.",
         "FROM scratch",
+        *(["COPY base/ /"] if base_entries(plan) else []),
         "COPY rootfs/ /",
     ]
     lines.extend(f"COPY --chown={e.owner[0]}:{e.owner[1]} owned{e.path} {e.path}" for e in owned_copies(plan))
@@ -102,8 +105,22 @@ def _owned_tops(plan: ImagePlan) -> list[Entry]:
 
 
 def render_dockerignore(plan: ImagePlan) -> str:
-    """Keep owned entries out of ``COPY rootfs/ /``: a folder it creates as 0:0 would
-    not be given away by the later ``COPY --chown``."""
-    lines = ["# Written by minify: these are copied with their owner from owned/ (see Dockerfile)."]
-    lines.extend(f"rootfs{e.path}" for e in _owned_tops(plan))
+    """Keep out of ``COPY rootfs/ /`` what another COPY brings: the base layer's files
+    (``COPY base/ /``, the layer images from one root share) and owned entries (a
+    folder ``COPY rootfs/`` creates as 0:0 would not be given away by the later
+    ``COPY --chown``). Only files and links of the base: its folders hold the app's too."""
+    lines = ["# Written by minify: these come from base/ or owned/ (see Dockerfile)."]
+    lines.extend(_pattern(f"rootfs{e.path}") for e in base_entries(plan) if e.type is not EntryType.DIR)
+    lines.extend(_pattern(f"rootfs{e.path}") for e in _owned_tops(plan))
     return "\n".join(lines) + "\n"
+
+
+def _pattern(path: str) -> str:
+    """A .dockerignore line that matches exactly ``path``: the characters its patterns
+    give a meaning (``*``, ``?``, ``[``, ``\\``) escaped, and a leading ``!`` or ``#``."""
+    escaped = re.sub(r"([*?\[\\])", r"\\\1", path)
+    return "\\" + escaped if escaped.startswith(("!", "#")) else escaped
+
+
+def needs_dockerignore(plan: ImagePlan) -> bool:
+    return bool(base_entries(plan)) or any(e.owned for e in plan.entries)

@@ -39,7 +39,7 @@ LOCK_NAME = "minify.lock.json"
 LOCK_SCHEMA = 1
 SBOM_NAME = "sbom.spdx.json"
 #: What minify writes at the top of OUT; anything else there is the user's.
-OWN_NAMES = frozenset({"rootfs", "owned", "Dockerfile", ".dockerignore", LOCK_NAME, "minify.trace", SBOM_NAME})
+OWN_NAMES = frozenset({"rootfs", "base", "owned", "Dockerfile", ".dockerignore", LOCK_NAME, "minify.trace", SBOM_NAME})
 #: How long a run waits for another one writing beside the same OUT.
 LOCK_WAIT_SECONDS = 600.0
 

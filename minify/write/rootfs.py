@@ -17,6 +17,7 @@ from typing import Any
 
 from minify.errors import BadInput, PlanError
 from minify.plan.image import Digests, Entry, EntryType, ImagePlan, owned_trees, stamp_of
+from minify.plan.layers import base_entries
 from minify.root import Root
 from minify.version import __version__
 from minify.write.output import LOCK_SCHEMA
@@ -28,7 +29,7 @@ FIXED_MTIME = 0
 COPY_CHUNK = 1 << 20
 
 
-def _entry_data(entry: Entry, sha: str | None) -> dict[str, Any]:
+def _entry_data(entry: Entry, sha: str | None, layer: str) -> dict[str, Any]:
     owner = {"owner": f"{entry.owner[0]}:{entry.owner[1]}"} if entry.owned else {}
     package = {"package": entry.package} if entry.package else {}
     return {
@@ -41,15 +42,18 @@ def _entry_data(entry: Entry, sha: str | None) -> dict[str, Any]:
         "sha256": sha,
         "target": entry.target,
         "why": list(entry.reasons),
+        "layer": layer,
     }
 
 
 def lock_data(
     plan: ImagePlan, dockerfile: str, hashes: dict[str, str], report: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The lock file: every entry, with the sha256 of the bytes written (``hashes``),
-    and for ``--from`` the report on the source image."""
-    entries = [_entry_data(e, hashes.get(e.path)) for e in plan.entries]
+    """The lock file: every entry, with the sha256 of the bytes written (``hashes``)
+    and its layer (base or app, as ``minify image`` writes them by default), and for
+    ``--from`` the report on the source image."""
+    base = {e.path for e in base_entries(plan)}  # the layer each entry is in (minify.plan.layers)
+    entries = [_entry_data(e, hashes.get(e.path), "base" if e.path in base else "app") for e in plan.entries]
     source = {"source": report} if report is not None else {}
     return {
         **source,
@@ -143,6 +147,29 @@ def _materialise_entry(root: Root, base: str, entry: Entry, known: Digests | Non
         assert entry.source is not None
         return _copy(root, entry, dest, known)
     return None, None
+
+
+def write_base(plan: ImagePlan, directory: str, rootfs: str) -> None:
+    """``base/``: the base layer's entries (``minify.plan.layers``) for the Dockerfile's
+    ``COPY base/ /``, so that ``podman build`` layers the image as ``minify image``
+    does. Files are hard links to the written rootfs (same bytes, no second copy)."""
+    entries = base_entries(plan)
+    if not entries:
+        return
+    os.mkdir(directory, 0o755)
+    base, rootfs = os.path.realpath(directory), os.path.realpath(rootfs)
+    for entry in entries:  # sorted by path: a folder before what it holds
+        dest = _inside(base, entry.path)
+        if entry.type is EntryType.DIR:
+            os.mkdir(dest, 0o700)
+            os.chmod(dest, entry.mode)
+        elif entry.type is EntryType.SYMLINK:
+            os.symlink(entry.target or "", dest)
+        else:
+            os.link(_inside(rootfs, entry.path), dest, follow_symlinks=False)
+    for entry in reversed(entries):
+        os.utime(base + entry.path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
+    os.utime(base, (FIXED_MTIME, FIXED_MTIME))
 
 
 def write_owned(plan: ImagePlan, directory: str, rootfs: str) -> None:
