@@ -12,6 +12,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -43,8 +44,11 @@ from minify.flags import (
     GraphOpt,
     HintsOpt,
     HwcapsOpt,
+    ImageCheckOpt,
+    ImageForceOpt,
     ImageFormat,
     ImageFormatOpt,
+    LayersOpt,
     LibPathOpt,
     MapOpt,
     MaxUnpackedOpt,
@@ -53,6 +57,7 @@ from minify.flags import (
     OutputOpt,
     PackagesOpt,
     PlatformOpt,
+    PlatformRootOpt,
     PreloadOpt,
     ProbeOpt,
     RootfsPaths,
@@ -241,6 +246,8 @@ def image(
     tag: TagOpt = None,
     fmt: ImageFormatOpt = ImageFormat.text,
     compression: CompressionOpt = Compression.GZIP,
+    layers: LayersOpt = 2,
+    platform_root: PlatformRootOpt = None,
     root: RootOpt = "/",
     cwd: CwdOpt = None,
     map_: MapOpt = None,
@@ -264,10 +271,8 @@ def image(
     test_output: TestOutputOpt = False,
     no_package_metadata: NoPackageMetadataOpt = False,
     graph: GraphOpt = None,
-    check_only: Annotated[
-        bool, typer.Option("--check", help="Write nothing; exit 1 if DEST is not the image that would be written.")
-    ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace DEST even if minify did not write it.")] = False,
+    check_only: ImageCheckOpt = False,
+    force: ImageForceOpt = False,
     no_cache: NoCacheOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -277,15 +282,16 @@ def image(
     from minify.write.oci import parse_dest
 
     raw = dict(locals())
-    dest = _guard(verbose, lambda: parse_dest(output, tag, compression))
+    dest = _guard(verbose, lambda: parse_dest(output, tag, compression, layers))
     options = _guard(verbose, lambda: _rootfs_options(raw))
     _guard(verbose, lambda: _graph_format(graph))
+    write = partial(write_image, dest=dest, roots=tuple(platform_root or ()))
     if check_only:
-        checked = _guard(verbose, lambda: _print_differences(lambda o: write_image(o, dest, check=True), options))
+        checked = _guard(verbose, lambda: _print_differences(lambda o: write(o, check=True), options))
         typer.echo(f"{dest}: up to date ({checked.digest})")
         raise typer.Exit(EXIT_OK)
     _note_trace(trace, from_)
-    result = _guard(verbose, lambda: _with_progress(lambda o, **kw: write_image(o, dest, **kw), options))
+    result = _guard(verbose, lambda: _with_progress(write, options))
     _report_image(result, fmt)
     _guard(verbose, lambda: _write_graph(graph, result.plan))
 
@@ -293,7 +299,6 @@ def image(
 def _report_image(result: ImageResult, fmt: ImageFormat) -> None:
     """Warnings on stderr; the digest, the sizes and how to load or push it."""
     from minify.render import dumps
-    from minify.text import human_size
     from minify.write.oci import Transport
 
     _say_warnings(result.warnings)
@@ -304,10 +309,7 @@ def _report_image(result: ImageResult, fmt: ImageFormat) -> None:
     dest = result.dest
     typer.echo(f"wrote {dest}")
     typer.echo(f"digest: {result.digest}")
-    typer.echo(
-        f"layer: {human_size(result.compressed)} compressed, {human_size(result.uncompressed)} as files; "
-        f"{'/'.join(result.platform[k] for k in ('os', 'architecture', 'variant') if k in result.platform)}"
-    )
+    typer.echo(result.sizes_text)
     name = f"REGISTRY/{dest.ref}" if dest.ref and ":" in dest.ref.rsplit("/", 1)[-1] else "REGISTRY/NAME:TAG"
     if dest.transport is Transport.OCI:
         typer.echo(f"push it with: skopeo copy {dest} docker://{name}")

@@ -234,6 +234,28 @@ DestOpt = Annotated[
 ]
 TagOpt = Annotated[str | None, typer.Option("--tag", help="Name the image (where DEST does not).", metavar="NAME:TAG")]
 ImageFormatOpt = Annotated[ImageFormat, typer.Option("--format", "-f", help="What to print when done.")]
+PlatformRootOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--platform-root",
+        metavar="PLATFORM=DIR",
+        help="The image for PLATFORM (linux/arm64, linux/arm/v7...) from the root DIR; repeat it for an index of "
+        "every platform (PATH is the same path in each root; --root is not used).",
+    ),
+]
+ImageCheckOpt = Annotated[
+    bool, typer.Option("--check", help="Write nothing; exit 1 if DEST is not the image that would be written.")
+]
+ImageForceOpt = Annotated[bool, typer.Option("--force", help="Replace DEST even if minify did not write it.")]
+LayersOpt = Annotated[
+    int,
+    typer.Option(
+        "--layers",
+        metavar="1|2",
+        help="2: a base layer (the loader, libc, the presets' files) that images from one root share, then the app; "
+        "1: one layer.",
+    ),
+]
 CompressionOpt = Annotated[
     Compression,
     typer.Option(

@@ -24,7 +24,7 @@ import pytest
 from minify.loader.arch import host_arch
 from minify.write.compress import BLOCK, GZIP_HEADER, WINDOW, _deflate
 from minify.write.oci import GZIP_LEVEL, PLATFORMS
-from tests.conftest import MINIFY, Builder, Podman, need_tool, tree_listing
+from tests.conftest import HOST_INTERP, HOST_LIBC, HOST_LIBDIR, MINIFY, Builder, Podman, need_tool, tree_listing
 
 HOST_ARCH, HOST_VARIANT = PLATFORMS[host_arch()]
 
@@ -90,16 +90,22 @@ def test_source_date_epoch_sets_every_time(tmp_path: Path, hello: Path) -> None:
     config = json.loads(blobs["blobs/sha256/" + manifest["config"]["digest"].split(":")[1]])
     assert config["created"] == "2023-11-14T22:13:20Z"
     assert config["config"]["Labels"]["org.opencontainers.image.created"] == "2023-11-14T22:13:20Z"
-    layer = blobs["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]]
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
-        times = {m.mtime for m in tar}
-        owners = {(m.uid, m.gid, m.uname, m.gname) for m in tar}
-        assert any(m.name == "hello" and m.isfile() for m in tar)
+    times: set[int] = set()
+    owners: set[tuple[int, int, str, str]] = set()
+    files: set[str] = set()
+    assert len(manifest["layers"]) == 2  # the base, then the app
+    for described in manifest["layers"]:
+        layer = blobs["blobs/sha256/" + described["digest"].split(":")[1]]
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
+            times |= {m.mtime for m in tar}
+            owners |= {(m.uid, m.gid, m.uname, m.gname) for m in tar}
+            files |= {m.name for m in tar if m.isfile()}
+        assert layer[4:8] == b"\0\0\0\0"  # gzip header: mtime 0
+    assert "hello" in files
     assert times == {epoch}
     assert owners == {(0, 0, "", "")}
     with tarfile.open(tmp_path / "e.tar") as outer:
         assert {m.mtime for m in outer} == {epoch}
-    assert layer[4:8] == b"\0\0\0\0"  # gzip header: mtime 0
 
 
 def test_skopeo_reads_each_form(tmp_path: Path, hello: Path) -> None:
@@ -294,7 +300,7 @@ def test_file_capabilities_are_kept_in_the_layer(tmp_path: Path, hello: Path) ->
     digest = image("./hello", "-o", "cap.tar", cwd=tmp_path)
     blobs = members(tmp_path / "cap.tar")
     manifest = json.loads(blobs[f"blobs/sha256/{digest.split(':')[1]}"])
-    layer = blobs["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]]
+    layer = blobs["blobs/sha256/" + manifest["layers"][-1]["digest"].split(":")[1]]  # the app layer
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer)), encoding="utf-8", errors="surrogateescape") as tar:
         member = tar.getmember("hello")
         record = member.pax_headers["SCHILY.xattr.security.capability"]
@@ -320,8 +326,8 @@ def _layer(archive: Path) -> tuple[dict[str, object], bytes, bytes]:
     index = json.loads(blobs["index.json"])
     manifest = json.loads(blobs["blobs/sha256/" + index["manifests"][0]["digest"].split(":")[1]])
     config = json.loads(blobs["blobs/sha256/" + manifest["config"]["digest"].split(":")[1]])
-    layer = manifest["layers"][0]
-    return layer, blobs["blobs/sha256/" + layer["digest"].split(":")[1]], config["rootfs"]["diff_ids"][0].encode()
+    layer = manifest["layers"][-1]  # the app layer
+    return layer, blobs["blobs/sha256/" + layer["digest"].split(":")[1]], config["rootfs"]["diff_ids"][-1].encode()
 
 
 def test_the_gzip_layer_made_on_every_core_is_one_stream_gzip_reads(tmp_path: Path, builder: Builder) -> None:
@@ -373,3 +379,166 @@ def test_a_zstd_layer_is_read_by_zstd_skopeo_and_podman(podman: Podman, tmp_path
         assert podman("run", "--rm", "localhost/minify-zstd:1").stdout == "hello from minify\n"
     finally:
         podman("rmi", "-f", "localhost/minify-zstd:1", check=False)
+
+
+def _manifest(archive: Path) -> dict[str, object]:
+    blobs = members(archive)
+    index = json.loads(blobs["index.json"])
+    result = json.loads(blobs["blobs/sha256/" + index["manifests"][0]["digest"].split(":")[1]])
+    assert isinstance(result, dict)
+    return result
+
+
+def _layer_names(archive: Path, descriptor: dict[str, str]) -> set[str]:
+    layer = members(archive)["blobs/sha256/" + descriptor["digest"].split(":")[1]]
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
+        return {m.name for m in tar}
+
+
+def test_images_of_one_root_share_their_base_layer(tmp_path: Path, registry: str) -> None:
+    """curl's and openssl's images from this machine's root: the base layer (the
+    loader, libc, the presets' files) is one blob, which a registry stores once; the
+    app layers differ; ``--layers 1`` gives one layer of the same files."""
+    programs = {"curl": shutil.which("curl"), "openssl": shutil.which("openssl")}
+    assert all(programs.values()), "the test command installs curl and openssl"
+    for name, path in programs.items():
+        image(str(path), "-o", f"{name}.tar", "--with", "tzdata", cwd=tmp_path)
+    curl, openssl = (_manifest(tmp_path / f"{name}.tar")["layers"] for name in programs)
+    assert isinstance(curl, list) and isinstance(openssl, list) and len(curl) == len(openssl) == 2
+    assert curl[0]["digest"] == openssl[0]["digest"]
+    assert curl[1]["digest"] != openssl[1]["digest"]
+    base = _layer_names(tmp_path / "curl.tar", curl[0])
+    assert any(n.endswith("/libc.so.6") for n in base) and any("ld-linux" in n for n in base)
+    assert any(n.startswith("usr/share/zoneinfo/") for n in base)
+    assert not any(n.endswith("bin/curl") for n in base)
+    app = _layer_names(tmp_path / "curl.tar", curl[1])
+    assert any(n.endswith("bin/curl") for n in app) and not any(n.endswith("/libc.so.6") for n in app)
+    image(str(programs["curl"]), "-o", "one.tar", "--with", "tzdata", "--layers", "1", cwd=tmp_path)
+    (single,) = _manifest(tmp_path / "one.tar")["layers"]  # type: ignore[misc]
+    files = {n for n in _layer_names(tmp_path / "one.tar", single)}
+    assert files == base | app
+    need_tool("skopeo")
+    for name in programs:
+        subprocess.run(
+            ["skopeo", "copy", "--dest-tls-verify=false", f"oci-archive:{tmp_path}/{name}.tar",
+             f"docker://{registry}/minify/{name}:1"],
+            capture_output=True, check=True, timeout=120,
+        )  # fmt: skip
+    stored = tmp_path / "registry/docker/registry/v2/blobs/sha256"
+    blobs = sorted(p.parent.name for p in stored.glob("*/*/data"))
+    assert blobs.count(str(curl[0]["digest"]).split(":")[1]) == 1
+    assert len(blobs) == 7  # one base, two apps, two configs, two manifests
+
+
+@pytest.mark.podman
+def test_the_rootfs_dockerfile_layers_as_the_image_does(tmp_path: Path, podman: Podman, builder: Builder) -> None:
+    """``minify rootfs`` writes base/ beside rootfs/ and two COPYs; .dockerignore keeps the
+    base's files out of the second; podman builds an image of two layers that runs."""
+    lib = builder.lib(tmp_path / "app/lib/libapp.so.1", "app")
+    builder.prog(tmp_path / "app/bin/tool", src="hello.c", links=[lib], runpath="$ORIGIN/../lib")
+    done = minify("rootfs", "./app/bin/tool", "-o", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    assert "COPY base/ /\nCOPY rootfs/ /\n" in (out / "Dockerfile").read_text()
+    ignored = (out / ".dockerignore").read_text().splitlines()
+    assert any(line.endswith("/libc.so.6") for line in ignored)
+    assert not any("libapp" in line for line in ignored)
+    assert any((out / "base").rglob("libc.so.6")) and not any((out / "base").rglob("libapp.so.1"))
+    lock = json.loads((out / "minify.lock.json").read_text())
+    layers = {e["path"]: e["layer"] for e in lock["entries"]}
+    assert {v for k, v in layers.items() if k.endswith("/libc.so.6")} == {"base"}
+    assert {v for k, v in layers.items() if k.endswith("libapp.so.1")} == {"app"}
+    tag = "localhost/minify-two-copies:1"
+    try:
+        podman("build", "-q", "-t", tag, str(out))
+        count = podman("image", "inspect", "--format", "{{len .RootFS.Layers}}", tag).stdout.strip()
+        assert count == "2"
+        assert podman("run", "--rm", tag).stdout == "hello from minify\n"
+    finally:
+        podman("rmi", "-f", tag, check=False)
+
+
+def _two_roots(tmp_path: Path) -> dict[str, Path]:
+    """An amd64 root (this machine's loader and libc) and an aarch64 sysroot (Debian's
+    cross libc), each with /app/hello built for it."""
+    need_tool("aarch64-linux-gnu-gcc")
+    amd = tmp_path / "amd64"
+    for path in (HOST_INTERP, HOST_LIBC):
+        (amd / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.realpath(path), amd / path.lstrip("/"))
+    Builder().prog(amd / "app/hello", src="hello.c")
+    arm = tmp_path / "arm64"
+    shutil.copytree("/usr/aarch64-linux-gnu/lib", arm / "lib", symlinks=True)
+    Builder("aarch64-linux-gnu-gcc").prog(arm / "app/hello", src="hello.c")
+    return {"linux/amd64": amd, "linux/arm64": arm}
+
+
+def test_one_run_writes_an_index_of_every_platform(tmp_path: Path) -> None:
+    """Each root analysed, planned and verified on its own; skopeo lists both platforms;
+    each platform's image unpacks (umoci) into a rootfs that runs (arm64 under qemu);
+    the order of the flags does not change a byte."""
+    need_tool("skopeo", "umoci", "qemu-aarch64-static")
+    roots = _two_roots(tmp_path)
+    flags = [f"--platform-root={p}={r}" for p, r in roots.items()]
+    first = image("/app/hello", *flags, "-o", "oci-archive:one.tar:multi", cwd=tmp_path)
+    second = image("/app/hello", *reversed(flags), "-o", "oci-archive:two.tar:multi", cwd=tmp_path)
+    assert first == second and (tmp_path / "one.tar").read_bytes() == (tmp_path / "two.tar").read_bytes()
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"oci-archive:{tmp_path}/one.tar:multi"], capture_output=True, check=True
+    )
+    index = json.loads(raw.stdout)
+    assert "sha256:" + hashlib.sha256(raw.stdout).hexdigest() == first
+    assert [(m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"]] == [
+        ("linux", "amd64"),
+        ("linux", "arm64"),
+    ]
+    _each_platform_runs(f"oci-archive:{tmp_path}/one.tar:multi", tmp_path)
+
+
+def _each_platform_runs(source: str, tmp_path: Path) -> None:
+    """skopeo copies each platform out of the index, umoci unpacks it, and /app/hello
+    runs from it: arm64 under qemu, amd64 through the image's own loader."""
+    for arch in ("amd64", "arm64"):
+        copy = f"oci:{tmp_path}/{arch}-{abs(hash(source))}:1"
+        subprocess.run(["skopeo", "--override-arch", arch, "copy", source, copy], capture_output=True, check=True)
+        rootfs = unpack(copy.removeprefix("oci:"), tmp_path / f"unpacked-{arch}-{abs(hash(source))}") / "rootfs"
+        hello = str(rootfs / "app/hello")
+        if arch == "arm64":
+            argv = ["qemu-aarch64-static", "-L", str(rootfs), hello]
+        else:  # the image's own loader, told to search the image alone
+            libdir = str(rootfs / HOST_LIBDIR.lstrip("/"))
+            argv = [str(rootfs / HOST_INTERP.lstrip("/")), "--inhibit-cache", "--library-path", libdir, hello]
+        ran = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert ran.stdout == "hello from minify\n", (arch, ran.stderr)
+
+
+def test_from_an_index_with_every_platform_gives_an_index(tmp_path: Path) -> None:
+    """``--from`` a two-platform index (written by ``--platform-root``) with ``--platform
+    all``: each platform minified from its own image, one index of the results; one
+    platform without the program fails the run in one line, naming it."""
+    need_tool("skopeo", "umoci", "qemu-aarch64-static")
+    flags = [f"--platform-root={p}={r}" for p, r in _two_roots(tmp_path).items()]
+    image("/app/hello", *flags, "-o", "oci:src:multi", cwd=tmp_path)
+    digest = image("--from", "oci:src:multi", "--platform", "all", "-o", "oci-archive:min.tar:min", cwd=tmp_path)
+    index = skopeo("inspect", "--raw", f"oci-archive:{tmp_path}/min.tar:min")
+    assert sorted(m["platform"]["architecture"] for m in index["manifests"]) == ["amd64", "arm64"]  # type: ignore[index, union-attr]
+    assert digest.startswith("sha256:")
+    _each_platform_runs(f"oci-archive:{tmp_path}/min.tar:min", tmp_path)
+    missing = minify(
+        "image", "--from", "oci:src:multi", "/app/nothing", "--platform", "all", "-o", "x.tar", cwd=tmp_path
+    )
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+    assert missing.stderr.startswith("minify: error: linux/amd64: ") and "/app/nothing" in missing.stderr
+    assert not (tmp_path / "x.tar").exists()
+
+
+def test_a_root_whose_programs_are_another_platform_is_one_line(tmp_path: Path) -> None:
+    roots = _two_roots(tmp_path)
+    done = minify(
+        "image", "/app/hello", f"--platform-root=linux/arm64={roots['linux/amd64']}", "-o", "x.tar", cwd=tmp_path
+    )
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "linux/arm64: its programs are linux/amd64" in done.stderr and not (tmp_path / "x.tar").exists()
+    twice = minify("image", "/app/hello", "--platform-root=linux/arm64=/a", "--platform-root=linux/arm64=/b",
+                   "-o", "x.tar", cwd=tmp_path)  # fmt: skip
+    assert twice.returncode == 2 and "linux/arm64 given twice" in twice.stderr

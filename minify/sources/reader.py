@@ -304,6 +304,49 @@ def read_image(source: ImageSource, platform: Platform | None, work: str) -> tup
     return SourceImage(source, digest, config, found, layers), blobs
 
 
+def source_platforms(source: ImageSource, work: str) -> list[Platform]:
+    """Every platform an index of SOURCE offers (``--platform all``), in its order; a
+    single image's own platform."""
+    exported = source.transport is SourceTransport.CONTAINERS_STORAGE
+    blobs = Blobs(_export(source.path, work) if exported else source.path)
+    try:
+        if source.transport is SourceTransport.DOCKER_ARCHIVE and blobs.has("manifest.json"):
+            return [_platform_of(_docker_archive(blobs, source.ref)[1])]
+        index = blobs.document("index.json")
+        check(f"{blobs.where}: index.json", index, INDEX)
+        assert isinstance(index, dict)
+        manifests: list[dict[str, Any]] = index["manifests"]
+        if source.ref is None and len(manifests) > 1 and all("platform" in m for m in manifests):
+            return [_offered(m) for m in manifests]
+        return _nested_platforms(blobs, _by_ref(blobs.where, manifests, source.ref))
+    finally:
+        blobs.close()
+
+
+def _offered(descriptor: dict[str, Any]) -> Platform:
+    p = descriptor["platform"]
+    return Platform(p["os"], p["architecture"], p.get("variant"))
+
+
+def _nested_platforms(blobs: Blobs, chosen: dict[str, Any]) -> list[Platform]:
+    """The platforms of the index (or the one image) a descriptor names."""
+    for _ in range(MAX_INDEX_DEPTH):
+        where = f"{blobs.where}: the manifest {chosen['digest']}"
+        doc = blobs.document(blob_name(chosen["digest"]), chosen["digest"])
+        check(where, doc, OBJECT)
+        assert isinstance(doc, dict)
+        if (doc.get("mediaType") or chosen.get("mediaType")) not in INDEX_TYPES and "manifests" not in doc:
+            check(where, doc, MANIFEST)
+            return [_platform_of(_manifest(blobs, doc)[0])]
+        check(where, doc, INDEX)
+        if not doc["manifests"]:
+            raise ImageSourceError(f"{where}: lists no image")
+        if all("platform" in m for m in doc["manifests"]):
+            return [_offered(m) for m in doc["manifests"]]
+        chosen = doc["manifests"][0]
+    raise ImageSourceError(f"{blobs.where}: indexes nested more than {MAX_INDEX_DEPTH} deep")
+
+
 def _export(name: str, work: str) -> str:
     """``containers-storage:NAME`` saved by podman as an OCI archive in ``work``."""
     podman = shutil.which("podman")

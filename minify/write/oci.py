@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 from minify.errors import OutputError, PlanError
 from minify.loader.arch import PLATFORMS
 from minify.plan.image import Entry, EntryType, ImagePlan
+from minify.plan.layers import split
 from minify.root import remove_tree
-from minify.text import is_number
+from minify.text import human_size, is_number
 from minify.version import __version__
 from minify.write import output
 from minify.write.compress import BLOCK as COMPRESS_BLOCK
@@ -75,12 +76,15 @@ class ImageDest:
     path: str
     ref: str | None = None  # oci/oci-archive: a tag or a full reference; docker-archive: NAME:TAG
     compression: Compression = Compression.GZIP  # how the layer is stored (--compression)
+    layers: int = 2  # a base layer two programs of one root share, then the app (--layers 1: one)
 
     def __str__(self) -> str:
         return f"{self.transport.value}:{self.path}" + (f":{self.ref}" if self.ref else "")
 
 
-def parse_dest(text: str, tag: str | None = None, compression: Compression = Compression.GZIP) -> ImageDest:
+def parse_dest(
+    text: str, tag: str | None = None, compression: Compression = Compression.GZIP, layers: int = 2
+) -> ImageDest:
     """``TRANSPORT:PATH[:REF]`` or ``FILE.tar``; ``--tag`` names the image where the
     destination does not."""
     transport_name, sep, rest = text.partition(":")
@@ -100,7 +104,9 @@ def parse_dest(text: str, tag: str | None = None, compression: Compression = Com
     name = ref or tag
     if name is not None:
         check_reference(name, transport)
-    return ImageDest(transport, path, name or None, compression)
+    if layers not in (1, 2):
+        raise PlanError(f"--layers {layers}: give 1 (one layer) or 2 (a shared base, then the app)")
+    return ImageDest(transport, path, name or None, compression, layers)
 
 
 def check_reference(name: str, transport: Transport) -> str:
@@ -146,12 +152,27 @@ def platform_of(plan: ImagePlan) -> dict[str, str]:
 class ImageResult:
     dest: ImageDest
     digest: str  # of the manifest
-    compressed: int  # the layer as stored
-    uncompressed: int  # the layer tar
+    compressed: int  # the layers as stored
+    uncompressed: int  # the layer tars
     platform: dict[str, str]
     plan: ImagePlan
     warnings: tuple[str, ...] = ()
     report: dict[str, Any] | None = None  # --from: the source, what was kept and dropped
+    layers: tuple[LayerWritten, ...] = ()
+    platforms: tuple[str, ...] = ()  # --platform-root: every platform of the index
+
+    @property
+    def sizes_text(self) -> str:
+        """The report's line: each layer (name, size, short digest), the totals, the platforms."""
+        layers = ", ".join(f"{w.name} {human_size(w.compressed)} ({w.digest[7:19]})" for w in self.layers)
+        sizes = f"{human_size(self.compressed)} compressed, {human_size(self.uncompressed)} as files"
+        return f"layers: {layers}; {sizes}; {self.platform_text}"
+
+    @property
+    def platform_text(self) -> str:
+        if self.platforms:
+            return ", ".join(self.platforms)
+        return "/".join(self.platform[k] for k in ("os", "architecture", "variant") if k in self.platform)
 
     def as_data(self) -> dict[str, Any]:
         source = {"source": self.report} if self.report is not None else {}
@@ -160,7 +181,9 @@ class ImageResult:
             "dest": str(self.dest),
             "digest": self.digest,
             "size": {"compressed": self.compressed, "uncompressed": self.uncompressed},
-            "platform": "/".join(self.platform[k] for k in ("os", "architecture", "variant") if k in self.platform),
+            "layers": [layer.as_data() for layer in self.layers],
+            "platform": self.platform_text,
+            **({"platforms": list(self.platforms)} if self.platforms else {}),
             "hints": hints,  # what the image may still lack, with the flag that brings it
             "warnings": [w for w in self.warnings if not w.startswith("hint: ")],
             **source,
@@ -194,24 +217,23 @@ def layer_media(compression: Compression) -> str:
 
 
 def write_layer(
-    plan: ImagePlan,
+    entries: tuple[Entry, ...],
     rootfs: str,
     path: str,
     epoch: int,
     capabilities: dict[str, bytes],
     compression: Compression = Compression.GZIP,
 ) -> tuple[str, str, int, int]:
-    """The layer of ``rootfs`` (the materialised, verified plan) as ``path``: a sorted
-    tar, compressed on every core (``minify.write.compress``). Returns (diff_id,
-    digest, uncompressed size, compressed size)."""
+    """A layer of ``rootfs`` (the materialised, verified plan) as ``path``: the tar of
+    ``entries`` (sorted), compressed on every core (``minify.write.compress``). Returns
+    (diff_id, digest, uncompressed size, compressed size)."""
     with open(path, "wb") as raw:
         stored = _Hashing(raw)
         zipped, finish = compressor(compression, stored, GZIP_LEVEL)
         tarred = _Hashing(zipped)
         with tarfile.open(fileobj=tarred, mode="w|", format=tarfile.PAX_FORMAT, bufsize=COMPRESS_BLOCK) as tar:
-            for entry in sorted(plan.entries, key=lambda e: e.path):
-                if entry.path != "/":
-                    _add(tar, entry, rootfs, epoch, capabilities.get(entry.path))
+            for entry in entries:
+                _add(tar, entry, rootfs, epoch, capabilities.get(entry.path))
         finish()
     return (
         f"sha256:{tarred.digest.hexdigest()}",
@@ -265,7 +287,9 @@ def _created(epoch: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def config_document(plan: ImagePlan, platform: dict[str, str], diff_id: str, epoch: int) -> dict[str, Any]:
+def config_document(
+    plan: ImagePlan, platform: dict[str, str], diff_ids: list[str], epoch: int, names: list[str] | None = None
+) -> dict[str, Any]:
     """The image config: what the Dockerfile says, as the OCI config spells it."""
     config = plan.config
     labels = dict(config.labels)
@@ -289,8 +313,15 @@ def config_document(plan: ImagePlan, platform: dict[str, str], diff_id: str, epo
         **platform,
         "created": _created(epoch),
         "config": run,
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": _created(epoch), "created_by": f"minify image (minify {__version__})"}],
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [
+            {
+                "created": _created(epoch),
+                "created_by": f"minify image (minify {__version__})",
+                **({"comment": f"the {names[i]} layer"} if names else {}),
+            }
+            for i in range(len(diff_ids))
+        ],
     }
 
 
@@ -302,10 +333,37 @@ def _descriptor(media_type: str, data: bytes) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _Written:
+class LayerWritten:
+    """One layer as written: what the report and the lock say of it."""
+
+    name: str
     digest: str
     compressed: int
     uncompressed: int
+    entries: int
+
+    def as_data(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "digest": self.digest,
+            "size": {"compressed": self.compressed, "uncompressed": self.uncompressed},
+            "entries": self.entries,
+        }
+
+
+@dataclass(frozen=True)
+class _Written:
+    digest: str
+    layers: tuple[LayerWritten, ...]
+
+
+@dataclass(frozen=True)
+class Built:
+    """One platform's image, materialised and verified, ready to be written."""
+
+    plan: ImagePlan
+    rootfs: str
+    capabilities: dict[str, bytes]
 
 
 def write_layout(
@@ -318,47 +376,98 @@ def write_layout(
     capabilities: dict[str, bytes],
 ) -> _Written:
     """An OCI image layout in ``folder`` (which must not exist), plus ``manifest.json``
-    for ``docker load`` and ``podman load``."""
-    platform = platform_of(plan)
+    for ``docker load`` and ``podman load``; the layers as ``minify.plan.layers``
+    splits the plan (``dest.layers``: 1, or 2 for a shared base)."""
+    blobs = _blobs(folder)
+    described, written, config = _write_image(Built(plan, rootfs, capabilities), blobs, dest, epoch)
+    if dest.ref:
+        described["annotations"] = {REF_NAME: dest.ref}
+    _write_index(folder, [described])
+    tags = [dest.ref] if dest.ref and ":" in dest.ref.rsplit("/", 1)[-1] else []
+    docker = [
+        {
+            "Config": f"blobs/sha256/{config}",
+            "RepoTags": tags,
+            "Layers": [f"blobs/sha256/{w.digest.split(':', 1)[1]}" for w in written],
+        }
+    ]
+    _write(os.path.join(folder, "manifest.json"), _json(docker))
+    return _Written(described["digest"], written)
+
+
+def write_index_layout(images: list[Built], folder: str, dest: ImageDest, *, epoch: int) -> _Written:
+    """An OCI image layout whose one entry is an image index of every platform's image
+    (sorted by platform, so the order the roots were given does not matter); no
+    ``manifest.json``: ``docker load`` takes one platform."""
+    blobs = _blobs(folder)
+    described: list[dict[str, Any]] = []
+    layers: list[LayerWritten] = []
+    for built in images:
+        one, written, _ = _write_image(built, blobs, dest, epoch)
+        described.append(one)
+        layers.extend(written)
+    described.sort(key=lambda d: json.dumps(d["platform"], sort_keys=True))
+    index = _json({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": described})
+    _write(os.path.join(blobs, hashlib.sha256(index).hexdigest()), index)
+    top = _descriptor(MEDIA_INDEX, index)
+    if dest.ref:
+        top["annotations"] = {REF_NAME: dest.ref}
+    _write_index(folder, [top])
+    return _Written(top["digest"], tuple(layers))
+
+
+def _blobs(folder: str) -> str:
     blobs = os.path.join(folder, "blobs", "sha256")
     os.makedirs(blobs)
-    layer_tmp = os.path.join(folder, "layer.tmp")
-    diff_id, layer_digest, size, stored = write_layer(plan, rootfs, layer_tmp, epoch, capabilities, dest.compression)
-    os.rename(layer_tmp, os.path.join(blobs, layer_digest.split(":", 1)[1]))
-    config = _json(config_document(plan, platform, diff_id, epoch))
+    return blobs
+
+
+def _write_index(folder: str, described: list[dict[str, Any]]) -> None:
+    index = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_INDEX,
+        "manifests": described,
+        "annotations": {OWNER_ANNOTATION: __version__},
+    }
+    _write(os.path.join(folder, "index.json"), _json(index))
+    _write(os.path.join(folder, "oci-layout"), _json({"imageLayoutVersion": "1.0.0"}))
+
+
+def _write_image(
+    built: Built, blobs: str, dest: ImageDest, epoch: int
+) -> tuple[dict[str, Any], tuple[LayerWritten, ...], str]:
+    """The layers, config and manifest of one platform's image into ``blobs``: the
+    manifest's descriptor (with its platform), the layers, and the config's digest."""
+    plan = built.plan
+    platform = platform_of(plan)
+    layer_tmp = os.path.join(blobs, ".layer.tmp")
+    diff_ids: list[str] = []
+    written: list[LayerWritten] = []
+    for layer in split(plan, dest.layers):
+        diff_id, digest, size, stored = write_layer(
+            layer.entries, built.rootfs, layer_tmp, epoch, built.capabilities, dest.compression
+        )
+        os.replace(layer_tmp, os.path.join(blobs, digest.split(":", 1)[1]))  # equal layers are one blob
+        diff_ids.append(diff_id)
+        written.append(LayerWritten(layer.name, digest, stored, size, len(layer.entries)))
+    names = [w.name for w in written] if len(written) > 1 else None
+    config = _json(config_document(plan, platform, diff_ids, epoch, names))
     manifest = _json(
         {
             "schemaVersion": 2,
             "mediaType": MEDIA_MANIFEST,
             "config": _descriptor(MEDIA_CONFIG, config),
             "layers": [
-                {"mediaType": MEDIA_LAYER + dest.compression.media_suffix, "digest": layer_digest, "size": stored}
+                {"mediaType": layer_media(dest.compression), "digest": w.digest, "size": w.compressed} for w in written
             ],
         }
     )
     for blob in (config, manifest):
-        _write(os.path.join(blobs, hashlib.sha256(blob).hexdigest()), blob)
+        path = os.path.join(blobs, hashlib.sha256(blob).hexdigest())
+        if not os.path.exists(path):
+            _write(path, blob)
     described = {**_descriptor(MEDIA_MANIFEST, manifest), "platform": platform}
-    if dest.ref:
-        described["annotations"] = {REF_NAME: dest.ref}
-    index = {
-        "schemaVersion": 2,
-        "mediaType": MEDIA_INDEX,
-        "manifests": [described],
-        "annotations": {OWNER_ANNOTATION: __version__},
-    }
-    _write(os.path.join(folder, "index.json"), _json(index))
-    _write(os.path.join(folder, "oci-layout"), _json({"imageLayoutVersion": "1.0.0"}))
-    tags = [dest.ref] if dest.ref and ":" in dest.ref.rsplit("/", 1)[-1] else []
-    docker = [
-        {
-            "Config": f"blobs/sha256/{hashlib.sha256(config).hexdigest()}",
-            "RepoTags": tags,
-            "Layers": [f"blobs/sha256/{layer_digest.split(':', 1)[1]}"],
-        }
-    ]
-    _write(os.path.join(folder, "manifest.json"), _json(docker))
-    return _Written(described["digest"], stored, size)
+    return described, tuple(written), hashlib.sha256(config).hexdigest()
 
 
 def _write(path: str, data: bytes) -> None:
