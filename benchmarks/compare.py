@@ -5,8 +5,9 @@ Batch: the regular ELF files at the top level of /usr/bin, /usr/sbin and
 /usr/lib/<triplet> (no recursion). minify analyses them in one call (tree output, no
 hints); the others run once per file, as a user of them would (`libtree -vv`, which
 prints every dependency as minify does, not plain `libtree`, which skips the libc and
-ld.so subtrees). One program: `minify analyze PROG` (tree with hints) against `ldd PROG`, and against
-itself with `--no-hints` (what the hints cost).
+ld.so subtrees). One program: `minify analyze PROG` (tree with hints) against `ldd PROG`, against
+itself with `--no-hints` (what the hints cost), and against `python -c "import typer"` in
+minify's environment (the floor of a typer CLI).
 minify runs twice in every round: cold (`--no-cache`: every file parsed by LIEF) and
 warm (its persistent cache, in a private XDG_CACHE_HOME filled once before the rounds).
 Python's bytecode is compiled before timing, as an installed package has it.
@@ -92,6 +93,12 @@ def per_file(tool: list[str], files: list[str], ok: tuple[int, ...]) -> tuple[fl
     return total, failed
 
 
+def env_python() -> str:
+    """The Python of minify's environment (beside its ``minify`` script)."""
+    beside = os.path.join(os.path.dirname(minify_exe()), "python")
+    return beside if os.path.exists(beside) else sys.executable
+
+
 def works(tool: list[str], probe: str) -> bool:
     """A tool that fails on a plain program (lddtree without pyelftools) is not timed."""
     return shutil.which(tool[0]) is not None and run_once([*tool, probe], (0,))[1]
@@ -134,6 +141,8 @@ def program(path: str, rounds: int) -> dict[str, Timed]:
         "minify cold": [minify, "analyze", "--no-cache", path],
         "ldd": ["ldd", path],
         "no hints (minify warm --no-hints)": [minify, "analyze", "--no-hints", path],
+        # the floor of the design's CLI, in minify's own environment (issue 22: 1.5x at most)
+        "import typer": [env_python(), "-c", "import typer"],
     }
     run_once(tools["minify warm"], (0, 1))  # fills the cache
     results = {name: Timed() for name in tools}
@@ -141,7 +150,7 @@ def program(path: str, rounds: int) -> dict[str, Timed]:
         order = list(tools)
         random.shuffle(order)
         for name in order:
-            elapsed, good, peak = run_once(tools[name], (0,) if name == "ldd" else (0, 1))
+            elapsed, good, peak = run_once(tools[name], (0,) if name in ("ldd", "import typer") else (0, 1))
             results[name].seconds.append(elapsed)
             results[name].failures += not good
             results[name].peak_kib = max(results[name].peak_kib, peak)
