@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from minify.analysis.closure import Analysis, LoadedObject, ProgramClosure, analyze, loadable_files
 from minify.analysis.target import Target
 from minify.elf.cache import FactCache
-from minify.elf.files import Symbols
+from minify.elf.files import SymbolRef, Symbols
 from minify.errors import PathError
 from minify.loader.model import ProgramKind
 from minify.root import Root
@@ -163,6 +163,22 @@ def _symbol_problems(analysis: Analysis) -> list[Problem]:
     return problems
 
 
+def _scope_defines(definers: list[Symbols]) -> Callable[[SymbolRef], bool]:
+    """Whether some object of a scope defines a reference: ``Symbols.defines`` of each
+    definer, or-ed, as three sets made once per scope (a closure of a hundred objects
+    asks it for thousands of references)."""
+    default_names = {name for d in definers for name, _ in d.defined}
+    versioned = {key for d in definers for key in (*d.defined, *d.hidden)}
+    unversioned = {name for d in definers for name, version in d.defined if version is None}
+
+    def defines(ref: SymbolRef) -> bool:
+        if ref.version is None:
+            return ref.name in default_names
+        return (ref.name, ref.version) in versioned or ref.name in unversioned
+
+    return defines
+
+
 def _undefined(
     closure: ProgramClosure, scopes: list[tuple[LoadedObject, ...]], symbols: Callable[[str], Symbols]
 ) -> list[tuple[str, str]]:
@@ -170,13 +186,13 @@ def _undefined(
     satisfies every reference of the closure."""
     best: list[tuple[str, str]] | None = None
     for scope in scopes:
-        definers = [symbols(o.realpath) for o in scope]
+        defines = _scope_defines([symbols(o.realpath) for o in scope])
         missing = []
         for obj in closure.objects:
             for ref in symbols(obj.realpath).imports:
                 if ref.weak:
                     continue
-                if not any(d.defines(ref) for d in definers):
+                if not defines(ref):
                     text = ref.name + (f"@{ref.version}" if ref.version else "")
                     missing.append((obj.realpath, text))
         if not missing:

@@ -137,9 +137,10 @@ def read_dpkg(root: Root, wanted: set[str] | None = None) -> PackageDb | None:
                     continue
                 listed = root.read_bytes(f"{DPKG}/info/{suffix}.list", limit=MAX_DB_BYTES)
                 if listed is not None:
-                    _own(db, package.name, listed, wanted)
-                    sums = root.read_bytes(f"{DPKG}/info/{suffix}.md5sums", limit=MAX_DB_BYTES)
-                    _md5sums(db, sums, wanted)
+                    # a package's md5sums name files its list names: none wanted, none to read
+                    if _own(db, package.name, listed, wanted) or wanted is None:
+                        sums = root.read_bytes(f"{DPKG}/info/{suffix}.md5sums", limit=MAX_DB_BYTES)
+                        _md5sums(db, sums, wanted)
                     break
     for name in sorted(n for n in status_d if not n.endswith(".md5sums")):
         where = f"{STATUS_D}/{name}"
@@ -262,10 +263,13 @@ def _fields_slowly(block: str, where: str, start: int, warnings: list[str]) -> d
     return fields or None
 
 
-def _own(db: PackageDb, name: str, listed: bytes, wanted: set[str] | None) -> None:
-    for raw in listed.decode("utf-8", "surrogateescape").splitlines():
-        if raw.startswith("/") and (wanted is None or raw in wanted):
-            db.owner.setdefault(raw, name)
+def _own(db: PackageDb, name: str, listed: bytes, wanted: set[str] | None) -> bool:
+    """The paths a package's list names (of ``wanted`` only, when given): whether any."""
+    lines = listed.decode("utf-8", "surrogateescape").splitlines()
+    found = [raw for raw in lines if raw.startswith("/")] if wanted is None else wanted.intersection(lines)
+    for raw in found:
+        db.owner.setdefault(raw, name)
+    return bool(found)
 
 
 def _md5sums(db: PackageDb, data: bytes | None, wanted: set[str] | None, *, owner: str | None = None) -> None:

@@ -348,9 +348,8 @@ def _place_closures(
     system's before the programs' own). An input's own files move with every mapping;
     an added file's (a plugin and the libraries beside it) only with the explicit
     ones, as the added file itself does."""
-    placed = [
-        (program, obj, _private(program, obj), program in inputs) for program in closures for obj in program.objects
-    ]
+    given_of = [(program, program in inputs) for program in closures]  # hashing a closure is not cheap
+    placed = [(program, obj, _private(program, obj), given) for program, given in given_of for obj in program.objects]
     for private_pass in (False, True):
         for program, obj, private, given in placed:
             if private is private_pass:
@@ -363,11 +362,11 @@ def _place_closures(
 def _place_aliases(planner: _Planner, closures: tuple[ProgramClosure, ...], inputs: set[ProgramClosure]) -> None:
     """Another name the loader opened an already loaded file under is kept too."""
     for program in closures:
+        given = program in inputs
         for dep in program.dependencies:
             if dep.opened is None:
                 continue
             private = dep.opened.how.value in PRIVATE_HOWS
-            given = program in inputs
             planner.add_links(dep.opened.links, private and given, f"{dep.kind} {dep.name}", added=private)
             image = planner.place(dep.opened.path, private and given, added=private)
             planner.add_file(dep.opened.path, False, f"{dep.kind} {dep.name}", image_path=image)
