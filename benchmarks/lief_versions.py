@@ -5,7 +5,7 @@ Each release is installed with ``pip install --target`` into a folder of its own
 first on PYTHONPATH in front of the environment that runs minify (which has minify's
 other dependencies); then, in shuffled rounds: ``import lief`` alone, a cold
 ``minify analyze --no-cache /usr/bin/curl`` (every file parsed by LIEF) and
-``minify --version`` (which imports nothing heavy). Median of the rounds, with the spread;
+``minify --help`` (which imports nothing heavy). Median of the rounds, with the spread;
 exit codes checked.
 
     python3 benchmarks/lief_versions.py [--rounds 5] [--versions 0.15.1 0.16.7 ...] [--markdown FILE]
@@ -58,7 +58,7 @@ def main() -> None:
         commands = {
             "import lief": [sys.executable, "-c", "import lief"],
             "minify analyze --no-cache": [sys.executable, "-m", "minify.cli", "analyze", "--no-cache", PROGRAM],
-            "minify --version": [sys.executable, "-m", "minify.cli", "--version"],
+            "minify --help": [sys.executable, "-m", "minify.cli", "--help"],
         }
         pairs = [(v, name) for v in envs for name in commands]
         for version, name in pairs:  # bytecode compiled, files in the page cache

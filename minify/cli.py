@@ -218,6 +218,7 @@ def rootfs(
     check_only: CheckOnlyOpt = False,
     force: ForceOpt = False,
     no_cache: NoCacheOpt = False,
+    platform_root: PlatformRootOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Write exactly the closure as a root filesystem and a FROM scratch Dockerfile."""
@@ -225,7 +226,7 @@ def rootfs(
     from minify.build.pipeline import build
 
     raw = dict(locals())
-    options = _guard(verbose, lambda: _rootfs_options(raw))
+    options = _guard(verbose, lambda: _rootfs_options(raw, one_root=True))
     if check_only:
         checked = _guard(verbose, lambda: _print_differences(check, options))
         raise typer.Exit(_say_up_to_date(output, checked))
@@ -415,13 +416,15 @@ def _packages_used(result: Analysis) -> Packages:
     return packages_used(result.target.root, {o.realpath: o.size for o in result.objects().values()})
 
 
-def _rootfs_options(raw: dict[str, Any]) -> RootfsOptions:
+def _rootfs_options(raw: dict[str, Any], *, one_root: bool = False) -> RootfsOptions:
     """The typed options of `minify rootfs` and `minify image` from their CLI values
     (``raw``: the command's parameters by name)."""
     from minify.build.options import RootfsOptions
     from minify.plan.image import Mapping, env_pair, user_spec
 
     user = raw["user"]
+    if one_root and raw["platform_root"]:
+        raise MinifyError("--platform-root: a rootfs is one platform's; minify image writes an index of several")
     if not raw["paths"] and raw["from_"] is None:
         raise MinifyError("name the programs to ship (PATH...), or an image to minify (--from SOURCE)")
     if raw["trace"] is None and (raw["probe"] or raw["trace_timeout"] is not None):

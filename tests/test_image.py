@@ -542,3 +542,8 @@ def test_a_root_whose_programs_are_another_platform_is_one_line(tmp_path: Path) 
     twice = minify("image", "/app/hello", "--platform-root=linux/arm64=/a", "--platform-root=linux/arm64=/b",
                    "-o", "x.tar", cwd=tmp_path)  # fmt: skip
     assert twice.returncode == 2 and "linux/arm64 given twice" in twice.stderr
+    rootfs = minify(
+        "rootfs", "/app/hello", f"--platform-root=linux/arm64={roots['linux/arm64']}", "-o", "out", cwd=tmp_path
+    )
+    assert rootfs.returncode == 2 and len(rootfs.stderr.strip().splitlines()) == 1, rootfs.stderr
+    assert "minify image writes an index" in rootfs.stderr and not (tmp_path / "out").exists()
