@@ -547,3 +547,24 @@ def test_a_root_whose_programs_are_another_platform_is_one_line(tmp_path: Path) 
     )
     assert rootfs.returncode == 2 and len(rootfs.stderr.strip().splitlines()) == 1, rootfs.stderr
     assert "minify image writes an index" in rootfs.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.podman
+def test_podman_runs_the_one_layer_image(podman: Podman, tmp_path: Path, builder: Builder) -> None:
+    """``--layers 1``: one layer with every file of the two, which podman loads and runs."""
+    lib = builder.lib(tmp_path / "app/lib/libapp.so.1", "app")
+    builder.prog(tmp_path / "app/bin/tool", src="hello.c", links=[lib], runpath="$ORIGIN/../lib")
+    image("./app/bin/tool", "-o", "one.tar", "--tag", "localhost/minify-one:1", "--layers", "1", cwd=tmp_path)
+    image("./app/bin/tool", "-o", "two.tar", "--tag", "localhost/minify-two:1", cwd=tmp_path)
+    (single,) = _manifest(tmp_path / "one.tar")["layers"]  # type: ignore[misc]
+    base, app = _manifest(tmp_path / "two.tar")["layers"]  # type: ignore[misc]
+    names = _layer_names(tmp_path / "one.tar", single)
+    assert names == _layer_names(tmp_path / "two.tar", base) | _layer_names(tmp_path / "two.tar", app)
+    try:
+        for tag, archive in (("localhost/minify-one:1", "one.tar"), ("localhost/minify-two:1", "two.tar")):
+            assert tag in podman("load", "-i", str(tmp_path / archive)).stdout
+            assert podman("run", "--rm", tag).stdout == "hello from minify\n"
+        count = podman("image", "inspect", "--format", "{{len .RootFS.Layers}}", "localhost/minify-one:1").stdout
+        assert count.strip() == "1"
+    finally:
+        podman("rmi", "-f", "localhost/minify-one:1", "localhost/minify-two:1", check=False)
