@@ -133,6 +133,7 @@ def _from_platforms(options: RootfsOptions) -> list[tuple[Platform, Source]]:
     assert options.source is not None and options.platform is not None
     if options.platform == "all":
         beside = os.path.dirname(os.path.abspath(options.output or "."))
+        oci.make_parent(beside)  # (a containers-storage export lands there: images are big)
         with tempfile.TemporaryDirectory(prefix=".minify-platforms-", dir=beside) as work:
             wanted = source_platforms(parse_source(options.source), work)
     else:
