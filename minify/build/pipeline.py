@@ -16,7 +16,7 @@ import posixpath
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from minify.analysis.closure import Analysis
 from minify.analysis.target import Target
@@ -294,7 +294,7 @@ def copied_facts(
         known = digests.get(entry.path)
         if entry.content is None and known is not None and known.stamp and hashes.get(entry.path) == known.sha256:
             with contextlib.suppress(OSError):
-                sources[key_of(os.lstat(rootfs + entry.path))] = cast(Key, known.stamp)
+                sources[key_of(os.lstat(rootfs + entry.path))] = known.stamp
     return cache.copied(sources)
 
 

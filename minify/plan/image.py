@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 
+from minify.elf.cache import Key, key_of
 from minify.errors import BadInput, PlanError
 from minify.root import Root, hash_fd
 
@@ -56,9 +57,10 @@ class Digests:
     md5: str
     sha1: str
     sha256: str
-    #: The source file as it was read (device, inode, size, mtime and ctime in ns):
-    #: a copy that finds it so needs not read the bytes again (any write changes ctime).
-    stamp: tuple[int, ...] = field(default=(), compare=False)
+    #: The source file as it was read, by the facts cache's key (device, inode, size,
+    #: mtime and ctime): a copy that finds it so needs not read the bytes again (any
+    #: write changes ctime), and the copy's facts are that version's.
+    stamp: Key | None = field(default=None, compare=False)
 
 
 ALGORITHMS = ("md5", "sha1", "sha256")
@@ -81,17 +83,12 @@ def plan_digests(plan: ImagePlan, root: Root, known: dict[str, Digests] | None =
         except BadInput as exc:  # a PathError (the root changed) stands as it is
             raise PlanError(str(exc)) from None
         try:
-            before = stamp_of(os.fstat(fd))
+            before = key_of(os.fstat(fd))
             md5, sha1, sha256 = hash_fd(fd, *ALGORITHMS)
-            out[entry.path] = Digests(md5, sha1, sha256, stamp=before if stamp_of(os.fstat(fd)) == before else ())
+            out[entry.path] = Digests(md5, sha1, sha256, stamp=before if key_of(os.fstat(fd)) == before else None)
         finally:
             os.close(fd)
     return out
-
-
-def stamp_of(st: os.stat_result) -> tuple[int, ...]:
-    """What changes whenever a file's bytes do: its inode, size, mtime and ctime."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def clean_path(path: str, what: str) -> str:

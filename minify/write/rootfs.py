@@ -15,8 +15,9 @@ import posixpath
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from minify.elf.cache import key_of
 from minify.errors import BadInput, PlanError
-from minify.plan.image import Digests, Entry, EntryType, ImagePlan, owned_trees, stamp_of
+from minify.plan.image import Digests, Entry, EntryType, ImagePlan, owned_trees
 from minify.plan.layers import base_entries
 from minify.root import Root
 from minify.version import __version__
@@ -249,8 +250,8 @@ def _copy(root: Root, entry: Entry, dest: str, known: Digests | None) -> tuple[s
 def _copied_as_known(src_fd: int, dst_fd: int, known: Digests | None) -> str | None:
     """The known sha256, once the kernel has copied a source that did not change since
     it was hashed; None when that cannot be said (then nothing is trusted)."""
-    stamp = stamp_of(os.fstat(src_fd))
-    if known is None or not known.stamp or known.stamp != stamp:
+    stamp = key_of(os.fstat(src_fd))
+    if known is None or known.stamp != stamp:
         return None
     size, offset = stamp[2], 0
     try:
@@ -261,7 +262,7 @@ def _copied_as_known(src_fd: int, dst_fd: int, known: Digests | None) -> str | N
             offset += done
     except OSError:  # EXDEV on older kernels, a filesystem without it: copy by hand
         return None
-    return known.sha256 if stamp_of(os.fstat(src_fd)) == stamp and os.fstat(dst_fd).st_size == size else None
+    return known.sha256 if key_of(os.fstat(src_fd)) == stamp and os.fstat(dst_fd).st_size == size else None
 
 
 def _copy_hashing(src_fd: int, dst_fd: int) -> str:
