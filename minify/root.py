@@ -387,7 +387,7 @@ def hash_fd(fd: int, *algorithms: str) -> tuple[str, ...]:
     import hashlib
 
     digests = [hashlib.new(name, usedforsecurity=False) for name in algorithms]
-    pool = _hash_pool() if len(digests) > 1 and os.fstat(fd).st_size >= PARALLEL_HASH else None
+    pool = worker_pool() if len(digests) > 1 and os.fstat(fd).st_size >= PARALLEL_HASH else None
     offset = 0
     while chunk := os.pread(fd, HASH_CHUNK, offset):
         if pool is not None:
@@ -401,10 +401,12 @@ def hash_fd(fd: int, *algorithms: str) -> tuple[str, ...]:
 
 
 @functools.cache
-def _hash_pool() -> ThreadPoolExecutor:
+def worker_pool() -> ThreadPoolExecutor:
+    """Threads for work that lets go of the GIL (hashlib hashing, zlib deflating a
+    buffer), one pool per run; imported on first use, not at every start."""
     from concurrent.futures import ThreadPoolExecutor
 
-    return ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)), thread_name_prefix="minify-hash")
+    return ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="minify-worker")
 
 
 def kind_of(mode: int) -> str:

@@ -16,7 +16,6 @@ number of worker threads either.
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import struct
@@ -27,9 +26,10 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from minify.errors import MinifyError
+from minify.root import worker_pool
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import Future
 
 #: Uncompressed bytes per gzip block (pigz's default is 128 KB; bigger blocks lose less
 #: to the flushes and the fresh start of each block).
@@ -49,13 +49,6 @@ class Compression(StrEnum):
     @property
     def media_suffix(self) -> str:
         return "+" + self.value
-
-
-@functools.cache
-def _pool() -> ThreadPoolExecutor:
-    from concurrent.futures import ThreadPoolExecutor  # a writer's cost, not every start's
-
-    return ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="minify-deflate")
 
 
 def _deflate(block: bytes, dictionary: bytes, level: int, final: bool) -> bytes:
@@ -95,7 +88,7 @@ class ParallelGzip(io.RawIOBase):
         return len(view)
 
     def _submit(self, block: bytes, *, final: bool) -> None:
-        self.pending.append(_pool().submit(_deflate, block, self.tail, self.level, final))
+        self.pending.append(worker_pool().submit(_deflate, block, self.tail, self.level, final))
         self.tail = (self.tail + block)[-WINDOW:]
         while self.pending and (self.pending[0].done() or len(self.pending) > self.ahead):
             self.sink.write(self.pending.popleft().result())
