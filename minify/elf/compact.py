@@ -64,6 +64,7 @@ class Layout:
         self.f = f
         self.size = f.st.st_size
         self.is64 = header.elf_class == 64
+        self.sym_size = 24 if self.is64 else 16  # Elf64_Sym, Elf32_Sym: DT_SYMENT's default
         self.end = "<" if header.endian.value == "little" else ">"
         head = f.pread(64, 0)
         fmt = self.end + ("Q" if self.is64 else "I")
@@ -150,7 +151,7 @@ def compact_image(f: Opened, header: ElfHeader, *, symbols: bool) -> bytes | Non
         regions.extend(tables)
         if DT_SYMTAB in dyn:
             dynsym = tables[-1] if DT_VERSYM not in dyn else tables[-2]
-    return _build(layout, regions, dynsym, dyn.get(DT_SYMENT, 24 if layout.is64 else 16))
+    return _build(layout, regions, dynsym, dyn.get(DT_SYMENT, layout.sym_size))
 
 
 class Chain(NamedTuple):
@@ -234,7 +235,7 @@ def _symbol_regions(layout: Layout, dyn: dict[int, int]) -> list[tuple[int, int]
     if counted is None:
         return None
     nsyms, regions = counted
-    entsize = dyn.get(DT_SYMENT, 24 if layout.is64 else 16)
+    entsize = dyn.get(DT_SYMENT, layout.sym_size)
     regions.append((dyn[DT_SYMTAB], nsyms * entsize))
     if DT_VERSYM in dyn:
         regions.append((dyn[DT_VERSYM], nsyms * 2))

@@ -93,7 +93,7 @@ class _Table:
     indexes of every symbol, version indexes, version names, and the GNU hash table."""
 
     def __init__(self, layout: Layout, dyn: dict[int, int], nsyms: int) -> None:
-        standard = 24 if layout.is64 else 16
+        standard = layout.sym_size
         raw = layout.read(dyn[DT_SYMTAB], nsyms * standard)
         strtab = layout.read(dyn[DT_STRTAB], dyn[DT_STRSZ])
         if raw is None or strtab is None:
@@ -121,14 +121,12 @@ class _Table:
         if dyn is None or not all(t in dyn for t in (DT_SYMTAB, DT_STRTAB, DT_STRSZ)):
             return None
         counted = symbol_count(layout, dyn)
-        if dyn.get(DT_SYMENT, 24 if layout.is64 else 16) != (24 if layout.is64 else 16) or counted is None:
+        if dyn.get(DT_SYMENT, layout.sym_size) != layout.sym_size or counted is None:
             return None
         return cls(layout, dyn, counted[0])
 
     def name(self, offset: int) -> bytes:
-        if offset >= len(self.strtab):
-            raise ValueError("name outside the string table")
-        return self.strtab[offset : self.strtab.index(b"\0", offset)]
+        return _name_at(self.strtab, offset)
 
     def symbols(self, wanted: frozenset[str] | None) -> Symbols:
         try:
@@ -146,7 +144,7 @@ class _Table:
             if not name:
                 continue
             raw_version, version = self._version(index)
-            (hidden if raw_version & VERSYM_HIDDEN else defined).add((name.decode("utf-8", "surrogateescape"), version))
+            (hidden if raw_version & VERSYM_HIDDEN else defined).add((_text(name), version))
         return Symbols(tuple(r for r in imports if r.name), frozenset(defined), frozenset(hidden))
 
     def _global(self, index: int) -> bool:
@@ -158,7 +156,7 @@ class _Table:
         return raw_version, self.versions.get(number) if number > 1 else None
 
     def _ref(self, index: int) -> SymbolRef:
-        name = self.name(self.names[index]).decode("utf-8", "surrogateescape")
+        name = _text(self.name(self.names[index]))
         return SymbolRef(name, self._version(index)[1], self.info[index] >> 4 == STB_WEAK)
 
     def _definitions(self, wanted: frozenset[str] | None) -> Iterator[int]:
@@ -260,19 +258,25 @@ def _version_names(layout: Layout, dyn: dict[int, int], strtab: bytes) -> dict[i
         for _, _, _, aux in version_entries(layout, dyn[DT_VERNEED], dyn.get(DT_VERNEEDNUM, 0), VERNEED):
             if aux is not None:
                 other, name = struct.unpack_from(layout.end + "HI", aux, 6)
-                names[other] = _string(strtab, name)
+                names[other] = _text(_name_at(strtab, name))
     if DT_VERDEF in dyn:
         # Elf_Verdef: vd_ndx at 4; Elf_Verdaux: vda_name at 0
         firsts: dict[int, str] = {}
         for _, head, _, aux in version_entries(layout, dyn[DT_VERDEF], dyn.get(DT_VERDEFNUM, 0), VERDEF):
             if aux is not None:
                 (ndx,) = struct.unpack_from(layout.end + "H", head, 4)
-                firsts.setdefault(ndx, _string(strtab, struct.unpack_from(layout.end + "I", aux, 0)[0]))
+                firsts.setdefault(ndx, _text(_name_at(strtab, struct.unpack_from(layout.end + "I", aux, 0)[0])))
         names.update(firsts)
     return names
 
 
-def _string(table: bytes, offset: int) -> str:
+def _name_at(table: bytes, offset: int) -> bytes:
+    """The NUL-ended name at ``offset``; ValueError when it is not inside the table."""
     if offset >= len(table):
         raise ValueError("name outside the string table")
-    return table[offset : table.index(b"\0", offset)].decode("utf-8", "surrogateescape")
+    return table[offset : table.index(b"\0", offset)]
+
+
+def _text(name: bytes) -> str:
+    """Names are bytes to the loader: undecodable ones travel as surrogate escapes."""
+    return name.decode("utf-8", "surrogateescape")
