@@ -74,11 +74,8 @@ def _write_image(
     with output.writing(out) as notes, oci.temporary(out) as tmp:
         warnings.extend(notes)
         rootfs = os.path.join(tmp, "rootfs")
-        hashes, _, capabilities = materialise(plan, rootfs, progress=progress, digests=prepared.digests)
-        facts = copied_facts(rootfs, plan, prepared.digests, hashes, prepared.cache)
-        warnings.extend(verify_rootfs(rootfs, plan, facts))
-        if not check:  # --check never runs anything
-            warnings.extend(run_tests(options, plan, rootfs, out))
+        hashes, capabilities, checked = _materialised(prepared, options, rootfs, progress, check=check)
+        warnings.extend(checked)
         layout = os.path.join(tmp, "layout")
         written = write_layout(plan, rootfs, layout, dest, epoch=epoch, capabilities=capabilities)
         if check:
@@ -90,6 +87,26 @@ def _write_image(
     return ImageResult(
         dest, written.digest, compressed, uncompressed, platform, plan, tuple(warnings), prepared.report, written.layers
     )
+
+
+def _materialised(
+    prepared: Prepared,
+    options: RootfsOptions,
+    rootfs: str,
+    progress: Callable[[int, int], None] | None,
+    *,
+    check: bool,
+) -> tuple[dict[str, str], dict[str, bytes], list[str]]:
+    """The plan written as ``rootfs`` and verified (the copies with their source's
+    facts), and ``--test`` run in it unless ``check`` (which never runs anything):
+    the sha256 of each file, the file capabilities (the layer keeps them, so the
+    copy's warning about them is not given) and the warnings."""
+    plan = prepared.plan
+    hashes, _, capabilities = materialise(plan, rootfs, progress=progress, digests=prepared.digests)
+    warnings = verify_rootfs(rootfs, plan, copied_facts(rootfs, plan, prepared.digests, hashes, prepared.cache))
+    if not check:
+        warnings.extend(run_tests(options, plan, rootfs, prepared.out))
+    return hashes, capabilities, warnings
 
 
 def _compare(dest: ImageDest, digest: str, differences: Callable[[], list[str]]) -> None:
@@ -167,7 +184,6 @@ def _write_platforms(
     refuse_foreign(dest, force=options.force)
     warnings: list[str] = []
     images: list[oci.Built] = []
-    plans: list[ImagePlan] = []
     with contextlib.ExitStack() as stack:
         tmp = None
         out = None
@@ -181,13 +197,9 @@ def _write_platforms(
                 tmp = stack.enter_context(oci.temporary(out))
             assert tmp is not None
             rootfs = os.path.join(tmp, f"rootfs-{n}")
-            hashes, _, capabilities = materialise(one.plan, rootfs, progress=progress, digests=one.digests)
-            facts = copied_facts(rootfs, one.plan, one.digests, hashes, one.cache)
-            warnings.extend(f"{want}: {w}" for w in (*one.plan.warnings, *verify_rootfs(rootfs, one.plan, facts)))
-            if not check:
-                warnings.extend(run_tests(inner, one.plan, rootfs, out))
+            _, capabilities, checked = _materialised(one, inner, rootfs, progress, check=check)
+            warnings.extend(f"{want}: {w}" for w in (*one.plan.warnings, *checked))
             images.append(oci.Built(one.plan, rootfs, capabilities))
-            plans.append(one.plan)
         assert tmp is not None and out is not None
         layout = os.path.join(tmp, "layout")
         written = oci.write_index_layout(images, layout, dest, epoch=epoch)
@@ -202,8 +214,8 @@ def _write_platforms(
         written.digest,
         compressed,
         uncompressed,
-        platform_of(plans[0]),
-        plans[0],
+        platform_of(images[0].plan),
+        images[0].plan,
         tuple(dict.fromkeys(warnings)),
         None,
         written.layers,
