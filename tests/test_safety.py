@@ -538,3 +538,21 @@ def test_a_huge_pt_interp_is_refused_as_the_kernel_does(tmp_path: Path, built: d
     started = time.monotonic()
     line = one_error_line(subprocess.run([*MINIFY, "analyze", str(big)], capture_output=True, text=True, timeout=60))
     assert "PT_INTERP of 200001 bytes" in line and time.monotonic() - started < 20
+
+
+def test_files_a_user_adds_to_base_or_owned_are_named_and_kept(tmp_path: Path, built: dict[str, Path]) -> None:
+    """base/ and owned/ (the Dockerfile's other COPYs) are checked against the lock file
+    as rootfs/ is: what a user put there is never deleted without --force."""
+    out = tmp_path / "out"
+    args = ("rootfs", str(built["hello"]), "-o", str(out), "--user", "nonroot")
+    assert cli(*args).returncode == 0
+    assert cli(*args).returncode == 0  # its own base/ and owned/ are no reason to refuse
+    for tree in ("base", "owned"):
+        assert (out / tree).is_dir()
+        mine = out / tree / "mine.txt"
+        mine.write_text("mine")
+        line = one_error_line(cli(*args))
+        assert f"{tree}/mine.txt" in line and "--force" in line
+        assert mine.read_text() == "mine"
+        mine.unlink()
+    assert cli(*args, "--force").returncode == 0

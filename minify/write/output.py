@@ -40,6 +40,8 @@ LOCK_SCHEMA = 1
 SBOM_NAME = "sbom.spdx.json"
 #: What minify writes at the top of OUT; anything else there is the user's.
 OWN_NAMES = frozenset({"rootfs", "base", "owned", "Dockerfile", ".dockerignore", LOCK_NAME, "minify.trace", SBOM_NAME})
+#: The folders of OUT that mirror image paths: each may hold only what the lock lists.
+TREES = ("rootfs", "base", "owned")
 #: How long a run waits for another one writing beside the same OUT.
 LOCK_WAIT_SECONDS = 600.0
 
@@ -106,16 +108,20 @@ def foreign_entries(out: str) -> list[str]:
     if lock is None:
         return [f"{out} (no {LOCK_NAME} of minify's own format)"]
     foreign = [os.path.join(out, n) for n in names if n not in OWN_NAMES]
-    rootfs = os.path.join(out, "rootfs")
-    if os.path.lexists(rootfs):
-        if os.path.islink(rootfs) or not os.path.isdir(rootfs):
-            foreign.append(rootfs)
-        else:
-            listed = {e["path"]: e["type"] for e in lock["entries"]}
-            for path, kind in listing(rootfs):
-                want = listed.get(path)
-                if want is None or (want if want != "hardlink" else "file") != kind:
-                    foreign.append(rootfs + path)
+    listed = {e["path"]: e["type"] for e in lock["entries"]}
+    # the trees minify writes hold only entries of the lock file: rootfs/ all of them,
+    # base/ and owned/ (links into rootfs/ for the Dockerfile's COPYs) some
+    for tree in TREES:
+        top = os.path.join(out, tree)
+        if not os.path.lexists(top):
+            continue
+        if os.path.islink(top) or not os.path.isdir(top):
+            foreign.append(top)
+            continue
+        for path, kind in listing(top):
+            want = listed.get(path)
+            if want is None or (want if want != "hardlink" else "file") != kind:
+                foreign.append(top + path)
     return foreign
 
 
