@@ -4,8 +4,10 @@ answer other than a fresh parse's."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import pytest
 from minify.elf.cache import FactCache, key_of
 from minify.elf.files import read_header
 from minify.elf.reader import read_elf
-from tests.conftest import MINIFY, Builder
+from tests.conftest import HOST_LIBC, MINIFY, Builder
 
 #: Runs an analysis in a fresh interpreter and says whether LIEF was imported.
 PROBE = """
@@ -322,3 +324,62 @@ def test_a_copy_reads_its_source_entries_only_through_a_view_that_stores_nothing
     before = entries(home)
     view.store_info(copy_st, read_elf(str(copy)))
     assert entries(home) == before
+
+
+def test_definitions_read_from_an_entry_are_the_file_s_own(tmp_path: Path) -> None:
+    """Verification takes the definitions it checks from a file's symbols entry, as
+    sets: for a sample of this machine's ELF files, what the entry answers for some
+    chosen names is what the file's own tables answer; an entry too big to be worth
+    decoding answers nothing (the file's hash table is asked instead)."""
+    from minify.elf.cache import MAX_LOOKUP_ENTRY_BYTES
+    from minify.elf.dynsym import read_dynamic_symbols
+    from minify.errors import BadInput
+    from tests.test_compact import usr_elf_files
+    from tests.test_dynsym import _sample
+
+    cache = FactCache(str(tmp_path / "cache"))
+    files = [HOST_LIBC, *random.Random(22).sample(usr_elf_files(), 300)]
+    checked = big = 0
+    for path in files:
+        try:
+            whole = read_dynamic_symbols(path)
+        except BadInput:
+            continue
+        st = os.stat(path)
+        cache.store_symbols(st, whole)
+        wanted = _sample(whole, path)
+        answer = cache.definitions(st, wanted)
+        if answer is None:
+            big += 1
+            assert len(json.dumps([sorted(whole.defined)])) > MAX_LOOKUP_ENTRY_BYTES // 2, path
+            continue
+        assert answer == read_dynamic_symbols(path, wanted=wanted), path
+        checked += 1
+    assert checked > 200 and big < checked
+
+
+def test_a_file_s_digests_are_cached_for_its_version_only(tmp_path: Path, builder: Builder) -> None:
+    """A warm rootfs takes a file's digests from the cache, keyed by the file's
+    version: the lock file says the bytes' sha256 on both runs, and a file rewritten in
+    place with its size and mtime put back (its ctime cannot be) gets its new digests."""
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"a" * 5000)
+    prog = builder.prog(tmp_path / "prog")
+    home = tmp_path / "home"
+
+    def sha_in_lock(out: str) -> str:
+        done = minify(home, "rootfs", str(prog), "--add", str(data), "-o", str(tmp_path / out))
+        assert done.returncode == 0, done.stderr
+        lock = json.loads((tmp_path / out / "minify.lock.json").read_text())
+        (sha,) = [e["sha256"] for e in lock["entries"] if e["path"] == str(data)]
+        return str(sha)
+
+    assert sha_in_lock("out-1") == hashlib.sha256(b"a" * 5000).hexdigest()
+    assert any(p.name.endswith(".digests.json") for p in entries(home))
+    assert sha_in_lock("out-2") == hashlib.sha256(b"a" * 5000).hexdigest()
+    before = os.stat(data)
+    with open(data, "r+b") as fh:
+        fh.write(b"b" * 5000)
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert sha_in_lock("out-3") == hashlib.sha256(b"b" * 5000).hexdigest()
+    assert (tmp_path / "out-3/rootfs" / str(data).lstrip("/")).read_bytes() == b"b" * 5000

@@ -157,9 +157,9 @@ def _with_packages(
     and the digests of the plan's files."""
     from minify.write.oci import source_date_epoch
 
-    view = analysis.target.root
+    view, cache = analysis.target.root, analysis.target.reader.cache
     plan = layout(generated=generated)
-    digests = plan_digests(plan, view)  # each file of the root read once, for all three uses
+    digests = plan_digests(plan, view, cache=cache)  # each file of the root read once at most, for all three uses
     names = spelt_entries(plan, view)  # the ways a package database may spell each file
     owned = ownership(plan, view, digests, names)
     apk_files, apk_warnings, apk_owners = apk_installed(plan, view, names)

@@ -14,6 +14,9 @@ entry is one small JSON file, named after the file it describes:
   minify's ELF reader and of LIEF's installed package, so a new LIEF or a changed
   module of the ELF reader (``minify.elf``'s files, reader, notes, compact) starts a
   fresh folder. LIEF's package is found without importing it.
+- Beside the ELF facts, the same key holds the digests (md5, sha1, sha256) of any
+  file an image plan copies: a warm ``rootfs`` reads none of its sources' bytes, as
+  the kernel copies them when they are still that version.
 - Writes go to a temporary file in the same folder, then ``os.replace``: a reader sees
   a whole entry or none, and two runs at once write the same bytes.
 - An entry that does not parse, has the wrong shape, or names another file is
@@ -47,6 +50,9 @@ from minify.root import read_all
 FORMAT = 3
 #: An entry larger than this is not a fact file (libc's symbols are about 200 KB).
 MAX_ENTRY_BYTES = 32 << 20
+#: A symbols entry larger than this is not decoded for a few definitions: looking the
+#: names up through the file's own hash table is then faster (pandoc's entry is 38 MB).
+MAX_LOOKUP_ENTRY_BYTES = 2 << 20
 
 
 class Kind(StrEnum):
@@ -56,6 +62,7 @@ class Kind(StrEnum):
     SYMBOLS = "symbols"
     IMPORTS = "imports"  # the imported names alone: all hints need, small for any file
     LDSO = "ldso"  # the release and system folders compiled into a glibc ld.so
+    DIGESTS = "digests"  # md5, sha1 and sha256 of the bytes (any regular file)
 
 
 Key = tuple[int, int, int, int, int]
@@ -167,14 +174,33 @@ class FactCache:
     def symbols(self, st: os.stat_result) -> Symbols | None:
         return self._decoded(st, Kind.SYMBOLS, _symbols_from)
 
+    def definitions(self, st: os.stat_result, wanted: frozenset[str]) -> Symbols | None:
+        """The imports, and the definitions of the ``wanted`` names alone, from the
+        symbols entry: each version's names are intersected with ``wanted`` as a set,
+        never decoded one by one (verification asks this of every object of a closure,
+        which once scanned each file's whole symbol table). None for no entry, or one
+        too big to be faster than the file's hash table."""
+        return self._decoded(st, Kind.SYMBOLS, lambda data: _symbols_from(data, wanted), MAX_LOOKUP_ENTRY_BYTES)
+
     def imports(self, st: os.stat_result) -> tuple[SymbolRef, ...] | None:
         """The imports alone, without the definitions: a program that exports much
         (pandoc's tens of MB of symbols) is read back in a few KB for its hints."""
         return self._decoded(st, Kind.IMPORTS, _imports_from)
 
-    def _decoded(self, st: os.stat_result, kind: Kind, decode: Callable[[dict[str, Any]], T]) -> T | None:
+    def digests(self, st: os.stat_result) -> tuple[str, str, str] | None:
+        """The md5, sha1 and sha256 of this version of a file (lock file, package
+        md5sums, SBOM): a warm rootfs reads none of its sources' bytes, since the
+        kernel copies them (``copy_file_range``) when they are still this version."""
+        return self._decoded(st, Kind.DIGESTS, _digests_from)
+
+    def store_digests(self, st: os.stat_result, digests: tuple[str, str, str]) -> None:
+        self.store(st, Kind.DIGESTS, {"digests": list(digests)})
+
+    def _decoded(
+        self, st: os.stat_result, kind: Kind, decode: Callable[[dict[str, Any]], T], limit: int = MAX_ENTRY_BYTES
+    ) -> T | None:
         """The entry of ``kind``, decoded; an entry of the wrong shape is no entry."""
-        data = self.load(st, kind)
+        data = self.load(st, kind, limit)
         if data is None:
             return None
         try:
@@ -191,8 +217,9 @@ class FactCache:
         self.store(st, Kind.SYMBOLS, _symbols_to(symbols))
         self.store(st, Kind.IMPORTS, {"imports": _imports_to(symbols.imports)})
 
-    def load(self, st: os.stat_result, kind: Kind) -> dict[str, Any] | None:
-        """The entry of ``kind`` for this version of a file, or None."""
+    def load(self, st: os.stat_result, kind: Kind, limit: int = MAX_ENTRY_BYTES) -> dict[str, Any] | None:
+        """The entry of ``kind`` for this version of a file, or None (also for an
+        entry of more than ``limit`` bytes)."""
         if self._fd is None:
             return None
         key = self._copies.get(key_of(st), key_of(st))
@@ -203,10 +230,10 @@ class FactCache:
             return None
         try:
             own = os.fstat(fd)
-            if not stat.S_ISREG(own.st_mode) or own.st_uid != os.getuid():
-                return None  # not an entry this user wrote
-            raw = read_all(fd, MAX_ENTRY_BYTES + 1)
-            if len(raw) > MAX_ENTRY_BYTES:
+            if not stat.S_ISREG(own.st_mode) or own.st_uid != os.getuid() or own.st_size > limit:
+                return None  # not an entry this user wrote, or not one worth reading
+            raw = read_all(fd, limit + 1)
+            if len(raw) > limit:
                 return None
             data = json.loads(raw)
         except (OSError, ValueError, RecursionError):
@@ -337,13 +364,15 @@ def _by_version(pairs: frozenset[tuple[str, str | None]]) -> dict[str, list[str]
     return {version: sorted(names) for version, names in sorted(out.items())}
 
 
-def _pairs(value: object) -> frozenset[tuple[str, str | None]]:
+def _pairs(value: object, wanted: frozenset[str] | None = None) -> frozenset[tuple[str, str | None]]:
+    """(name, version) pairs of a by-version object; only ``wanted`` names if given."""
     if not isinstance(value, dict):
         raise TypeError("not an object")
     out: set[tuple[str, str | None]] = set()
     for version, names in value.items():
         key = None if version == _NO_VERSION else version
-        out.update(zip(_strings(names), repeat(key)))
+        listed = _strings(names)
+        out.update(zip(listed if wanted is None else wanted.intersection(listed), repeat(key)))
     return frozenset(out)
 
 
@@ -360,5 +389,17 @@ def _imports_from(data: dict[str, Any]) -> tuple[SymbolRef, ...]:
     return tuple(imports)
 
 
-def _symbols_from(data: dict[str, Any]) -> Symbols:
-    return Symbols(_imports_from(data), _pairs(data["defined"]), _pairs(data["hidden"]))
+#: The length of each digest's hex spelling, in the order stored.
+_DIGEST_LENGTHS = (32, 40, 64)
+
+
+def _digests_from(data: dict[str, Any]) -> tuple[str, str, str]:
+    md5, sha1, sha256 = _strings(data["digests"])
+    for value, length in zip((md5, sha1, sha256), _DIGEST_LENGTHS, strict=True):
+        if len(value) != length or value.strip("0123456789abcdef"):
+            raise ValueError("not a digest")
+    return md5, sha1, sha256
+
+
+def _symbols_from(data: dict[str, Any], wanted: frozenset[str] | None = None) -> Symbols:
+    return Symbols(_imports_from(data), _pairs(data["defined"], wanted), _pairs(data["hidden"], wanted))

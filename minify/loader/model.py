@@ -178,7 +178,17 @@ class Reader:
         if isinstance(known, Symbols):
             return known
         table = self._wanted.setdefault(wanted, {})
-        return self._cached(table, resolved, lambda f: read_dynamic_symbols(f, wanted=wanted))
+        return self._cached(table, resolved, lambda f: self._read_definitions(f, wanted))
+
+    def _read_definitions(self, f: Opened, wanted: frozenset[str]) -> Symbols:
+        """The persistent cache's symbols entry when it has one (sets, not a scan of
+        the file's table), else the file's tables."""
+        if self.cache is not None:
+            hit = self.cache.definitions(f.st, wanted)
+            if hit is not None:
+                read_header(f)  # the same validation as a parse
+                return hit
+        return read_dynamic_symbols(f, wanted=wanted)
 
     def _read_info(self, f: Opened) -> ElfInfo:
         """The persistent cache first; LIEF only for a file it has not seen as it is."""
