@@ -5,6 +5,7 @@ dpkg, and an SPDX SBOM that spdx-tools validates."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -32,6 +33,20 @@ def syft(target: str) -> dict[str, object]:
 
 def debs(report: dict[str, object]) -> set[tuple[str, str]]:
     return {(a["name"], a["version"]) for a in report["artifacts"] if a["type"] == "deb"}  # type: ignore[attr-defined,index]
+
+
+def spdx_tools_agrees(sbom: Path) -> None:
+    """spdx-tools parses the SBOM, finds the whole document valid, and writes back
+    exactly its bytes: minify writes the JSON itself, in spdx-tools' layout."""
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+    from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream
+
+    document = parse_file(str(sbom))
+    assert validate_full_spdx_document(document) == []
+    written = io.StringIO()
+    write_document_to_stream(document, written, validate=True)
+    assert written.getvalue().encode() == sbom.read_bytes()
 
 
 def host_distro() -> tuple[str, str]:
@@ -122,6 +137,7 @@ def test_the_sbom_validates_and_lists_every_file_once(tmp_path: Path) -> None:
     sbom = tmp_path / "out/sbom.spdx.json"
     checked = subprocess.run(["pyspdxtools", "-i", str(sbom)], capture_output=True, text=True, timeout=300)
     assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout + checked.stderr
+    spdx_tools_agrees(sbom)
     data = json.loads(sbom.read_text())
     rootfs = tmp_path / "out/rootfs"
     want = {}
@@ -234,6 +250,7 @@ def test_hostile_identity_fields_stay_inside_their_purl_part_and_a_bad_homepage_
     evil = "debian%2F..%2F..%2Fevil%3Fx%3D1%23frag"
     assert purl == f"pkg:deb/{evil}/fakelibc@1.2-3?arch=amd64&distro={evil}-7"
     assert all("homepage" not in p for p in sbom["packages"])
+    spdx_tools_agrees(tmp_path / "out/sbom.spdx.json")
 
 
 def test_a_root_without_a_package_database_says_so(tmp_path: Path, builder: Builder) -> None:
@@ -333,3 +350,19 @@ def test_analyze_names_the_packages_a_closure_loads(tmp_path: Path) -> None:
     assert {(u["name"], u["version"]) for u in used} == dpkg_owners(tree_dir / "rootfs")
     tree = cli("analyze", "/usr/bin/curl", "--packages")
     assert f"packages: {len(used)}, " in tree.stdout
+
+
+def test_the_homepage_check_is_spdx_tools_on_every_homepage_of_this_machine() -> None:
+    """The SBOM's homepage check (SPDX's URL pattern, written in minify) says what
+    spdx-tools' validator says, for every Homepage of this machine's dpkg status and
+    some that are no URL."""
+    from spdx_tools.spdx.validation.uri_validators import validate_url
+
+    from minify.write.sbom import URL
+
+    status = Path("/var/lib/dpkg/status").read_text(errors="replace")
+    homepages = {line.partition(":")[2].strip() for line in status.splitlines() if line.startswith("Homepage:")}
+    assert len(homepages) > 20, "this machine's dpkg status has hardly any Homepage"
+    homepages |= {"not a url at all", "https://", "http://localhost/", "HTTPS://EXAMPLE.ORG/X", "example.org"}
+    homepages |= {"git://a@b.example.com:80/x", "https://example.c0m/", "www.example.org", "http://a..b.org/"}
+    assert {h for h in homepages if bool(URL.match(h)) != (validate_url(h) == [])} == set()
