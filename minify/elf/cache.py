@@ -38,10 +38,10 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from enum import StrEnum
 from itertools import repeat
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from minify.elf.files import ElfHeader, ElfInfo, SymbolRef, Symbols, VersionNeed
 from minify.root import read_all
@@ -50,6 +50,9 @@ from minify.root import read_all
 FORMAT = 3
 #: An entry larger than this is not a fact file (libc's symbols are about 200 KB).
 MAX_ENTRY_BYTES = 32 << 20
+#: Decoded entries kept for the rest of a run, at most (a batch of a whole system's
+#: files reads each entry once anyway).
+MAX_DECODED = 20_000
 #: A symbols entry larger than this is not decoded for a few definitions: looking the
 #: names up through the file's own hash table is then faster (pandoc's entry is 38 MB).
 MAX_LOOKUP_ENTRY_BYTES = 2 << 20
@@ -128,6 +131,7 @@ class FactCache:
         self.folder = os.path.join(folder, _tag())
         self.note: str | None = None
         self._copies: Mapping[Key, Key] = {}  # a copy's key to its source's (``copied``)
+        self._decoded_once: dict[tuple[Key, Kind, Hashable], object] = {}  # shared with views
         self._read_only = False
         self._fd = _own_folder(folder, None, self)
         if self._fd is not None:
@@ -149,6 +153,7 @@ class FactCache:
         view.folder, view.note = self.folder, None
         view._fd = os.dup(self._fd) if self._fd is not None else None
         view._copies = dict(sources)
+        view._decoded_once = self._decoded_once
         view._read_only = True
         return view
 
@@ -169,7 +174,7 @@ class FactCache:
         return f"{key[1] & 0xFF:02x}", f"{name}.{kind.value}.json"
 
     def info(self, st: os.stat_result, header: ElfHeader) -> ElfInfo | None:
-        return self._decoded(st, Kind.INFO, lambda data: _info_from(data, header, st.st_size))
+        return self._decoded(st, Kind.INFO, lambda data: _info_from(data, header, st.st_size), given=header)
 
     def symbols(self, st: os.stat_result) -> Symbols | None:
         return self._decoded(st, Kind.SYMBOLS, _symbols_from)
@@ -180,7 +185,7 @@ class FactCache:
         never decoded one by one (verification asks this of every object of a closure,
         which once scanned each file's whole symbol table). None for no entry, or one
         too big to be faster than the file's hash table."""
-        return self._decoded(st, Kind.SYMBOLS, lambda data: _symbols_from(data, wanted), MAX_LOOKUP_ENTRY_BYTES)
+        return self._decoded(st, Kind.SYMBOLS, lambda data: _symbols_from(data, wanted), MAX_LOOKUP_ENTRY_BYTES, wanted)
 
     def imports(self, st: os.stat_result) -> tuple[SymbolRef, ...] | None:
         """The imports alone, without the definitions: a program that exports much
@@ -197,16 +202,30 @@ class FactCache:
         self.store(st, Kind.DIGESTS, {"digests": list(digests)})
 
     def _decoded(
-        self, st: os.stat_result, kind: Kind, decode: Callable[[dict[str, Any]], T], limit: int = MAX_ENTRY_BYTES
+        self,
+        st: os.stat_result,
+        kind: Kind,
+        decode: Callable[[dict[str, Any]], T],
+        limit: int = MAX_ENTRY_BYTES,
+        given: Hashable = None,
     ) -> T | None:
-        """The entry of ``kind``, decoded; an entry of the wrong shape is no entry."""
+        """The entry of ``kind``, decoded; an entry of the wrong shape is no entry.
+        Each is decoded once a run (``given``: what else the decoding depends on): a
+        rootfs reads its sources' entries for the plan and again, through ``copied``,
+        for the verification of the copies."""
+        slot = (self._copies.get(key_of(st), key_of(st)), kind, given)
+        if slot in self._decoded_once:
+            return cast("T", self._decoded_once[slot])
         data = self.load(st, kind, limit)
         if data is None:
             return None
         try:
-            return decode(data)
+            value = decode(data)
         except (KeyError, TypeError, ValueError):
             return None
+        if len(self._decoded_once) < MAX_DECODED:
+            self._decoded_once[slot] = value
+        return value
 
     def store_info(self, st: os.stat_result, info: ElfInfo) -> None:
         self.store(st, Kind.INFO, _info_to(info))
