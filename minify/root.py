@@ -291,6 +291,25 @@ class Root:
         finally:
             os.close(fd)
 
+    def read_in(self, folder: str, name: str, limit: int = 64 << 20) -> bytes | None:
+        """Contents of the small regular file ``name`` of a folder of the root, or
+        None: opened from the folder's descriptor, not followed, without a walk of its
+        own (dpkg's info/ holds a thousand lists, read each run); a symlink there is
+        resolved inside the root as ``read_bytes`` does."""
+        res = self.resolve(folder)
+        if "/" in name or name in ("", ".", "..") or not res.is_dir:
+            return self.read_bytes(posixpath.join(folder, name), limit)
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=self._dirfd(res.path))
+        except RootChanged:
+            return None
+        except OSError:
+            return self.read_bytes(posixpath.join(res.path, name), limit)  # a symlink, or nothing
+        try:
+            return read_all(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        finally:
+            os.close(fd)
+
     def walk(self, inner: str, *, skip: tuple[str, ...] = ()) -> Iterator[WalkEntry]:
         """Every entry below a folder of the root, parents before children, names
         sorted, symlinks not followed. Each folder is opened from its parent's

@@ -211,6 +211,29 @@ def test_a_hand_made_status_file(tmp_path: Path, builder: Builder) -> None:
     assert purls == ["pkg:deb/fixture/fakelibc@1.2-3?arch=amd64&distro=fixture-7"]
 
 
+def test_package_lists_that_are_symlinks_are_followed_inside_the_root_only(tmp_path: Path, builder: Builder) -> None:
+    """dpkg's lists are opened from info/'s descriptor; one that is a symlink is
+    resolved inside the root (an absolute target is the root's), so a list or md5sums
+    leading out of the root reads nothing there, and a FIFO is not waited on."""
+    root, _ = _status_root(tmp_path, builder)
+    info = root / "var/lib/dpkg/info"
+    (root / "lists").mkdir()
+    (info / "fakelibc.list").rename(root / "lists/fakelibc.list")
+    (info / "fakelibc.list").symlink_to("/lists/fakelibc.list")
+    decoy = tmp_path / "decoy.md5sums"
+    decoy.write_text(f"{'f' * 32}  {HOST_LIBDIR.lstrip('/')}/libc.so.6\n")
+    (info / "fakelibc.md5sums").unlink()
+    (info / "fakelibc.md5sums").symlink_to("../" * 12 + str(decoy).lstrip("/"))
+    status = root / "var/lib/dpkg/status"
+    status.write_text(status.read_text() + "\nPackage: fifo\nStatus: install ok installed\nVersion: 1\n")
+    os.mkfifo(info / "fifo.list")
+    done = cli("rootfs", "--root", str(root), "/hello", "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    status_d = tmp_path / "out/rootfs/var/lib/dpkg/status.d"
+    # the list was found through its symlink; the md5sums outside the root were not
+    assert sorted(p.name for p in status_d.iterdir()) == ["fakelibc"]
+
+
 def test_database_stanzas_and_os_release_lines_of_the_wrong_shape_are_skipped_by_name(
     tmp_path: Path, builder: Builder
 ) -> None:

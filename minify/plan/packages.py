@@ -135,11 +135,11 @@ def read_dpkg(root: Root, wanted: set[str] | None = None) -> PackageDb | None:
             for suffix in list_names(package):
                 if f"{suffix}.list" not in lists:
                     continue
-                listed = root.read_bytes(f"{DPKG}/info/{suffix}.list", limit=MAX_DB_BYTES)
+                listed = root.read_in(f"{DPKG}/info", f"{suffix}.list", limit=MAX_DB_BYTES)
                 if listed is not None:
                     # a package's md5sums name files its list names: none wanted, none to read
                     if _own(db, package.name, listed, wanted) or wanted is None:
-                        sums = root.read_bytes(f"{DPKG}/info/{suffix}.md5sums", limit=MAX_DB_BYTES)
+                        sums = root.read_in(f"{DPKG}/info", f"{suffix}.md5sums", limit=MAX_DB_BYTES)
                         _md5sums(db, sums, wanted)
                     break
     for name in sorted(n for n in status_d if not n.endswith(".md5sums")):
