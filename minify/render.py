@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from minify.analysis.closure import Analysis, Dependency, LoadedObject, ProgramClosure
 from minify.analysis.hints import Hint
-from minify.graph import to_dot, to_graphml
 from minify.loader.model import How
-from minify.plan.image import ImagePlan
 from minify.text import escape, human_size, layer_size, printable, some
 
 if TYPE_CHECKING:
+    from minify.plan.image import ImagePlan
     from minify.plan.packages import PackageUse
 
 FORMATS = ("tree", "list", "json", "dot", "graphml", "svg", "png")
@@ -57,8 +56,12 @@ def render(
             data["sizes"] = sizes_data(analysis, packages)
         return dumps(data)
     if fmt == "dot":
+        from minify.graph import to_dot  # a picture's modules only when one is asked for
+
         return to_dot(analysis)
     if fmt == "graphml":
+        from minify.graph import to_graphml
+
         return to_graphml(analysis)
     raise ValueError(f"unknown format {fmt!r}")
 
