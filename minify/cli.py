@@ -76,6 +76,7 @@ from minify.flags import (
     UserOpt,
     VerboseOpt,
     WithOpt,
+    parses_cold,
 )
 from minify.write.compress import Compression
 
@@ -92,13 +93,8 @@ HINTS_AUTO_MAX = 20
 Opts = TypeVar("Opts")
 
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    pretty_exceptions_enable=False,
-    help="Ship dynamic Linux binaries in the smallest images that still run.",
-)
+# the help is the callback's docstring
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False)
 
 
 @app.callback()
@@ -570,6 +566,10 @@ def main() -> None:
         if reconfigure is not None:
             reconfigure(errors="surrogateescape")
     signal.signal(signal.SIGINT, _interrupted)
+    if parses_cold(sys.argv[1:]):  # LIEF's import goes on while typer builds the commands
+        from minify.elf.reader import import_ahead
+
+        import_ahead()
     try:
         app()
     except Interrupted:
