@@ -10,7 +10,7 @@ from pathlib import Path
 from minify.analysis.verify import verify
 from minify.build.options import RootfsOptions
 from minify.build.pipeline import build
-from tests.conftest import Builder
+from tests.conftest import Builder, host_libc_into
 
 MINIFY = [sys.executable, "-m", "minify.cli"]
 
@@ -73,3 +73,26 @@ def test_a_real_program_rootfs_verifies_clean(tmp_path: Path) -> None:
     report = verify(str(out / "rootfs"))
     assert report.ok, report.problems
     assert len(report.checked) >= 5
+
+
+def test_a_loaded_library_is_checked_in_its_program_and_a_plugin_in_a_program_s_scope(
+    tmp_path: Path, builder: Builder
+) -> None:
+    """A library the program loads is checked as the loader loads it: its dependency
+    is found through the program's RUNPATH (its own search alone finds nothing), so
+    that is no problem. Libraries no program loads are plugins, checked in the scope
+    of the program plus their own closure: one that uses the program's symbols is
+    clean, one that uses a symbol nobody defines is named."""
+    root = tmp_path / "root"
+    host_libc_into(root)
+    dep = builder.lib(root / "app/lib/dep/libdep.so", "dep")
+    priv = builder.lib(root / "app/lib/libpriv.so", "priv", links=[dep])
+    sym = builder.lib(root / "app/lib/libsym.so", "sym", src="sym.c", flags=["-DWITH_B"])
+    builder.prog(root / "app/prog", links=[priv, dep, sym], runpath="$ORIGIN/lib:$ORIGIN/lib/dep")
+    builder.lib(root / "app/plugins/libplug.so", "plug", src="usesym.c")
+    builder.lib(root / "app/plugins/libbad.so", "bad", src="usesym.c", flags=["-Dsym_b=nowhere_b"])
+    report = verify(str(root))
+    assert "/app/lib/libpriv.so" in report.checked and "/app/plugins/libplug.so" in report.checked
+    assert [(p.path, p.kind, p.detail) for p in report.problems] == [
+        ("/app/plugins/libbad.so", "undefined-symbol", "undefined symbol: nowhere_b")
+    ]

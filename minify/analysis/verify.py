@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 from minify.analysis.closure import Analysis, LoadedObject, ProgramClosure, analyze, loadable_files
 from minify.analysis.target import Target
 from minify.elf.cache import FactCache
 from minify.elf.files import SymbolRef, Symbols
-from minify.errors import PathError
+from minify.errors import BadInput, PathError
 from minify.loader.model import ProgramKind
 from minify.root import Root
 
@@ -94,7 +95,7 @@ def check_files(root: str | Target, files: list[str]) -> list[Problem]:
     plugin) may use what the programs have loaded: glibc reuses a loaded object by
     its soname."""
     target = root if isinstance(root, Target) else _uncached(root)
-    analysis = analyze(files, root=target, cwd="/", hwcaps="baseline", cpuinfo="")
+    analysis = _programs_then_plugins(target, files)
     programs = [p for p in analysis.programs if not p.library_input]
     loaded = {o.realpath for p in programs for o in p.objects}
     names = {n for p in programs for o in p.objects for n in (o.soname, posixpath.basename(o.path)) if n}
@@ -111,6 +112,37 @@ def check_files(root: str | Target, files: list[str]) -> list[Problem]:
         problems.extend(Problem(program.path, "version", e) for e in program.version_errors)
     problems.extend(_symbol_problems(analysis))
     return problems
+
+
+def _programs_then_plugins(target: Target, files: list[str]) -> Analysis:
+    """The analysis of the programs among ``files``, and of the libraries none of them
+    loads, in the order of ``files``. A library a program loads is checked in that
+    program's closure, as the loader loads it, and is not resolved on its own as well
+    (a closure of a hundred libraries would be walked a hundred times more)."""
+    analyse = partial(analyze, root=target, cwd="/", hwcaps="baseline", cpuinfo="")
+    programs = analyse([f for f in files if _has_interpreter(target, f)])
+    loaded = {o.realpath for p in programs.programs for o in p.objects}
+    given = {p.path for p in programs.programs}
+    rest = analyse([f for f in files if f not in given and _realpath(target, f) not in loaded])
+    order = {path: index for index, path in enumerate(files)}
+    closures = sorted((*programs.programs, *rest.programs), key=lambda p: order.get(p.path, len(order)))
+    return replace(programs, programs=tuple(closures), skipped=programs.skipped + rest.skipped)
+
+
+def _has_interpreter(target: Target, path: str) -> bool:
+    """A program (PT_INTERP); False for a library, or a file that does not read as
+    ELF or cannot be reached (its own analysis says why)."""
+    try:
+        return target.reader.info(target.root.resolve(path)).header.interpreter is not None
+    except (BadInput, PathError):
+        return False
+
+
+def _realpath(target: Target, path: str) -> str | None:
+    try:
+        return target.root.resolve(path).path
+    except PathError:
+        return None
 
 
 def dangling_links(root: str, paths: list[str] | None = None) -> list[Problem]:
