@@ -76,7 +76,6 @@ from minify.flags import (
     UserOpt,
     VerboseOpt,
     WithOpt,
-    parses_cold,
 )
 from minify.write.compress import Compression
 
@@ -93,8 +92,13 @@ HINTS_AUTO_MAX = 20
 Opts = TypeVar("Opts")
 
 
-# the help is the callback's docstring
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="Ship dynamic Linux binaries in the smallest images that still run.",
+)
 
 
 @app.callback()
@@ -566,10 +570,6 @@ def main() -> None:
         if reconfigure is not None:
             reconfigure(errors="surrogateescape")
     signal.signal(signal.SIGINT, _interrupted)
-    if parses_cold(sys.argv[1:]):  # LIEF's import goes on while typer builds the commands
-        from minify.elf.reader import import_ahead
-
-        import_ahead()
     try:
         app()
     except Interrupted:

@@ -263,22 +263,3 @@ CompressionOpt = Annotated[
         help="How the layer is stored: gzip (every engine) or zstd (podman, containerd, Docker 23 and later).",
     ),
 ]
-
-
-#: The commands that read ELF files.
-PARSING = ("analyze", "rootfs", "image", "verify", "trace")
-
-
-def parses_cold(argv: list[str]) -> bool:
-    """Whether this command line will parse ELF files with LIEF for sure: with
-    ``--no-cache`` or ``--from`` (a flattened image is new inodes each run), ``verify``
-    (a rootfs is new inodes), or no cache folder yet for this minify and LIEF (a first
-    run, a CI job with an empty cache). A wrong guess costs one idle thread; a warm run
-    never imports LIEF, so it must not start there."""
-    if not argv or argv[0] not in PARSING or "--help" in argv:
-        return False
-    if argv[0] == "verify" or "--no-cache" in argv or any(a == "--from" or a.startswith("--from=") for a in argv):
-        return True
-    from minify.elf.cache import folder_exists
-
-    return not folder_exists()

@@ -383,25 +383,3 @@ def test_a_file_s_digests_are_cached_for_its_version_only(tmp_path: Path, builde
     os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert sha_in_lock("out-3") == hashlib.sha256(b"b" * 5000).hexdigest()
     assert (tmp_path / "out-3/rootfs" / str(data).lstrip("/")).read_bytes() == b"b" * 5000
-
-
-def test_lief_is_imported_ahead_only_by_runs_that_will_parse(
-    tmp_path: Path, program: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A run that will surely parse (no cache folder yet for this minify and LIEF,
-    ``--no-cache``, ``--from``, ``verify``) starts importing LIEF in a thread at once;
-    a warm run, ``--help`` and the commands that parse nothing do not. A cold run
-    with the thread says what a warm one says."""
-    from minify.flags import parses_cold
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
-    assert parses_cold(["analyze", str(program)])  # no folder yet
-    assert FactCache.default() is not None  # makes this version's folder
-    assert not parses_cold(["analyze", str(program)]) and not parses_cold(["rootfs", str(program), "-o", "x"])
-    assert parses_cold(["analyze", "--no-cache", str(program)]) and parses_cold(["verify", "out"])
-    assert parses_cold(["image", "--from", "oci:x", "-o", "y"]) and parses_cold(["image", "--from=oci:x", "-o", "y"])
-    assert not parses_cold([]) and not parses_cold(["--help"]) and not parses_cold(["analyze", "--help"])
-    cold = minify(tmp_path / "fresh", "analyze", str(program))
-    warm = minify(tmp_path / "fresh", "analyze", str(program))
-    assert cold.returncode == warm.returncode == 0, cold.stderr + warm.stderr
-    assert cold.stdout == warm.stdout and "libaa.so" in cold.stdout

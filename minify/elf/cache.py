@@ -124,13 +124,6 @@ def _tag() -> str:
     return f"f{FORMAT}-py{python}-m{__version__}-{reader}-l{_identity(_lief_package())}"
 
 
-def folder_exists() -> bool:
-    """Whether this user's cache has a folder for this minify, Python and LIEF yet
-    (without it, every file of the run is parsed)."""
-    folder = default_folder()
-    return folder is not None and os.path.isdir(os.path.join(folder, _tag()))
-
-
 class FactCache:
     """Parsed facts by file identity, kept between runs."""
 

@@ -8,12 +8,9 @@ files), then parsed once with a minimal configuration, and reduced to a frozen
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import signal
 import struct
-import sys
-import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -77,23 +74,6 @@ def _lief() -> Any:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         _LIEF = lief
     return _LIEF
-
-
-def import_ahead() -> None:
-    """Start importing LIEF in a thread of its own, for a run that will surely parse
-    (``minify.flags.parses_cold``): the import, half a second from LIEF 0.16 on, goes
-    on while the rest of the start-up does, and the first parse (``_lief``) waits only
-    for what is left of it. The thread blocks SIGINT, which stays the main thread's,
-    so Ctrl-C never lands in LIEF's native initialisation. An import that fails fails
-    again where it is needed, in its own words."""
-    if _LIEF is None and "lief" not in sys.modules:
-        threading.Thread(target=_import_quietly, name="minify-import-lief").start()
-
-
-def _import_quietly() -> None:
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    with contextlib.suppress(Exception):
-        import lief  # noqa: F401
 
 
 def _parse(f: Opened, header: ElfHeader, *, symbols: bool = False, compact: bool = True) -> Any:
