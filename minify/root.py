@@ -301,10 +301,10 @@ class Root:
             return self.read_bytes(posixpath.join(folder, name), limit)
         try:
             fd = os.open(name, _FILE_FLAGS, dir_fd=self._dirfd(res.path))
-        except RootChanged:
+        except (RootChanged, FileNotFoundError):
             return None
-        except OSError:
-            return self.read_bytes(posixpath.join(res.path, name), limit)  # a symlink, or nothing
+        except OSError:  # a symlink (O_NOFOLLOW), resolved inside the root
+            return self.read_bytes(posixpath.join(res.path, name), limit)
         try:
             return read_all(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else None
         finally:
