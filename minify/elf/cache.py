@@ -40,6 +40,7 @@ import stat
 import sys
 from collections.abc import Callable, Hashable, Mapping
 from enum import StrEnum
+from functools import partial
 from itertools import repeat
 from typing import Any, TypeVar, cast
 
@@ -166,6 +167,12 @@ class FactCache:
         folder = default_folder()
         return cls(folder) if folder else None
 
+    def _key(self, st: os.stat_result) -> Key:
+        """The key whose entries answer for this file: its own, or for a copy its
+        source's (``copied``)."""
+        own = key_of(st)
+        return self._copies.get(own, own)
+
     def _path(self, key: Key, kind: Kind) -> tuple[str, str]:
         """The subfolder and the file name of an entry, inside the cache folder. The
         subfolder needs no check of its own: only this user can write in the checked
@@ -184,8 +191,11 @@ class FactCache:
         symbols entry: each version's names are intersected with ``wanted`` as a set,
         never decoded one by one (verification asks this of every object of a closure,
         which once scanned each file's whole symbol table). None for no entry, or one
-        too big to be faster than the file's hash table."""
-        return self._decoded(st, Kind.SYMBOLS, lambda data: _symbols_from(data, wanted), MAX_LOOKUP_ENTRY_BYTES, wanted)
+        too big to be faster than the file's hash table. The imports are those of the
+        imports entry, decoded once a run (verification has read them already)."""
+        imports = self.imports(st)
+        decode = partial(_symbols_from, wanted=wanted, imports=imports)
+        return self._decoded(st, Kind.SYMBOLS, decode, MAX_LOOKUP_ENTRY_BYTES, wanted)
 
     def imports(self, st: os.stat_result) -> tuple[SymbolRef, ...] | None:
         """The imports alone, without the definitions: a program that exports much
@@ -213,7 +223,7 @@ class FactCache:
         Each is decoded once a run (``given``: what else the decoding depends on): a
         rootfs reads its sources' entries for the plan and again, through ``copied``,
         for the verification of the copies."""
-        slot = (self._copies.get(key_of(st), key_of(st)), kind, given)
+        slot = (self._key(st), kind, given)
         if slot in self._decoded_once:
             return cast("T", self._decoded_once[slot])
         data = self.load(st, kind, limit)
@@ -241,7 +251,7 @@ class FactCache:
         entry of more than ``limit`` bytes)."""
         if self._fd is None:
             return None
-        key = self._copies.get(key_of(st), key_of(st))
+        key = self._key(st)
         sub, name = self._path(key, kind)
         try:
             fd = os.open(f"{sub}/{name}", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._fd)
@@ -420,5 +430,9 @@ def _digests_from(data: dict[str, Any]) -> tuple[str, str, str]:
     return md5, sha1, sha256
 
 
-def _symbols_from(data: dict[str, Any], wanted: frozenset[str] | None = None) -> Symbols:
-    return Symbols(_imports_from(data), _pairs(data["defined"], wanted), _pairs(data["hidden"], wanted))
+def _symbols_from(
+    data: dict[str, Any], wanted: frozenset[str] | None = None, imports: tuple[SymbolRef, ...] | None = None
+) -> Symbols:
+    """A symbols entry; ``imports``, when given, are its twin entry's, already decoded."""
+    ours = imports if imports is not None else _imports_from(data)
+    return Symbols(ours, _pairs(data["defined"], wanted), _pairs(data["hidden"], wanted))
