@@ -96,6 +96,7 @@ def document(
     packages = [_image_package(name), _inputs_package()]
     packages += [_deb_package(p, owned.distro, warnings if warnings is not None else []) for p in owned.packages]
     packages[1:] = [_with_verification_code(p, contents) for p in packages[1:]]
+    packages = [_ordered(p) for p in packages]  # the schema's order, once
     files = []
     relationships = [_relationship("SPDXRef-DOCUMENT", "DESCRIBES", IMAGE)]
     relationships += [_relationship(IMAGE, "CONTAINS", p["SPDXID"]) for p in packages[1:]]
@@ -139,25 +140,21 @@ def _with_verification_code(package: Json, contents: dict[str, list[str]]) -> Js
     if sha1s:
         code = hashlib.sha1("".join(sorted(sha1s)).encode(), usedforsecurity=False).hexdigest()
         out["packageVerificationCode"] = {"packageVerificationCodeValue": code}
-    return _ordered(out)
+    return out
 
 
 def _image_package(name: str) -> Json:
-    return _ordered(
-        {"SPDXID": IMAGE, "name": f"image of {name}", "downloadLocation": NOASSERTION, "filesAnalyzed": False}
-    )
+    return {"SPDXID": IMAGE, "name": f"image of {name}", "downloadLocation": NOASSERTION, "filesAnalyzed": False}
 
 
 def _inputs_package() -> Json:
-    return _ordered(
-        {
-            "SPDXID": INPUTS,
-            "name": "inputs and generated files",
-            "downloadLocation": NOASSERTION,
-            "filesAnalyzed": False,
-            "comment": "the programs given to minify, and files minify writes itself; no package owns them",
-        }
-    )
+    return {
+        "SPDXID": INPUTS,
+        "name": "inputs and generated files",
+        "downloadLocation": NOASSERTION,
+        "filesAnalyzed": False,
+        "comment": "the programs given to minify, and files minify writes itself; no package owns them",
+    }
 
 
 def _deb_package(package: DebPackage, distro: dict[str, str], warnings: list[str]) -> Json:
@@ -180,21 +177,17 @@ def _deb_package(package: DebPackage, distro: dict[str, str], warnings: list[str
     supplier = NOASSERTION
     if found and found.group(1):
         supplier = f"Person: {found.group(1)}" + (f" ({found.group(2)})" if found.group(2) else "")
-    return _ordered(
-        {
-            "SPDXID": spdx_id("Package", package.name),
-            "name": package.name,
-            "downloadLocation": NOASSERTION,
-            "versionInfo": package.version,
-            "supplier": supplier,
-            "filesAnalyzed": False,
-            "homepage": homepage,
-            "sourceInfo": f"built package from: {package.source}" if package.source else None,
-            "externalRefs": [
-                {"referenceCategory": "PACKAGE_MANAGER", "referenceLocator": purl, "referenceType": "purl"}
-            ],
-        }
-    )
+    return {
+        "SPDXID": spdx_id("Package", package.name),
+        "name": package.name,
+        "downloadLocation": NOASSERTION,
+        "versionInfo": package.version,
+        "supplier": supplier,
+        "filesAnalyzed": False,
+        "homepage": homepage,
+        "sourceInfo": f"built package from: {package.source}" if package.source else None,
+        "externalRefs": [{"referenceCategory": "PACKAGE_MANAGER", "referenceLocator": purl, "referenceType": "purl"}],
+    }
 
 
 def _purl_escape(text: str) -> str:
