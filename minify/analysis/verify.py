@@ -120,10 +120,10 @@ def _programs_then_plugins(target: Target, files: list[str]) -> Analysis:
     program's closure, as the loader loads it, and is not resolved on its own as well
     (a closure of a hundred libraries would be walked a hundred times more)."""
     analyse = partial(analyze, root=target, cwd="/", hwcaps="baseline", cpuinfo="")
-    programs = analyse([f for f in files if _has_interpreter(target, f)])
+    given = {f: _has_interpreter(target, f) for f in files}
+    programs = analyse([f for f, program in given.items() if program])
     loaded = {o.realpath for p in programs.programs for o in p.objects}
-    given = {p.path for p in programs.programs}
-    rest = analyse([f for f in files if f not in given and _realpath(target, f) not in loaded])
+    rest = analyse([f for f, program in given.items() if not program and _realpath(target, f) not in loaded])
     order = {path: index for index, path in enumerate(files)}
     closures = sorted((*programs.programs, *rest.programs), key=lambda p: order.get(p.path, len(order)))
     return replace(programs, programs=tuple(closures), skipped=programs.skipped + rest.skipped)
