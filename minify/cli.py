@@ -75,7 +75,10 @@ from minify.flags import (
     TzOpt,
     UserOpt,
     VerboseOpt,
+    VersionOpt,
     WithOpt,
+    only_invoked,
+    split_preload,
 )
 from minify.write.compress import Compression
 
@@ -102,7 +105,7 @@ app = typer.Typer(
 
 
 @app.callback()
-def _main() -> None:
+def _main(version: VersionOpt = False) -> None:
     """Ship dynamic Linux binaries in the smallest images that still run."""
 
 
@@ -130,10 +133,6 @@ def _say(kind: str, message: str) -> None:
     from minify.text import escape
 
     typer.echo(f"minify: {kind}: {escape(message)}", err=True)
-
-
-def _split_preload(text: str | None) -> tuple[str, ...]:
-    return tuple(p for p in (text or "").replace(":", " ").split() if p)
 
 
 @app.command()
@@ -164,7 +163,7 @@ def analyze(
             root=root,
             cwd=cwd,
             library_path=library_path,
-            preload=_split_preload(preload),
+            preload=split_preload(preload),
             hwcaps=hwcaps,
             cache=not no_cache,
         ),
@@ -571,7 +570,7 @@ def main() -> None:
             reconfigure(errors="surrogateescape")
     signal.signal(signal.SIGINT, _interrupted)
     try:
-        app()
+        only_invoked(app, sys.argv)()
     except Interrupted:
         _say("error", "interrupted")
         _exit(EXIT_INTERRUPTED)

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import networkx as nx
 import pydot
+import pytest
 from typer.testing import CliRunner
 
 from minify.cli import app
+from minify.flags import only_invoked
 from tests.conftest import HOST_INTERP, HOST_LIBC
 
 runner = CliRunner()
@@ -109,3 +111,37 @@ def test_installed_command_and_help_is_fast_enough_to_call() -> None:
     proc = subprocess.run([exe, "analyze", "-f", "list", "/bin/true"], capture_output=True, text=True)
     assert proc.returncode == 0 and "libc.so.6" in proc.stdout
     assert os.path.exists(exe)
+
+
+COMMANDS = ("analyze", "rootfs", "image", "verify", "trace")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [[name, "--help"] for name in COMMANDS]
+    + [["analyze", "--bogus"], ["rootfs"], ["verify", "/nonexistent-rootfs"], ["analyze", "-f", "nope", "/bin/true"]],
+)
+def test_the_invoked_command_alone_answers_as_the_whole_app(line: list[str]) -> None:
+    """minify builds only the command a line names (typer would build all five);
+    that command's help, usage errors and results are the whole app's, byte for byte."""
+    one = only_invoked(app, ["minify", *line])
+    assert [c.callback.__name__ if c.callback else "" for c in one.registered_commands] == [line[0]]
+    assert len(app.registered_commands) == len(COMMANDS)  # the app itself is left whole
+    alone, whole = runner.invoke(one, line), runner.invoke(app, line)
+    assert (alone.exit_code, alone.output) == (whole.exit_code, whole.output)
+    assert whole.output.strip()
+
+
+@pytest.mark.parametrize("line", [[], ["--help"], ["anlyze", "/bin/true"], ["--version"]])
+def test_a_line_naming_no_command_gets_the_whole_app(line: list[str]) -> None:
+    assert only_invoked(app, ["minify", *line]) is app
+
+
+def test_version_is_the_installed_distribution_s() -> None:
+    """`minify --version` says the version pip installed, and exits 0 at once."""
+    from importlib.metadata import version
+
+    exe = shutil.which("minify")
+    assert exe is not None
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"minify {version('minify')}\n", "")
