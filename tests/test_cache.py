@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from minify.elf.cache import FactCache, key_of
+from minify.elf.cache import FactCache, Kind, key_of
 from minify.elf.files import read_header
 from minify.elf.reader import read_elf
 from tests.conftest import HOST_LIBC, MINIFY, Builder
@@ -383,3 +383,26 @@ def test_a_file_s_digests_are_cached_for_its_version_only(tmp_path: Path, builde
     os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert sha_in_lock("out-3") == hashlib.sha256(b"b" * 5000).hexdigest()
     assert (tmp_path / "out-3/rootfs" / str(data).lstrip("/")).read_bytes() == b"b" * 5000
+
+
+def test_import_names_come_from_the_imports_entry_and_a_bad_row_is_no_entry(tmp_path: Path) -> None:
+    """Hints take the names an object imports from its imports entry, without a
+    SymbolRef made for each: for libc and the Python running the tests they are the
+    names of the file's own imports; an entry with a row of the wrong shape (a number
+    for a name, two fields, not a list) is no entry at all."""
+    from minify.elf.dynsym import read_dynamic_symbols
+    from minify.elf.files import SymbolRef, Symbols
+
+    cache = FactCache(str(tmp_path / "cache"))
+    for path in (HOST_LIBC, sys.executable):
+        whole = read_dynamic_symbols(os.path.realpath(path))
+        st = os.stat(path)
+        cache.store_symbols(st, whole)
+        names = FactCache(str(tmp_path / "cache")).import_names(st)
+        assert names == {ref.name for ref in whole.imports} and names, path
+    st = os.stat(HOST_LIBC)
+    for rows in ([[7, None, False]], [["malloc", None]], "malloc", [["malloc", None, False], ["free"]]):
+        cache.store(st, Kind.IMPORTS, {"imports": rows})
+        assert FactCache(str(tmp_path / "cache")).import_names(st) is None, rows
+    cache.store_symbols(st, Symbols((SymbolRef("malloc", None, False),), frozenset(), frozenset()))
+    assert FactCache(str(tmp_path / "cache")).import_names(st) == {"malloc"}

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from minify.analysis.closure import Analysis, ProgramClosure
-from minify.elf.files import SymbolRef
 from minify.elf.notes import DlopenNote
 from minify.errors import BadInput
 
@@ -86,6 +85,8 @@ SYMBOL_RULES: tuple[tuple[str | None, frozenset[str], str], ...] = (
         "may load plugins at run time (dlopen): add them with --add, or record a run with --trace",
     ),
 )
+#: Every name some rule looks for: what hints gather from a closure's imports.
+RULE_NAMES = frozenset().union(*(names for _, names, _ in SYMBOL_RULES))
 #: Presets that weigh megabytes or change behaviour: hinted only when the program's own
 #: code (the input, and libraries it finds through its own RPATH/RUNPATH) imports the
 #: symbol. libstdc++ imports iconv_open, setlocale and localtime for every C++ program,
@@ -109,16 +110,17 @@ class Hint:
 
 def hints_for(
     program: ProgramClosure,
-    imports: Callable[[str], tuple[SymbolRef, ...]],
+    imports: Callable[[str], frozenset[str]],
     notes: Callable[[str], tuple[DlopenNote, ...]] = lambda _: (),
 ) -> tuple[Hint, ...]:
-    """Hints for one program, from the imports and dlopen notes of its closure."""
+    """Hints for one program, from the names its closure's objects import (only those
+    some rule looks for are gathered) and their dlopen notes."""
     if program.kind != "dynamic" or program.error:
         return ()
     imported: dict[str, list[str]] = {}
     for obj in program.objects:
-        for ref in imports(obj.realpath):
-            imported.setdefault(ref.name, []).append(obj.path)
+        for name in imports(obj.realpath) & RULE_NAMES:
+            imported.setdefault(name, []).append(obj.path)
     out = [*_symbol_hints(program, imported), *_library_hints(program)]
     for obj in program.objects:
         for note in notes(obj.realpath):
@@ -175,11 +177,11 @@ def for_analysis(analysis: Analysis) -> dict[str, tuple[Hint, ...]]:
     read gives no hints (the analysis reports it)."""
     reader = analysis.target.reader
 
-    def imports(inner: str) -> tuple[SymbolRef, ...]:
+    def imports(inner: str) -> frozenset[str]:
         try:
-            return reader.imports(reader.root.resolve(inner))
+            return reader.import_names(reader.root.resolve(inner))
         except BadInput:
-            return ()
+            return frozenset()
 
     def notes(inner: str) -> tuple[DlopenNote, ...]:
         try:

@@ -202,6 +202,12 @@ class FactCache:
         (pandoc's tens of MB of symbols) is read back in a few KB for its hints."""
         return self._decoded(st, Kind.IMPORTS, _imports_from)
 
+    def import_names(self, st: os.stat_result) -> frozenset[str] | None:
+        """The names the file imports, and nothing else: what hints look for. A warm
+        analysis reads these for every object of every closure, so they are taken
+        from the imports entry without a ``SymbolRef`` made for each."""
+        return self._decoded(st, Kind.IMPORTS, _import_names_from, given="names")
+
     def digests(self, st: os.stat_result) -> tuple[str, str, str] | None:
         """The md5, sha1 and sha256 of this version of a file (lock file, package
         md5sums, SBOM): a warm rootfs reads none of its sources' bytes, since the
@@ -416,6 +422,15 @@ def _imports_from(data: dict[str, Any]) -> tuple[SymbolRef, ...]:
             raise TypeError("import")
         imports.append(SymbolRef(name, _optional(version), weak))
     return tuple(imports)
+
+
+def _import_names_from(data: dict[str, Any]) -> frozenset[str]:
+    """The names of an imports entry: the rows' shape and their names are checked,
+    the versions and weak flags, which the names do not need, are left unread."""
+    names = frozenset(name for name, _version, _weak in data["imports"])
+    if not set(map(type, names)) <= {str}:
+        raise TypeError("import")
+    return names
 
 
 #: The length of each digest's hex spelling, in the order stored.

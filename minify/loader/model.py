@@ -14,10 +14,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from minify.elf.cache import key_of
-from minify.elf.dynsym import read_dynamic_symbols
 from minify.elf.files import ElfInfo, Opened, SymbolRef, Symbols, is_elf, read_header, shebang
 from minify.elf.notes import DlopenNote, read_dlopen_notes
-from minify.elf.reader import read_elf
 from minify.errors import BadInput, PathError
 
 if TYPE_CHECKING:
@@ -140,6 +138,7 @@ class Reader:
         self._infos: dict[tuple[int, int], ElfInfo | BadInput] = {}
         self._symbols: dict[tuple[int, int], Symbols | BadInput] = {}
         self._imports: dict[tuple[int, int], tuple[SymbolRef, ...] | BadInput] = {}
+        self._import_names: dict[tuple[int, int], frozenset[str] | BadInput] = {}
         self._wanted: dict[frozenset[str], dict[tuple[int, int], Symbols | BadInput]] = {}
         self._notes: dict[tuple[int, int], Notes | BadInput] = {}
 
@@ -161,9 +160,27 @@ class Reader:
             return known.imports
         return self._cached(self._imports, resolved, self._read_imports)
 
+    def import_names(self, resolved: Resolved) -> frozenset[str]:
+        """The names alone of what the file imports (hints): from the cache without
+        a ``SymbolRef`` made for each, which was half a warm analysis's hints."""
+        key = _key(resolved)
+        for known in (self._symbols.get(key), self._imports.get(key)):
+            if isinstance(known, Symbols):
+                return frozenset(r.name for r in known.imports)
+            if isinstance(known, tuple):
+                return frozenset(r.name for r in known)
+        return self._cached(self._import_names, resolved, self._read_import_names)
+
+    def _read_import_names(self, f: Opened) -> frozenset[str]:
+        hit = self.cache.import_names(f.st) if self.cache is not None else None
+        if hit is not None:
+            read_header(f)  # the same validation as a parse
+            return hit
+        return frozenset(r.name for r in self._read_imports(f))
+
     def _read_imports(self, f: Opened) -> tuple[SymbolRef, ...]:
         if self.cache is None:
-            return read_dynamic_symbols(f, wanted=frozenset()).imports
+            return _parse_symbols(f, frozenset()).imports
         hit = self.cache.imports(f.st)
         if hit is not None:
             read_header(f)  # the same validation as a parse
@@ -188,30 +205,30 @@ class Reader:
             if hit is not None:
                 read_header(f)  # the same validation as a parse
                 return hit
-        return read_dynamic_symbols(f, wanted=wanted)
+        return _parse_symbols(f, wanted)
 
     def _read_info(self, f: Opened) -> ElfInfo:
         """The persistent cache first; LIEF only for a file it has not seen as it is."""
         if self.cache is None:
-            return read_elf(f)
+            return _parse_info(f)
         header, _ = read_header(f)
         if header.has_dynamic:
             hit = self.cache.info(f.st, header)
             if hit is not None:
                 return hit
-        info = read_elf(f)
+        info = _parse_info(f)
         if info.is_dynamic and unchanged(f):
             self.cache.store_info(f.st, info)
         return info
 
     def _read_symbols(self, f: Opened) -> Symbols:
         if self.cache is None:
-            return read_dynamic_symbols(f)
+            return _parse_symbols(f)
         hit = self.cache.symbols(f.st)
         if hit is not None:
             read_header(f)  # the same validation as a parse
             return hit
-        symbols = read_dynamic_symbols(f)
+        symbols = _parse_symbols(f)
         if unchanged(f):
             self.cache.store_symbols(f.st, symbols)
         return symbols
@@ -266,6 +283,21 @@ class Reader:
         except PathError as exc:
             raise BadInput(self.root.host_path(resolved.path), exc.problem) from None
         return Opened(self.root.host_path(resolved.path), fd, st)
+
+
+def _parse_info(f: Opened) -> ElfInfo:
+    """A file's facts, parsed: the reader (and through it LIEF) is imported on a cache
+    miss only, since a warm run answers from the cache and needs neither."""
+    from minify.elf.reader import read_elf
+
+    return read_elf(f)
+
+
+def _parse_symbols(f: Opened, wanted: frozenset[str] | None = None) -> Symbols:
+    """A file's dynamic symbols from its own tables, on a cache miss (as ``_parse_info``)."""
+    from minify.elf.dynsym import read_dynamic_symbols
+
+    return read_dynamic_symbols(f, wanted=wanted)
 
 
 def _key(resolved: Resolved) -> tuple[int, int]:
