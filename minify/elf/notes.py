@@ -36,16 +36,19 @@ PT_NOTE = 4
 MAX_NOTE_BYTES = 16 << 20
 
 
-def read_dlopen_notes(source: str | Opened) -> tuple[tuple[DlopenNote, ...], tuple[str, ...]]:
+def read_dlopen_notes(
+    source: str | Opened, header: ElfHeader | None = None
+) -> tuple[tuple[DlopenNote, ...], tuple[str, ...]]:
     """The FDO dlopen notes of an ELF file (https://systemd.io/ELF_DLOPEN_METADATA/),
     and warnings about malformed ones.
 
     Only notes with owner "FDO" and type 0x407c0c0a are looked at, read straight from
     the SHT_NOTE sections (or PT_NOTE segments): other notes, such as annobin's
     ``.gnu.build.attributes`` with binary owner names, can neither fail nor slow this.
+    ``header``: the file's header, when the caller has read and checked it already.
     """
     with _use(source) as f:
-        header, size = _read_header(f)
+        header, size = (header, f.st.st_size) if header is not None else _read_header(f)
         out: list[DlopenNote] = []
         warned: list[str] = []
         for offset, length, align in _note_areas(f, header, size):

@@ -14,13 +14,12 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from minify.elf.cache import key_of
-from minify.elf.files import ElfInfo, Opened, SymbolRef, Symbols, is_elf, read_header, shebang
+from minify.elf.files import ElfHeader, ElfInfo, Opened, SymbolRef, Symbols, is_elf, read_header, shebang
 from minify.elf.notes import DlopenNote, read_dlopen_notes
 from minify.errors import BadInput, PathError
 
 if TYPE_CHECKING:
     from minify.elf.cache import FactCache
-    from minify.elf.files import ElfHeader
     from minify.root import Resolved, Root
 
 
@@ -143,7 +142,20 @@ class Reader:
         self._notes: dict[tuple[int, int], Notes | BadInput] = {}
 
     def header(self, resolved: Resolved) -> ElfHeader:
-        return self._cached(self._headers, resolved, lambda f: read_header(f)[0])
+        return self._cached(self._headers, resolved, self._header_of)
+
+    def _header_of(self, f: Opened) -> ElfHeader:
+        """The file's ELF header, read and checked once a run (by device and inode):
+        every fact taken from the persistent cache is first validated as a parse would
+        be, and the first to ask reads the header for all of them. A file changed
+        since then has another cache key (its ctime), so it misses and is parsed."""
+        key = (f.st.st_dev, f.st.st_ino)
+        known = self._headers.get(key)
+        if isinstance(known, ElfHeader):
+            return known
+        header = read_header(f)[0]
+        self._headers[key] = header
+        return header
 
     def info(self, resolved: Resolved) -> ElfInfo:
         return self._cached(self._infos, resolved, self._read_info)
@@ -174,7 +186,7 @@ class Reader:
     def _read_import_names(self, f: Opened) -> frozenset[str]:
         hit = self.cache.import_names(f.st) if self.cache is not None else None
         if hit is not None:
-            read_header(f)  # the same validation as a parse
+            self._header_of(f)  # the same validation as a parse
             return hit
         return frozenset(r.name for r in self._read_imports(f))
 
@@ -183,7 +195,7 @@ class Reader:
             return _parse_symbols(f, frozenset()).imports
         hit = self.cache.imports(f.st)
         if hit is not None:
-            read_header(f)  # the same validation as a parse
+            self._header_of(f)  # the same validation as a parse
             return hit
         return self._read_symbols(f).imports
 
@@ -203,7 +215,7 @@ class Reader:
         if self.cache is not None:
             hit = self.cache.definitions(f.st, wanted)
             if hit is not None:
-                read_header(f)  # the same validation as a parse
+                self._header_of(f)  # the same validation as a parse
                 return hit
         return _parse_symbols(f, wanted)
 
@@ -211,7 +223,7 @@ class Reader:
         """The persistent cache first; LIEF only for a file it has not seen as it is."""
         if self.cache is None:
             return _parse_info(f)
-        header, _ = read_header(f)
+        header = self._header_of(f)
         if header.has_dynamic:
             hit = self.cache.info(f.st, header)
             if hit is not None:
@@ -226,7 +238,7 @@ class Reader:
             return _parse_symbols(f)
         hit = self.cache.symbols(f.st)
         if hit is not None:
-            read_header(f)  # the same validation as a parse
+            self._header_of(f)  # the same validation as a parse
             return hit
         symbols = _parse_symbols(f)
         if unchanged(f):
@@ -235,7 +247,7 @@ class Reader:
 
     def dlopen_notes(self, resolved: Resolved) -> Notes:
         """The FDO dlopen notes, and warnings about malformed ones."""
-        return self._cached(self._notes, resolved, read_dlopen_notes)
+        return self._cached(self._notes, resolved, lambda f: read_dlopen_notes(f, self._header_of(f)))
 
     def _cached(self, table: dict[tuple[int, int], T | BadInput], resolved: Resolved, read: Callable[[Opened], T]) -> T:
         """One read per file (by device and inode); errors are remembered like results."""
