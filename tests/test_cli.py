@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import networkx as nx
@@ -145,3 +146,26 @@ def test_version_is_the_installed_distribution_s() -> None:
     assert exe is not None
     proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"minify {version('minify')}\n", "")
+
+
+GC_PROBE = """
+import gc, sys
+import minify.cli
+print(gc.isenabled(), gc.get_freeze_count())
+seen = []
+minify.cli.main = lambda: seen.append((gc.isenabled(), gc.get_freeze_count()))
+import minify.__main__
+minify.__main__.main()
+print(*seen[0])
+"""
+
+
+def test_the_command_starts_with_the_collector_paused_and_runs_with_it_on() -> None:
+    """The console script pauses the cycle collector while typer and the command line
+    are imported, freezes what that made, and runs the command with the collector on;
+    importing minify.cli as a library leaves the collector as it was."""
+    done = subprocess.run([sys.executable, "-c", GC_PROBE], capture_output=True, text=True, timeout=120, check=True)
+    as_library, in_command = done.stdout.splitlines()
+    assert as_library == "True 0"
+    enabled, frozen = in_command.split()
+    assert enabled == "True" and int(frozen) > 10_000
