@@ -388,8 +388,9 @@ def test_a_file_s_digests_are_cached_for_its_version_only(tmp_path: Path, builde
 def test_import_names_come_from_the_imports_entry_and_a_bad_row_is_no_entry(tmp_path: Path) -> None:
     """Hints take the names an object imports from its imports entry, without a
     SymbolRef made for each: for libc and the Python running the tests they are the
-    names of the file's own imports; an entry with a row of the wrong shape (a number
-    for a name, two fields, not a list) is no entry at all."""
+    names of the file's own imports, and the imports read back are the file's; an entry
+    of the wrong shape (a number for a name, columns of different lengths, a weak flag
+    that is not a boolean, the rows of an older format) is no entry at all."""
     from minify.elf.dynsym import read_dynamic_symbols
     from minify.elf.files import SymbolRef, Symbols
 
@@ -400,9 +401,18 @@ def test_import_names_come_from_the_imports_entry_and_a_bad_row_is_no_entry(tmp_
         cache.store_symbols(st, whole)
         names = FactCache(str(tmp_path / "cache")).import_names(st)
         assert names == {ref.name for ref in whole.imports} and names, path
+        assert FactCache(str(tmp_path / "cache")).imports(st) == whole.imports, path
     st = os.stat(HOST_LIBC)
-    for rows in ([[7, None, False]], [["malloc", None]], "malloc", [["malloc", None, False], ["free"]]):
-        cache.store(st, Kind.IMPORTS, {"imports": rows})
-        assert FactCache(str(tmp_path / "cache")).import_names(st) is None, rows
+    for columns in (
+        {"names": [7], "versions": ["\0"], "weak": [False]},
+        {"names": ["malloc", "free"], "versions": ["\0"], "weak": [False, False]},
+        {"names": ["malloc"], "versions": ["\0"], "weak": [0]},
+        {"names": ["malloc"], "versions": [None], "weak": [False]},
+        [["malloc", None, False]],  # rows, as format 3 stored them
+        "malloc",
+    ):
+        cache.store(st, Kind.IMPORTS, {"imports": columns})
+        assert FactCache(str(tmp_path / "cache")).import_names(st) is None, columns
+        assert FactCache(str(tmp_path / "cache")).imports(st) is None, columns
     cache.store_symbols(st, Symbols((SymbolRef("malloc", None, False),), frozenset(), frozenset()))
     assert FactCache(str(tmp_path / "cache")).import_names(st) == {"malloc"}
