@@ -335,3 +335,23 @@ def test_no_module_of_minify_is_over_600_lines() -> None:
     }
     assert len(sizes) > 40
     assert {name: n for name, n in sizes.items() if n > 600} == {}
+
+
+def test_cache_strings_are_read_at_any_offset_and_bounded() -> None:
+    """The loader reads a key or value at whatever offset the entry gives: the middle
+    of another string reads its tail, a string whose NUL lies past the string area
+    (in the extension) still reads whole, and one longer than MAX_STRING is refused."""
+    data = bytearray(new_cache([(0x0303, "libfoo.so.1", "/lib/libfoo.so.1", 0)]))
+    (value,) = struct.unpack_from("<I", data, 48 + 8)
+    struct.pack_into("<I", data, 48 + 8, value + len("/lib"))  # the value's tail
+    assert ldcache.parse(bytes(data)).entries[0].path == "/libfoo.so.1"
+    head = bytes(data[:48]) + bytes(data[48:72])
+    tail = bytes(data[72:])
+    # the string area is declared to end in the middle of the value: its NUL is past it
+    short = bytearray(head + tail)
+    struct.pack_into("<I", short, 24, len(tail) - 3)
+    assert ldcache.parse(bytes(short)).entries[0].path == "/libfoo.so.1"
+    long = bytearray(head + b"x" * ldcache.MAX_STRING + b"\0")
+    struct.pack_into("<I", long, 48 + 4, 72)
+    with pytest.raises(ldcache.CacheFormatError, match="no string"):
+        ldcache.parse(bytes(long))
