@@ -99,6 +99,9 @@ TLS_LIBRARIES = ("libssl.so", "libgnutls.so", "libnss3.so", "libmbedtls.so", "li
 
 @dataclass(frozen=True)
 class Hint:
+    """Something a program may need at run time that no DT_NEEDED names, and the
+    preset that brings it (``--with``), if there is one."""
+
     preset: str | None
     reason: str
     objects: tuple[str, ...]  # the objects (or symbols) that call for it

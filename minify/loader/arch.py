@@ -66,6 +66,9 @@ class FloatRule(Enum):
 
 @dataclass(frozen=True)
 class Arch:
+    """What the loader of one architecture does differently: its ELF identity, the
+    ld.so.cache flags it accepts, its multiarch triplet and its file names."""
+
     name: str
     machine: int  # e_machine
     elf_class: int

@@ -30,6 +30,8 @@ class CacheFormatError(ValueError):
 
 @dataclass(frozen=True)
 class CacheEntry:
+    """One row of the cache, as ldconfig wrote it (file order is the loader's order)."""
+
     flags: int
     name: str
     path: str
@@ -39,6 +41,8 @@ class CacheEntry:
 
 @dataclass(frozen=True)
 class LdCache:
+    """A parsed ld.so.cache: its entries in file order, and an index by name."""
+
     entries: tuple[CacheEntry, ...]
     format: str  # "new", "old" or "compat"
     big_endian: bool = False  # the new format's byte order (flags 3); old formats are little
@@ -105,20 +109,15 @@ def _big(data: bytes, base: int) -> bool:
     return len(data) > base + 28 and data[base + 28] == 3
 
 
-def _string(data: bytes, offset: int, memo: dict[int, str] | None = None) -> str:
+def _string(data: bytes, offset: int) -> str:
     """The NUL-terminated string at ``offset``: at most ``MAX_STRING`` bytes are looked
     at, so a hostile file cannot make every entry scan the rest of it."""
-    if memo is not None and offset in memo:
-        return memo[offset]
     if offset >= len(data):
         raise CacheFormatError(f"string offset {offset} outside the file")
     end = data.find(b"\0", offset, offset + MAX_STRING)
     if end < 0:
         raise CacheFormatError(f"no string of at most {MAX_STRING} bytes at offset {offset}")
-    text = data[offset:end].decode("utf-8", "surrogateescape")
-    if memo is not None:
-        memo[offset] = text
-    return text
+    return data[offset:end].decode("utf-8", "surrogateescape")
 
 
 def _strings_in(data: bytes, start: int, end: int) -> dict[int, str]:
@@ -139,9 +138,10 @@ def _parse_old(data: bytes, nlibs: int, table_end: int) -> tuple[CacheEntry, ...
     if table_end > len(data):
         raise CacheFormatError("entry table runs past the end of the file")
     out = []
-    memo = _strings_in(data, table_end, len(data))
+    split = _strings_in(data, table_end, len(data)).get
     for flags, key, value in struct.iter_unpack("<iII", data[16:table_end]):
-        out.append(CacheEntry(flags, _string(data, table_end + key, memo), _string(data, table_end + value, memo)))
+        name = split(table_end + key) or _string(data, table_end + key)
+        out.append(CacheEntry(flags, name, split(table_end + value) or _string(data, table_end + value)))
     return tuple(out)
 
 
@@ -157,13 +157,16 @@ def _parse_new(data: bytes, base: int) -> tuple[CacheEntry, ...]:
         raise CacheFormatError("entry table runs past the end of the file")
     subdirs = _hwcaps_table(data, base, ext_offset, endian)
     out = []
-    memo = _strings_in(data, table_end, min(len(data), table_end + len_strings))
+    # a string split out of the area is taken as it is; any other (an empty one too) is
+    # read, or refused, by _string
+    split = _strings_in(data, table_end, min(len(data), table_end + len_strings)).get
     for eflags, key, value, _os, hwcap in struct.iter_unpack(endian + "iIIIQ", data[base + 48 : table_end]):
         subdir = None
         if hwcap & HWCAP_EXTENSION:
             index = hwcap & 0xFFFFFFFF
             subdir = subdirs[index] if index < len(subdirs) else f"#{index}"
-        name, path = _string(data, base + key, memo), _string(data, base + value, memo)
+        name = split(base + key) or _string(data, base + key)
+        path = split(base + value) or _string(data, base + value)
         out.append(CacheEntry(eflags, name, path, hwcap, subdir))
     return tuple(out)
 

@@ -92,6 +92,9 @@ class Candidate:
 
 @dataclass(frozen=True)
 class SearchResult:
+    """One library search: the file it found (if any) and every place it tried, in
+    order, so that a miss can be explained."""
+
     found: Candidate | None
     steps: tuple[Step, ...]
 

@@ -15,6 +15,8 @@ _TOKEN = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
 
 @dataclass(frozen=True)
 class Tokens:
+    """The values of $ORIGIN, $LIB and $PLATFORM for one object's search paths."""
+
     origin: str
     lib: str
     platform: str
