@@ -3,9 +3,10 @@
 Each command takes options, calls one library function, and renders its result.
 Errors become one line on stderr and the exit code the error carries, here and only
 here; ``--verbose`` shows the traceback as well.
-"""
 
-from __future__ import annotations
+Annotations are evaluated once, at definition (typer would compile string ones on every
+run: a millisecond of a warm analysis); names imported only for type checking are quoted.
+"""
 
 import os
 import signal
@@ -296,7 +297,7 @@ def image(
     _guard(verbose, lambda: _write_graph(graph, result.plan))
 
 
-def _report_image(result: ImageResult, fmt: ImageFormat) -> None:
+def _report_image(result: "ImageResult", fmt: ImageFormat) -> None:
     """Warnings on stderr; the digest, the sizes and how to load or push it."""
     from minify.render import dumps
     from minify.write.oci import Transport
@@ -386,7 +387,7 @@ def _graph_format(path: str | None) -> str | None:
     return fmt
 
 
-def _write_graph(path: str | None, plan: ImagePlan) -> None:
+def _write_graph(path: str | None, plan: "ImagePlan") -> None:
     """The plan's graph, drawn (svg, png) or as DOT text."""
     fmt = _graph_format(path)
     if path is None or fmt is None:
@@ -400,7 +401,7 @@ def _write_graph(path: str | None, plan: ImagePlan) -> None:
     _say("note", f"the plan's graph: {path}")
 
 
-def _write_image(verbose: bool, result: Analysis, fmt: Format) -> None:
+def _write_image(verbose: bool, result: "Analysis", fmt: Format) -> None:
     """The graph drawn by Graphviz, as bytes on stdout."""
     from minify.graph import render_image
 
@@ -409,13 +410,13 @@ def _write_image(verbose: bool, result: Analysis, fmt: Format) -> None:
     sys.stdout.buffer.write(drawn)
 
 
-def _packages_used(result: Analysis) -> Packages:
+def _packages_used(result: "Analysis") -> "Packages":
     from minify.plan.packages import packages_used
 
     return packages_used(result.target.root, {o.realpath: o.size for o in result.objects().values()})
 
 
-def _rootfs_options(raw: dict[str, Any], *, one_root: bool = False) -> RootfsOptions:
+def _rootfs_options(raw: dict[str, Any], *, one_root: bool = False) -> "RootfsOptions":
     """The typed options of `minify rootfs` and `minify image` from their CLI values
     (``raw``: the command's parameters by name)."""
     from minify.build.options import RootfsOptions
@@ -479,12 +480,12 @@ def _note_trace(trace: str | None, source: str | None) -> None:
         _say("note", f"running `{trace}` on this machine under strace, to record what it reads")
 
 
-def _say_up_to_date(output: str, result: RootfsResult) -> int:
+def _say_up_to_date(output: str, result: "RootfsResult") -> int:
     typer.echo(f"{output}: up to date ({len(result.plan.files)} files)")
     return EXIT_OK
 
 
-def _report_rootfs(result: RootfsResult, output: str) -> None:
+def _report_rootfs(result: "RootfsResult", output: str) -> None:
     """Warnings and notes on stderr; what was written, and how to build it."""
     from minify.render import plan_size_lines
     from minify.text import human_size
