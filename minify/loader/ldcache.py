@@ -14,6 +14,7 @@ Formats (glibc sysdeps/generic/dl-cache.h):
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 NEW_MAGIC = b"glibc-ld.so.cache1.1"
@@ -134,14 +135,25 @@ def _strings_in(data: bytes, start: int, end: int) -> dict[int, str]:
     return found
 
 
+def _strings_at(data: bytes, start: int, end: int) -> Callable[[int], str]:
+    """The string at an offset: taken from the area ``[start, end)`` as split once by
+    ``_strings_in``; any other offset (an empty string's too) is read, or refused, by
+    ``_string``."""
+    split = _strings_in(data, start, end).get
+
+    def at(offset: int) -> str:
+        return split(offset) or _string(data, offset)
+
+    return at
+
+
 def _parse_old(data: bytes, nlibs: int, table_end: int) -> tuple[CacheEntry, ...]:
     if table_end > len(data):
         raise CacheFormatError("entry table runs past the end of the file")
     out = []
-    split = _strings_in(data, table_end, len(data)).get
+    at = _strings_at(data, table_end, len(data))
     for flags, key, value in struct.iter_unpack("<iII", data[16:table_end]):
-        name = split(table_end + key) or _string(data, table_end + key)
-        out.append(CacheEntry(flags, name, split(table_end + value) or _string(data, table_end + value)))
+        out.append(CacheEntry(flags, at(table_end + key), at(table_end + value)))
     return tuple(out)
 
 
@@ -157,17 +169,13 @@ def _parse_new(data: bytes, base: int) -> tuple[CacheEntry, ...]:
         raise CacheFormatError("entry table runs past the end of the file")
     subdirs = _hwcaps_table(data, base, ext_offset, endian)
     out = []
-    # a string split out of the area is taken as it is; any other (an empty one too) is
-    # read, or refused, by _string
-    split = _strings_in(data, table_end, min(len(data), table_end + len_strings)).get
+    at = _strings_at(data, table_end, min(len(data), table_end + len_strings))
     for eflags, key, value, _os, hwcap in struct.iter_unpack(endian + "iIIIQ", data[base + 48 : table_end]):
         subdir = None
         if hwcap & HWCAP_EXTENSION:
             index = hwcap & 0xFFFFFFFF
             subdir = subdirs[index] if index < len(subdirs) else f"#{index}"
-        name = split(base + key) or _string(data, base + key)
-        path = split(base + value) or _string(data, base + value)
-        out.append(CacheEntry(eflags, name, path, hwcap, subdir))
+        out.append(CacheEntry(eflags, at(base + key), at(base + value), hwcap, subdir))
     return tuple(out)
 
 
